@@ -1,0 +1,112 @@
+"""VGG (Simonyan & Zisserman 2014): configurations A, B, D, E, with and without BatchNorm.
+
+Module layout equals torchvision's (``features``, ``avgpool``, ``classifier``), so its state
+dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Backbone
+
+# Output channels of each 3×3 conv; "M" is a 2×2 max-pool. Table 1 of the paper.
+CONFIGS: dict[str, list[int | str]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+          512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}  # fmt: skip
+
+
+def make_features(config: list[int | str], in_channels: int, batch_norm: bool) -> nn.Sequential:
+    """The convolutional trunk: 3×3 convs (padding 1), optional BN, ReLU, and max-pools."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in config:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(channels, int(item), kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(int(item)))
+        layers.append(nn.ReLU(inplace=True))
+        channels = int(item)
+    return nn.Sequential(*layers)
+
+
+class VGG(Backbone):
+    """``features`` (five pooled blocks), 7×7 adaptive pool, 4096-4096 classifier with dropout."""
+
+    head_name = "classifier.6"
+    stage_names = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
+
+    def __init__(
+        self,
+        config: str,
+        num_classes: int = 1000,
+        *,
+        batch_norm: bool = False,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.features = make_features(CONFIGS[config], in_channels, batch_norm)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.num_features = 512
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, num_classes),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+    def stage_modules(self) -> dict[str, list[nn.Module]]:
+        """``block1``…``block5`` end at each max-pool; ``classifier`` is all but the last layer."""
+        stages: dict[str, list[nn.Module]] = {}
+        current: list[nn.Module] = []
+        for module in self.features:
+            current.append(module)
+            if isinstance(module, nn.MaxPool2d):
+                stages[f"block{len(stages) + 1}"] = current
+                current = []
+        stages["classifier"] = list(self.classifier)[:-1]
+        stages["head"] = [self.get_head()]
+        return stages
+
+
+def _vgg_builder(name: str, config: str, batch_norm: bool):
+    def build(**options) -> VGG:
+        return VGG(config, batch_norm=batch_norm, **options)
+
+    build.__name__ = name
+    build.__doc__ = f"VGG configuration {config}{' with BatchNorm' if batch_norm else ''}."
+    return build
+
+
+VGG_BUILDERS = {
+    f"vgg{depth}{'_bn' if bn else ''}": _vgg_builder(f"vgg{depth}{'_bn' if bn else ''}", cfg, bn)
+    for depth, cfg in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E"))
+    for bn in (False, True)
+}

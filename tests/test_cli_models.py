@@ -1,0 +1,36 @@
+"""The first commands: `resnetlab models` and `resnetlab summary`, and their user errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from resnetlab.cli import main
+
+
+def test_models_lists_the_registry(capsys) -> None:
+    assert main(["models", "resnet5*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50" in out and "25,557,032" in out and "resnet56" in out
+    assert "vgg16" not in out
+
+
+def test_summary_prints_stages_and_total(capsys) -> None:
+    assert main(["summary", "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4" in out and "2048 x 7 x 7" in out and "4.09G" in out
+    assert "published" in out
+
+
+def test_user_errors_are_one_line_with_exit_code_2() -> None:
+    for argv, needle in [
+        (["summary", "resnt50"], "Did you mean resnet50"),
+        (["models", "nothing*"], "no model matches"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "resnetlab", *argv], capture_output=True, text=True
+        )
+        assert result.returncode == 2
+        assert needle in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
