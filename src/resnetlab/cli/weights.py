@@ -1,0 +1,50 @@
+"""``resnetlab weights [MODEL]``: the named pretrained weights, and whether each is cached."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ResnetlabError
+from ..models import model_info
+from ..weights import catalog, hub
+from .models import print_table
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        model_info(args.model)  # an unknown name raises with close matches
+    entries = catalog.list_weights(args.model)
+    if not entries:
+        catalog.get_weights(args.model)  # raises, naming the models that have weights
+    if args.download:
+        if args.model is None:
+            raise ResnetlabError(
+                "--download needs a MODEL, e.g. `resnetlab weights resnet50 --download`."
+            )
+        entry = catalog.get_weights(args.model, args.tag)
+        print(f"{entry.model} {entry.tag}: {hub.fetch(entry.url)}")
+        return 0
+    rows = []
+    for entry in entries:
+        cached = hub.cached_file(entry.url, verify=False)  # hashing every file would be slow
+        if cached and round(cached.stat().st_size / 2**20, 3) != entry.file_size_mb:
+            cached = None  # not the published file; loading it would be refused anyway
+        tags = entry.tag + (" (imagenet)" if entry.default else "")
+        rows.append(
+            [entry.model, tags, f"{entry.acc1:.3f}", f"{entry.acc5:.3f}",
+             f"{entry.file_size_mb:.1f} MB", str(cached) if cached else "no"]
+        )  # fmt: skip
+    print_table(["model", "tag", "acc@1", "acc@5", "size", "cached"], rows, right={2, 3, 4})
+    print(f"\nacc@1/acc@5: as published in {catalog.SOURCE}; not measured here.")
+    print(f"cache: {hub.weights_dir()} (also reads {hub.torch_cache_dir()})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("weights", help="list the named pretrained weights and the cache")
+    p.add_argument("model", nargs="?", help="only this model's weights")
+    p.add_argument("--download", action="store_true", help="download MODEL's weights now")
+    p.add_argument(
+        "--tag", default="imagenet", help="weights tag for --download (default imagenet)"
+    )
+    p.set_defaults(func=run_weights)

@@ -1,0 +1,144 @@
+"""Named weights: torchvision's official ImageNet checkpoints, with their published metadata.
+
+A static table so that listing and loading need neither a network nor torchvision's enums;
+``tests/test_weights_io.py`` checks it against the installed torchvision so it cannot drift.
+Accuracies are quoted as published in torchvision's weights metadata, never measured here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ResnetlabError, close_matches
+
+SOURCE = "torchvision weights metadata (ImageNet-1K val, single crop)"
+URL_ROOT = "https://download.pytorch.org/models/"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How inputs must be prepared for the weights: resize, centre crop, then normalise."""
+
+    resize: int
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+
+V1_PREP = Preprocessing(resize=256)
+V2_PREP = Preprocessing(resize=232)
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One downloadable checkpoint: which model, which tag, where, and what was published."""
+
+    model: str
+    tag: str  # "imagenet-v1" or "imagenet-v2"
+    file: str  # file name under URL_ROOT; ends in the first 8 hex digits of its SHA-256
+    num_params: int
+    acc1: float
+    acc5: float
+    file_size_mb: float
+    preprocessing: Preprocessing
+    default: bool = False  # torchvision's DEFAULT, which the tag "imagenet" selects
+
+    @property
+    def url(self) -> str:
+        return URL_ROOT + self.file
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (self.tag, "imagenet") if self.default else (self.tag,)
+
+    @property
+    def classes(self) -> list[str]:
+        return imagenet_classes()
+
+    def to_cfg(self) -> dict:
+        """The ``model.pretrained_cfg`` dict that travels with a model loaded from these weights."""
+        return {
+            "model": self.model,
+            "tag": self.tag,
+            "url": self.url,
+            "num_classes": 1000,
+            "classes": self.classes,
+            "preprocessing": asdict(self.preprocessing),
+            "published": {"acc@1": self.acc1, "acc@5": self.acc5, "source": SOURCE},
+            "num_params": self.num_params,
+        }
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in label order, as torchvision ships them."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def _entry(model, version, digest, params, acc1, acc5, size_mb, default=False) -> WeightsEntry:
+    prep = V2_PREP if version == 2 else V1_PREP
+    return WeightsEntry(model, f"imagenet-v{version}", f"{model}-{digest}.pth", params,
+                        acc1, acc5, size_mb, prep, default)  # fmt: skip
+
+
+# model, version, sha256 prefix, parameters, acc@1, acc@5, file size (MB), torchvision DEFAULT
+CATALOG: tuple[WeightsEntry, ...] = (
+    _entry("resnet18", 1, "f37072fd", 11689512, 69.758, 89.078, 44.661, True),
+    _entry("resnet34", 1, "b627a593", 21797672, 73.314, 91.42, 83.275, True),
+    _entry("resnet50", 1, "0676ba61", 25557032, 76.13, 92.862, 97.781),
+    _entry("resnet50", 2, "11ad3fa6", 25557032, 80.858, 95.434, 97.79, True),
+    _entry("resnet101", 1, "63fe2227", 44549160, 77.374, 93.546, 170.511),
+    _entry("resnet101", 2, "cd907fc2", 44549160, 81.886, 95.78, 170.53, True),
+    _entry("resnet152", 1, "394f9c45", 60192808, 78.312, 94.046, 230.434),
+    _entry("resnet152", 2, "f82ba261", 60192808, 82.284, 96.002, 230.474, True),
+    _entry("wide_resnet50_2", 1, "95faca4d", 68883240, 78.468, 94.086, 131.82),
+    _entry("wide_resnet50_2", 2, "9ba9bcbe", 68883240, 81.602, 95.758, 263.124, True),
+    _entry("resnext50_32x4d", 1, "7cdf4587", 25028904, 77.618, 93.698, 95.789),
+    _entry("resnext50_32x4d", 2, "1a0047aa", 25028904, 81.198, 95.34, 95.833, True),
+    _entry("vgg11", 1, "8a719046", 132863336, 69.02, 88.628, 506.84, True),
+    _entry("vgg11_bn", 1, "6002323d", 132868840, 70.37, 89.81, 506.881, True),
+    _entry("vgg13", 1, "19584684", 133047848, 69.928, 89.246, 507.545, True),
+    _entry("vgg13_bn", 1, "abd245e5", 133053736, 71.586, 90.374, 507.59, True),
+    _entry("vgg16", 1, "397923af", 138357544, 71.592, 90.382, 527.796, True),
+    _entry("vgg16_bn", 1, "6c64b313", 138365992, 73.36, 91.516, 527.866, True),
+    _entry("vgg19", 1, "dcbb9e9d", 143667240, 72.376, 90.876, 548.051, True),
+    _entry("vgg19_bn", 1, "c79401a0", 143678248, 74.218, 91.842, 548.143, True),
+)
+
+
+def list_weights(model: str | None = None) -> list[WeightsEntry]:
+    """The named weights, all of them or those of one model."""
+    return [entry for entry in CATALOG if model is None or entry.model == model]
+
+
+def models_with_weights() -> list[str]:
+    return list(dict.fromkeys(entry.model for entry in CATALOG))
+
+
+def normalise_tag(tag: str) -> str:
+    """Accept torchvision's enum names too: ``IMAGENET1K_V2`` -> ``imagenet-v2``."""
+    tag = tag.strip().lower()
+    return tag.replace("imagenet1k_", "imagenet-").replace("default", "imagenet")
+
+
+def get_weights(model: str, tag: str = "imagenet") -> WeightsEntry:
+    """The entry for ``model`` and ``tag``; an unknown pair raises with what exists."""
+    entries = list_weights(model)
+    if not entries:
+        raise ResnetlabError(
+            f"{model} has no named weights; named weights exist for "
+            f"{', '.join(models_with_weights())}. Pass a checkpoint path or URL instead."
+        )
+    wanted = normalise_tag(tag)
+    for entry in entries:
+        if wanted in entry.tags:
+            return entry
+    tags = sorted({t for entry in entries for t in entry.tags})
+    raise ResnetlabError(
+        f"{model} has no weights tagged {tag!r}; choose one of {', '.join(tags)}."
+        + close_matches(wanted, tags)
+    )

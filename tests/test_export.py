@@ -1,0 +1,78 @@
+"""Export to ONNX and TorchScript, checked against the eager model on another batch size."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from resnetlab import create_model
+from resnetlab.cli import main
+from resnetlab.errors import ResnetlabError
+from resnetlab.export import export_model
+from resnetlab.weights import save_weights
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("resnet20", num_classes=4)
+
+
+def test_onnx_export_has_a_dynamic_batch_and_matches_eager(tmp_path, model):
+    import onnxruntime
+
+    model.train()
+    report = export_model(model, tmp_path / "m.onnx", "onnx", torch.randn(2, 3, 32, 32))
+    assert model.training, "the model's mode is restored"
+    assert report.check_batch == 3 and report.max_abs_diff < 1e-4
+    assert report.path.stat().st_size == report.size_bytes > 100_000
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 32, 32)
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    assert got.shape == (5, 4)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_torchscript_export_matches_eager(tmp_path, model):
+    report = export_model(model, tmp_path / "m.pt", "torchscript", torch.randn(1, 3, 32, 32))
+    assert report.check_batch == 2 and report.max_abs_diff < 1e-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(report.path))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+
+
+def test_failed_check_writes_nothing(tmp_path, model):
+    with pytest.raises(ResnetlabError, match="differs from eager"):
+        export_model(
+            model, tmp_path / "m.pt", "torchscript", torch.randn(1, 3, 32, 32), tolerance=-1
+        )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ResnetlabError, match="unknown export format"):
+        export_model(model, tmp_path / "m.tflite", "tflite", torch.randn(1, 3, 32, 32))
+
+
+def test_cli_exports_a_checkpoint(tmp_path, model, capsys):
+    checkpoint = save_weights(model, tmp_path / "w.safetensors")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    assert out.is_file() and "max |diff|" in capsys.readouterr().out
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    assert main(["export", str(bare), "--format", "torchscript", "--out", str(out)]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_cli_bad_pretrained_path_is_a_user_error(tmp_path, capsys):
+    missing = tmp_path / "missing.pth"
+    argv = ["export", "resnet20", "--pretrained", str(missing), "--format", "onnx"]
+    assert main([*argv, "--out", str(tmp_path / "m.onnx")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
