@@ -1,0 +1,297 @@
+"""The comparison table: parameters, MACs, depth, skips, published accuracy, size and speed.
+
+Counts are computed from the models; accuracy and file size are quoted from their published
+sources; throughput is measured on this machine with the settings stated next to it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+from tqdm import tqdm
+
+from ..analysis.gradients import BLOCK_TYPES
+from ..analysis.throughput import measure_throughput
+from ..errors import ResnetlabError
+from ..models import create_model, model_info
+from ..models.registry import ModelInfo
+from ..models.summary import count_macs, count_parameters
+from . import runs
+
+DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+TV_FILE_SIZE = "torchvision weights metadata (_file_size, IMAGENET1K_V1)"
+MIB = 2**20
+
+
+@dataclass
+class CompareConfig:
+    """Settings of one comparison (written to config.json)."""
+
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    mac_size: int = 224
+    speed: bool = True
+    batch: int = 8
+    input_size: int = 224
+    iters: int = 3
+    warmup: int = 1
+    device: str = "cpu"
+
+
+def display_name(name: str) -> str:
+    """``resnet50`` -> ``ResNet-50``, ``vgg16_bn`` -> ``VGG-16-BN``, ``plain34`` -> ``plain-34``."""
+    match = re.match(r"^(resnet|vgg|plain)(\d+)(_bn)?$", name)
+    if not match:
+        return name
+    family = {"resnet": "ResNet", "vgg": "VGG", "plain": "plain"}[match.group(1)]
+    return f"{family}-{match.group(2)}" + ("-BN" if match.group(3) else "")
+
+
+def weighted_depth(model: nn.Module) -> int:
+    """Conv and linear layers on the main path (projection shortcuts not counted), as in papers."""
+    return sum(
+        1
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and "downsample" not in name
+    )
+
+
+def count_skips(model: nn.Module) -> int:
+    """Blocks that add their input back (one skip connection each)."""
+    return sum(1 for m in model.modules() if isinstance(m, BLOCK_TYPES) and m.skip)
+
+
+def published_top1(info: ModelInfo) -> tuple[float | None, str]:
+    """Published ImageNet top-1 accuracy %, preferring torchvision's; from the error if needed."""
+    for item in info.published:
+        if item.metric == "ImageNet top-1 accuracy %":
+            return item.value, item.source
+    for item in info.published:
+        if item.metric == "ImageNet top-1 error %":
+            return round(100 - item.value, 3), f"100 - top-1 error, {item.source}"
+    return None, ""
+
+
+def published_file_size(info: ModelInfo) -> float | None:
+    """Size of the published weights file in MiB, from torchvision's metadata."""
+    if not info.torchvision_name:
+        return None
+    try:
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(info.torchvision_name)
+    except (ValueError, KeyError, ImportError):
+        return None
+    size = (
+        weights.IMAGENET1K_V1.meta.get("_file_size") if hasattr(weights, "IMAGENET1K_V1") else None
+    )
+    return float(size) if size is not None else None
+
+
+def model_row(name: str, config: CompareConfig) -> dict:
+    """One line of the table, counted and (optionally) timed on this machine."""
+    info = model_info(name)
+    model = create_model(name)
+    params, _ = count_parameters(model)
+    channels = info.input_size[0]
+    macs = sum(count_macs(model, (channels, config.mac_size, config.mac_size)).values())
+    top1, source = published_top1(info)
+    skips = count_skips(model)
+    row = {
+        "model": name,
+        "params": params,
+        "macs": macs,
+        "depth": weighted_depth(model),
+        "skips": skips,
+        "top1": top1,
+        "top1_source": source,
+        "file_mib": published_file_size(info),
+        "fp32_mib": round(params * 4 / MIB, 2),
+    }
+    if config.speed:
+        settings = {
+            "batch": config.batch,
+            "input_size": config.input_size,
+            "iters": config.iters,
+            "warmup": config.warmup,
+            "device": config.device,
+        }
+        forward = measure_throughput(model, mode="forward", **settings)
+        train = measure_throughput(model, mode="train", **settings)
+        row |= {
+            "forward_img_s": round(forward.images_per_s, 4),
+            "train_img_s": round(train.images_per_s, 4),
+            "speed_device": forward.device,
+            "precision": forward.precision,
+        }
+    return row
+
+
+def derived_claims(rows: list[dict], config: CompareConfig) -> list[str]:
+    """Sentences computed from the table: each ResNet against the largest VGG in it."""
+    vggs = [r for r in rows if r["model"].startswith("vgg")]
+    resnets = [r for r in rows if r["skips"] > 0]
+    if not vggs or not resnets:
+        return []
+    vgg = max(vggs, key=lambda r: r["params"])
+    v = display_name(vgg["model"])
+    claims = []
+    for res in resnets:
+        r = display_name(res["model"])
+        ratio = vgg["params"] / res["params"]
+        words = f"{ratio:.1f}× fewer" if ratio >= 1 else f"{1 / ratio:.1f}× more"
+        mac_ratio = vgg["macs"] / res["macs"]
+        macs = f"{mac_ratio:.1f}× fewer" if mac_ratio >= 1 else f"{1 / mac_ratio:.1f}× more"
+        claim = f"{r} has {words} parameters than {v} ({res['params'] / 1e6:.2f}M vs "
+        claim += f"{vgg['params'] / 1e6:.2f}M) and {macs} multiply-accumulates"
+        if res["top1"] is not None and vgg["top1"] is not None:
+            better = "higher" if res["top1"] > vgg["top1"] else "lower"
+            claim += f", with {better} published top-1 ({res['top1']:.2f} vs {vgg['top1']:.2f} %)"
+        claims.append(claim + ".")
+        if "train_img_s" in res and "train_img_s" in vgg:
+            speed = res["train_img_s"] / vgg["train_img_s"]
+            claims.append(
+                f"Measured here ({res['speed_device']}, batch {config.batch}, "
+                f"{config.input_size} px, fp32): {r} trains at {res['train_img_s']:.3g} img/s, "
+                f"{v} at {vgg['train_img_s']:.3g} img/s ({speed:.2f}×)."
+            )
+    return claims
+
+
+COLUMNS = [
+    ("model", "model", lambda r: display_name(r["model"])),
+    ("params", "params (M)", lambda r: f"{r['params'] / 1e6:.2f}"),
+    ("macs", "GMACs", lambda r: f"{r['macs'] / 1e9:.3f}"),
+    ("depth", "depth", lambda r: str(r["depth"])),
+    ("skips", "skips", lambda r: f"yes ({r['skips']})" if r["skips"] else "no"),
+    ("top1", "top-1 % [pub.]", lambda r: "-" if r["top1"] is None else f"{r['top1']:.2f}"),
+    ("file_mib", "file MiB [pub.]", lambda r: "-" if r["file_mib"] is None else f"{r['file_mib']:.1f}"),  # noqa: E501
+    ("fp32_mib", "fp32 MiB", lambda r: f"{r['fp32_mib']:.1f}"),
+    ("forward_img_s", "fwd img/s", lambda r: f"{r['forward_img_s']:.3g}"),
+    ("train_img_s", "train img/s", lambda r: f"{r['train_img_s']:.3g}"),
+]  # fmt: skip
+
+
+def format_table(rows: list[dict], config: CompareConfig) -> str:
+    """Plain aligned text with the sources and settings under it."""
+    columns = [c for c in COLUMNS if all(c[0] in r for r in rows)]
+    cells = [[c[1] for c in columns]] + [[c[2](r) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(
+        f"GMACs: multiply-accumulates of one {config.mac_size}×{config.mac_size} image "
+        "(Conv2d/Linear, counted with forward hooks)."
+    )
+    lines.append("depth: conv + linear layers on the main path; skips: blocks with an addition.")
+    for source in sorted({r["top1_source"] for r in rows if r["top1_source"]}):
+        lines.append(f"top-1 % [pub.]: published, {source}.")
+    lines.append(f"file MiB [pub.]: {TV_FILE_SIZE}; fp32 MiB: parameters × 4 bytes (computed).")
+    if config.speed and rows and "speed_device" in rows[0]:
+        lines.append(
+            f"img/s: measured on this machine ({rows[0]['speed_device']}), batch {config.batch}, "
+            f"{config.input_size}×{config.input_size}, fp32, {config.iters} timed iteration(s) "
+            f"after {config.warmup} warm-up; train = forward + backward + SGD step."
+        )
+    return "\n".join(lines)
+
+
+def plot_compare(rows: list[dict], path: Path) -> Path | None:
+    """Published top-1 against parameters and against MACs (log x), one point per model."""
+    rows = [r for r in rows if r["top1"] is not None]
+    if not rows:
+        return None
+    plt = runs.pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    colours = {True: "tab:blue", False: "tab:red"}
+    for ax, key, label in (
+        (axes[0], "params", "parameters (millions)"),
+        (axes[1], "macs", "multiply-accumulates at 224 px (G)"),
+    ):
+        scale = 1e6 if key == "params" else 1e9
+        lo, hi = (f(r[key] for r in rows) / scale for f in (min, max))
+        lo, hi = lo / 1.5, hi * 1.5
+        for r in rows:
+            ax.scatter(r[key] / scale, r["top1"], color=colours[r["skips"] > 0], s=30)
+            ax.annotate(
+                display_name(r["model"]),
+                (r[key] / scale, r["top1"]),
+                fontsize=8,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if lo <= t <= hi])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(label)
+        ax.set_ylabel("published ImageNet top-1 (%)")
+        ax.grid(True, alpha=0.3)
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", linestyle="", label=t)
+        for c, t in ((colours[True], "with skips"), (colours[False], "no skips"))
+    ]
+    axes[0].legend(handles=handles, fontsize=8)
+    fig.suptitle("Accuracy (published) against size and compute (counted)", fontsize=10)
+    fig.tight_layout()
+    return runs.save_figure(fig, path)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ResnetlabError(f"unknown device {device!r}. Use cpu, cuda or cuda:N.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ResnetlabError(f"device {device!r} is not available here. Use --device cpu.")
+
+
+def run_compare(
+    config: CompareConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, list[dict], list[str]]:
+    """Build the table into a run folder; returns (folder, rows, derived claims)."""
+    if not config.models:
+        raise ResnetlabError("no models to compare. Name at least one, e.g. resnet50.")
+    for name in config.models:
+        model_info(name)  # unknown names fail before any work
+    if config.speed and (min(config.iters, config.input_size) < 1 or config.batch < 2):
+        raise ResnetlabError(
+            "--batch must be at least 2 (BatchNorm in training), --iters and --input-size at "
+            "least 1."
+        )
+    if config.speed:
+        _check_device(config.device)
+    run_dir = runs.new_run_dir("compare", out, resume=resume)
+    runs.start_run(run_dir, config, command)
+    log = run_dir / "rows.jsonl"
+    done = {r["model"] for r in runs.read_jsonl(log)}
+    todo = [m for m in config.models if m not in done]
+    for name in tqdm(todo, desc="compare", unit="model", disable=not progress):
+        runs.append_jsonl(log, model_row(name, config))
+    by_name = {r["model"]: r for r in runs.read_jsonl(log)}
+    rows = [by_name[m] for m in config.models]
+    claims = derived_claims(rows, config)
+    table = format_table(rows, config)
+    runs.write_json(run_dir / "compare.json", {"rows": rows, "claims": claims, "summary": claims})
+    runs.write_csv(run_dir / "compare.csv", rows)
+    runs.write_text(run_dir / "compare.txt", table + "\n")
+    plot_compare(rows, run_dir / "compare.png")
+    return run_dir, rows, claims

@@ -1,0 +1,352 @@
+"""Gradient flow through depth, plain vs residual, at initialisation or at a checkpoint.
+
+For every model and seed: ‖∂L/∂x_l‖ at each block's input and the norm of each block's weight
+gradients (``analysis.gradients.gradient_profile``), and for CIFAR nets the std of every 3×3
+layer's response (He et al. 2015, Fig. 7). Results are averaged over seeds, with min/max.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..analysis.gradients import (
+    PLUS_ONE,
+    gradient_profile,
+    layer_response_stds,
+    mlp_batch,
+    mlp_stack,
+    seed_mlp_gradients,
+)
+from ..errors import ResnetlabError
+from ..models import create_model, model_info
+from . import runs
+
+DEFAULT_MODELS = [
+    "mlp10", "mlp20", "plain20", "resnet20", "plain56", "resnet56", "plain110", "resnet110",
+    "plain18", "resnet18", "plain34", "resnet34",
+]  # fmt: skip
+MLP_NAME = re.compile(r"^mlp(\d+)$")
+COLOURS = {"plain": "tab:red", "residual": "tab:blue"}
+
+
+@dataclass
+class GradientFlowConfig:
+    """Settings of one gradient-flow run (written to config.json)."""
+
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    seeds: int = 3
+    seed: int = 0
+    batch: int = 16
+    imagenet_size: int = 64
+    mlp_width: int = 64
+    mlp_batch: int = 32
+    checkpoint: str | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One network to profile: ``mlp10`` stands for both its plain and residual stacks."""
+
+    name: str
+    group: str
+    kind: str
+    family: str
+
+
+def expand_models(names: list[str]) -> list[Entry]:
+    """Registry names plus ``mlpN`` (plain and residual MLP stacks of N blocks)."""
+    entries = []
+    for name in names:
+        match = MLP_NAME.match(name)
+        if match:
+            depth = int(match.group(1))
+            for kind in ("plain", "residual"):
+                entries.append(Entry(f"{name}-{kind}", f"MLP {depth} blocks", kind, "mlp"))
+            continue
+        info = model_info(name)
+        prefix = {"resnet": "ImageNet", "plain": "ImageNet", "vgg": "VGG"}.get(info.family, "CIFAR")
+        if info.family == "cifar-preact":
+            prefix = "CIFAR pre-activation"
+        kind = "residual" if info.skips else "plain"
+        entries.append(Entry(name, f"{prefix} {info.depth} layers", kind, info.family))
+    return entries
+
+
+def _data_batches(spec: str, count: int, seeds: list[int]) -> tuple[dict, str]:
+    """For each seed, ``count`` random training images and labels; and the data's description."""
+    try:
+        from ..data import open_data
+    except ImportError as exc:
+        raise ResnetlabError(f"--data needs resnetlab.data ({exc}). Leave --data out.") from None
+    bundle = open_data(spec)
+    train = bundle.train
+    if not hasattr(train, "images"):
+        raise ResnetlabError(f"{spec} is kept on disk; use a data set held in memory (CIFAR).")
+    batches = {}
+    for seed in seeds:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        batches[seed] = (train.images[order[:count]], train.labels[order[:count]])
+    return batches, bundle.summary()
+
+
+def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | None):
+    """Inputs and targets: random normal (default) or standardised images from ``--data``.
+
+    Data images keep their size for CIFAR nets and are resized for ImageNet nets.
+    """
+    if entry.family == "mlp":
+        return mlp_batch(config.mlp_batch, config.mlp_width, seed + 1)
+    info = model_info(entry.name)
+    size = (
+        config.imagenet_size if entry.family in ("resnet", "plain", "vgg") else info.input_size[1]
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    if data is None:
+        x = torch.randn(config.batch, info.input_size[0], size, size, generator=generator)
+        return x, torch.randint(0, info.num_classes, (config.batch,), generator=generator)
+    images, labels = data[seed]
+    x = images.float() / 255
+    if entry.family in ("resnet", "plain", "vgg") and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (x - mean) / std, labels.long().flatten() % info.num_classes
+
+
+def _build(entry: Entry, config: GradientFlowConfig, seed: int, in_channels: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if entry.family == "mlp":
+        depth = int(MLP_NAME.match(entry.name.split("-")[0]).group(1))
+        return mlp_stack(depth, config.mlp_width, skip=entry.kind == "residual")
+    options = {} if in_channels == 3 else {"in_channels": in_channels}
+    weights = config.checkpoint or False
+    if weights and Path(weights).is_file():
+        weights = str(Path(weights).resolve())
+    return create_model(entry.name, pretrained=weights, **options)
+
+
+def measure(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | None) -> dict:
+    """One model at one seed: its gradient profile and (CIFAR nets) layer-response stds."""
+    x, y = _batch(entry, config, seed, data)
+    model = _build(entry, config, seed, in_channels=x.shape[1] if x.dim() == 4 else 3)
+    record = {"model": entry.name, "group": entry.group, "kind": entry.kind, "seed": seed}
+    record |= gradient_profile(model, x, y)
+    if entry.family.startswith("cifar"):
+        record["responses"] = layer_response_stds(model, x)
+    return record
+
+
+def _stats(values: list[list[float]]) -> dict[str, list[float]]:
+    array = np.array(values, dtype=float)
+    return {
+        "mean": array.mean(0).tolist(),
+        "std": array.std(0).tolist(),
+        "min": array.min(0).tolist(),
+        "max": array.max(0).tolist(),
+    }
+
+
+def aggregate(records: list[dict]) -> dict[str, dict]:
+    """Per model: block names and mean/std/min/max over seeds of each measured profile."""
+    by_model: dict[str, list[dict]] = {}
+    for record in records:
+        by_model.setdefault(record["model"], []).append(record)
+    result = {}
+    for name, items in by_model.items():
+        first = items[0]
+        entry = {
+            "group": first["group"],
+            "kind": first["kind"],
+            "blocks": first["blocks"],
+            "seeds": [r["seed"] for r in items],
+        }
+        for key in ("input_grad_norm", "weight_grad_norm"):
+            entry[key] = _stats([r[key] for r in items])
+        mean = entry["input_grad_norm"]["mean"]
+        entry["first_last_ratio"] = mean[0] / mean[-1] if mean[-1] else float("inf")
+        if "responses" in first:
+            entry["response_layers"] = first["responses"]["layers"]
+            entry["response_std"] = _stats([r["responses"]["std"] for r in items])
+        result[name] = entry
+    return result
+
+
+def summary_lines(seed_rows: list[dict], profiles: dict[str, dict]) -> list[str]:
+    """Findings in words, every number computed from the results."""
+    lines = []
+    by_depth = {(r["depth"], r["kind"]): r["grad_norm"] for r in seed_rows}
+    for depth in sorted({r["depth"] for r in seed_rows}):
+        plain, res = by_depth[(depth, "plain")], by_depth[(depth, "residual")]
+        lines.append(
+            f"Seed MLP, {depth} blocks: first layer's weight-gradient norm plain {plain:.4g}, "
+            f"residual {res:.4g} (residual/plain {res / plain:.3g}×)."
+        )
+    groups: dict[str, dict[str, dict]] = {}
+    for name, profile in profiles.items():
+        groups.setdefault(profile["group"], {})[name] = profile
+    for group, members in groups.items():
+        ordered = sorted(members.items(), key=lambda item: item[1]["kind"])
+        parts = [f"{name} {p['first_last_ratio']:.3g}" for name, p in ordered]
+        lines.append(
+            f"{group}: ‖∂L/∂x_l‖ first block / last block (mean over seeds; 1 = flat): "
+            + ", ".join(parts)
+            + "."
+        )
+    return lines
+
+
+def _band(ax, stats: dict, colour: str, label: str) -> None:
+    x = np.arange(1, len(stats["mean"]) + 1)
+    ax.plot(x, stats["mean"], color=colour, label=label, marker="o", markersize=2.5)
+    ax.fill_between(x, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
+
+
+def plot_profiles(profiles: dict[str, dict], key: str, ylabel: str, title: str, path: Path):
+    """One panel per depth, plain vs residual, mean line and min–max band over seeds, log y."""
+    plt = runs.pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    groups: dict[str, list[dict]] = {}
+    for name, profile in profiles.items():
+        if key in profile:
+            groups.setdefault(profile["group"], []).append(profile | {"name": name})
+    if not groups:
+        return None
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (group, items) in zip(axes.flat, groups.items(), strict=False):
+        for profile in sorted(items, key=lambda p: p["kind"]):
+            _band(
+                ax, profile[key], COLOURS[profile["kind"]], f"{profile['name']} ({profile['kind']})"
+            )
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(group, fontsize=10)
+        ax.set_xlabel("block / layer index l (1 = nearest the input)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return runs.save_figure(fig, path)
+
+
+def plot_seed_mlp(seed_rows: list[dict], path: Path) -> Path:
+    """First-layer gradient norm against depth, plain vs residual (log y)."""
+    plt = runs.pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for kind in ("plain", "residual"):
+        rows = [r for r in seed_rows if r["kind"] == kind]
+        ax.plot(
+            [r["depth"] for r in rows],
+            [r["grad_norm"] for r in rows],
+            marker="o",
+            color=COLOURS[kind],
+            label=kind,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (Linear-ReLU-Linear blocks)")
+    ax.set_ylabel("‖∂L/∂W‖ of the first layer")
+    ax.set_title("Seed MLP: first-layer gradient norm\n" + PLUS_ONE, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return runs.save_figure(fig, path)
+
+
+def _csv_rows(profiles: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name, p in profiles.items():
+        for i, block in enumerate(p["blocks"]):
+            row = {
+                "model": name,
+                "kind": p["kind"],
+                "group": p["group"],
+                "index": i + 1,
+                "block": block,
+            }
+            for key in ("input_grad_norm", "weight_grad_norm"):
+                for stat in ("mean", "std", "min", "max"):
+                    row[f"{key}_{stat}"] = p[key][stat][i]
+            rows.append(row)
+    return rows
+
+
+def run_gradient_flow(
+    config: GradientFlowConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run the experiment into a run folder and return the folder."""
+    entries = expand_models(config.models)
+    if config.checkpoint and len({e.name for e in entries}) != 1:
+        raise ResnetlabError("--checkpoint needs exactly one model. Pass --models NAME.")
+    if config.seeds < 1:
+        raise ResnetlabError(f"--seeds must be at least 1, got {config.seeds}.")
+    if config.batch < 2 or config.mlp_batch < 1:
+        raise ResnetlabError(f"--batch must be at least 2 (BatchNorm), got {config.batch}.")
+    if config.imagenet_size < 32:
+        raise ResnetlabError(f"--imagenet-size must be at least 32 px, got {config.imagenet_size}.")
+    run_dir = runs.new_run_dir("gradient-flow", out, resume=resume)
+    runs.start_run(run_dir, config, command)
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    data = None
+    if config.data:
+        data, description = _data_batches(config.data, config.batch, seeds)
+        runs.write_text(run_dir / "data.txt", f"{description}\n  spec: {config.data}\n")
+    log = run_dir / "profiles.jsonl"
+    done = {(r["model"], r["seed"]) for r in runs.read_jsonl(log)}
+    tasks = [(e, s) for e in entries for s in seeds if (e.name, s) not in done]
+    for entry, seed in tqdm(tasks, desc="gradient flow", unit="net", disable=not progress):
+        runs.append_jsonl(log, measure(entry, config, seed, data))
+    wanted = {e.name for e in entries}
+    profiles = aggregate([r for r in runs.read_jsonl(log) if r["model"] in wanted])
+    seed_rows = seed_mlp_gradients((10, 20), config.mlp_width, config.mlp_batch, config.seed)
+    lines = summary_lines(seed_rows, profiles)
+    at = f"at {Path(config.checkpoint).name}" if config.checkpoint else "at initialisation"
+    runs.write_json(
+        run_dir / "gradient_flow.json",
+        {"seed_mlp": seed_rows, "profiles": profiles, "summary": lines},
+    )
+    runs.write_csv(run_dir / "seed_mlp.csv", seed_rows)
+    runs.write_csv(run_dir / "gradient_flow.csv", _csv_rows(profiles))
+    plot_seed_mlp(seed_rows, run_dir / "seed_mlp.png")
+    n = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, line = mean, band = min–max"
+    plot_profiles(
+        profiles,
+        "input_grad_norm",
+        "‖∂L/∂x_l‖ (whole batch)",
+        f"Gradient w.r.t. each block's input, {at} ({n})\n{PLUS_ONE}",
+        run_dir / "gradient_flow_inputs.png",
+    )
+    plot_profiles(
+        profiles,
+        "weight_grad_norm",
+        "‖∂L/∂W‖ of the block's weights",
+        f"Weight-gradient norm per block, {at} ({n})\n{PLUS_ONE}",
+        run_dir / "gradient_flow_weights.png",
+    )
+    note = "" if config.checkpoint else "; at initialisation BN's running statistics are identity"
+    plot_profiles(
+        profiles,
+        "response_std",
+        "std of response (eval mode)",
+        f"Std of each 3×3 layer's response after BN, before addition/ReLU, {at}\n"
+        f"(He et al. 2015, Fig. 7; eval mode{note})",
+        run_dir / "layer_responses.png",
+    )
+    return run_dir

@@ -1,0 +1,88 @@
+"""The gradient-flow experiment: run folder, printed numbers, resume, real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.errors import ResnetlabError
+from resnetlab.experiments.gradient_flow import GradientFlowConfig, run_gradient_flow
+from resnetlab.experiments.runs import read_jsonl
+
+
+def _tiny(**changes) -> GradientFlowConfig:
+    base = {"models": ["mlp4", "plain20", "resnet20"], "seeds": 2, "batch": 4}
+    return GradientFlowConfig(**(base | changes))
+
+
+def test_run_folder_contents(tmp_path):
+    run_dir = run_gradient_flow(_tiny(), tmp_path / "gf", progress=False)
+    for name in ("config.json", "run.json", "gradient_flow.json", "gradient_flow.csv",
+                 "seed_mlp.csv", "seed_mlp.png", "gradient_flow_inputs.png",
+                 "gradient_flow_weights.png", "layer_responses.png"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    result = json.loads((run_dir / "gradient_flow.json").read_text())
+    profiles = result["profiles"]
+    assert set(profiles) == {"mlp4-plain", "mlp4-residual", "plain20", "resnet20"}
+    p = profiles["resnet20"]["input_grad_norm"]
+    assert len(p["mean"]) == 9 and all(lo <= m <= hi for lo, m, hi in
+                                       zip(p["min"], p["mean"], p["max"], strict=True))  # fmt: skip
+    assert profiles["resnet20"]["seeds"] == [0, 1]
+    assert len(profiles["plain20"]["response_std"]["mean"]) == 19
+    assert any("CIFAR 20 layers" in line for line in result["summary"])
+    assert json.loads((run_dir / "config.json").read_text())["models"] == _tiny().models
+
+
+def test_resume_skips_finished_work_and_refuses_other_settings(tmp_path):
+    out = tmp_path / "gf"
+    run_gradient_flow(_tiny(models=["mlp3"]), out, progress=False)
+    records = read_jsonl(out / "profiles.jsonl")
+    assert len(records) == 4
+    (out / "profiles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    run_gradient_flow(_tiny(models=["mlp3"]), out, resume=True, progress=False)
+    assert read_jsonl(out / "profiles.jsonl")[:3] == records[:3]
+    assert len(read_jsonl(out / "profiles.jsonl")) == 4
+    with pytest.raises(ResnetlabError, match="other settings"):
+        run_gradient_flow(_tiny(models=["mlp3"], seeds=3), out, resume=True, progress=False)
+    with pytest.raises(ResnetlabError, match="not empty"):
+        run_gradient_flow(_tiny(models=["mlp3"]), out, progress=False)
+
+
+def test_cli_mlp_prints_the_four_numbers(tmp_path, capsys):
+    assert main(["gradient-flow", "--mlp", "--seeds", "1", "--out", str(tmp_path / "m")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "grad norm" in line]
+    assert len(lines) == 4
+    numbers = {(int(line.split()[1]), line.split()[2]): float(line.split()[-1]) for line in lines}
+    assert numbers[(20, "residual")] > numbers[(20, "plain")]
+
+
+def test_checkpoint_needs_one_model(capsys):
+    assert main(["gradient-flow", "--checkpoint", "x.pt"]) == 2
+    assert "--models NAME" in capsys.readouterr().err
+    with pytest.raises(ResnetlabError, match="exactly one model"):
+        run_gradient_flow(_tiny(checkpoint="x.pt"))
+
+
+def test_real_data_batch(shared_dir, tmp_path):
+    spec = str(shared_dir / "data" / "pneumoniamnist-balanced.npz")
+    config = _tiny(models=["plain20", "resnet20"], seeds=1, data=spec)
+    run_dir = run_gradient_flow(config, tmp_path / "gf", progress=False)
+    assert "PneumoniaMNIST" in (run_dir / "data.txt").read_text()
+    profiles = json.loads((run_dir / "gradient_flow.json").read_text())["profiles"]
+    assert all(v > 0 for v in profiles["resnet20"]["input_grad_norm"]["mean"])
+
+
+def test_profile_at_a_trained_checkpoint(shared_dir, tmp_path):
+    checkpoint = next((shared_dir / "peer" / "cifar-resnets").glob("resnet20-*.th"))
+    init = run_gradient_flow(_tiny(models=["resnet20"], seeds=1), tmp_path / "a", progress=False)
+    config = _tiny(models=["resnet20"], seeds=1, checkpoint=str(checkpoint))
+    trained = run_gradient_flow(config, tmp_path / "b", progress=False)
+    profiles = [
+        json.loads((d / "gradient_flow.json").read_text())["profiles"]["resnet20"]
+        for d in (init, trained)
+    ]
+    at_init, at_checkpoint = (p["input_grad_norm"]["mean"] for p in profiles)
+    assert len(at_checkpoint) == 9 and all(v > 0 for v in at_checkpoint)
+    assert at_checkpoint != at_init
