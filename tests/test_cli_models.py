@@ -22,10 +22,20 @@ def test_summary_prints_stages_and_total(capsys) -> None:
     assert "published" in out
 
 
+def test_summary_of_the_seed_fine_tuning_example(capsys) -> None:
+    argv = ["summary", "resnet50", "--num-classes", "2", "--head-dropout", "0.5"]
+    assert main([*argv, "--freeze", "layer1,layer2"]) == 0
+    out = capsys.readouterr().out
+    total = out.splitlines()[-1].split()
+    assert total[:2] == ["total", "2"] and total[2:4] == ["23,512,130", "22,076,738"]
+    assert "published" not in out
+
+
 def test_user_errors_are_one_line_with_exit_code_2() -> None:
     for argv, needle in [
         (["summary", "resnt50"], "Did you mean resnet50"),
         (["models", "nothing*"], "no model matches"),
+        (["summary", "resnet50", "--freeze", "layer9"], "unknown stage 'layer9'"),
     ]:
         result = subprocess.run(
             [sys.executable, "-m", "resnetlab", *argv], capture_output=True, text=True

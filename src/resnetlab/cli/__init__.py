@@ -13,7 +13,7 @@ import sys
 from ..errors import ResnetlabError
 
 # Modules that define sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["models", "weights", "export", "train"]
+COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "finetune", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``resnetlab export MODEL_OR_CHECKPOINT --format onnx|torchscript --out PATH``."""
+"""``resnetlab export RUN_OR_MODEL --format onnx|torchscript --out PATH``, checked numerically."""
 
 from __future__ import annotations
 
@@ -38,10 +38,22 @@ def build_model(
     return create_model(name, num_classes=num_classes, pretrained=path, **options)
 
 
+def is_fine_tuned(source: str) -> bool:
+    """A fine-tuning run folder, or a model file with its model card beside it."""
+    path = Path(source)
+    return path.is_dir() or (path.is_file() and (path.parent / "model_card.json").is_file())
+
+
 def run_export(args: argparse.Namespace) -> int:
-    in_channels = args.input_size[0] if args.input_size else None
-    model = build_model(args.source, args.model, args.pretrained, args.num_classes, in_channels)
-    size = tuple(args.input_size) if args.input_size else model.info.input_size
+    if is_fine_tuned(args.source):
+        from ..finetune.card import export_input_size
+
+        model, size = export_input_size(args.source)
+    else:
+        in_channels = args.input_size[0] if args.input_size else None
+        model = build_model(args.source, args.model, args.pretrained, args.num_classes, in_channels)
+        size = model.info.input_size
+    size = tuple(args.input_size) if args.input_size else size
     example = torch.randn(args.batch, *size)
     report = export_model(model, args.out, args.format, example, tolerance=args.tolerance)
     print(report)
@@ -50,7 +62,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX or TorchScript, checked")
-    p.add_argument("source", metavar="MODEL_OR_CHECKPOINT", help="model name or checkpoint file")
+    p.add_argument(
+        "source", metavar="RUN_OR_MODEL",
+        help="model name, checkpoint file, or fine-tuning run folder (its card gives the input)",
+    )  # fmt: skip
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", type=Path, required=True, help="output file")
     p.add_argument("--model", help="architecture of a checkpoint that does not name it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -51,17 +52,46 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The model to summarise: a registered name, or a fine-tuned run folder / model file
+    (its card gives the architecture, head, input size and the stages it kept frozen)."""
+    from ..transfer import freeze, replace_head
+
+    source = Path(args.name)
+    if source.is_dir() or source.is_file():
+        from ..finetune.card import build_from_card, locate, read_card
+
+        card = read_card(locate(source)[0])
+        model = build_from_card(card)
+        prep = card["preprocessing"]
+        input_size: tuple[int, ...] = (prep["channels"], prep["crop"], prep["crop"])
+        frozen = card.get("training", {}).get("recipe", {}).get("phase2_frozen") or []
+        bn = card.get("training", {}).get("options", {}).get("bn", "frozen")
+        if frozen and not args.freeze:
+            freeze(model, frozen, bn)
+    else:
+        options = {"in_channels": args.input_size[0]} if args.input_size else {}
+        model = create_model(args.name, **options)
+        input_size = model.info.input_size
+    if args.num_classes is not None or args.head_dropout:
+        linears = [m for m in model.get_head().modules() if isinstance(m, torch.nn.Linear)]
+        classes = args.num_classes or linears[-1].out_features
+        replace_head(model, classes, dropout=args.head_dropout)
+    if args.freeze:
+        freeze(model, [s.strip() for s in args.freeze.split(",") if s.strip()], args.bn)
+    return model, tuple(args.input_size) if args.input_size else input_size
+
+
 def run_summary(args: argparse.Namespace) -> int:
-    options = {}
-    if args.num_classes is not None:
-        options["num_classes"] = args.num_classes
-    if args.input_size is not None:
-        options["in_channels"] = args.input_size[0]
-    model = create_model(args.name, **options)
+    model, input_size = _summary_model(args)
     info = model.info
-    input_size = tuple(args.input_size) if args.input_size else info.input_size
     rows = summarize(model, input_size)
-    print(f"{info.name}: {info.description}")
+    if args.name == info.name:
+        print(f"{info.name}: {info.description}")
+    else:
+        from ..finetune.card import run_summary as card_summary
+
+        print(card_summary(args.name))
     print(f"input {' x '.join(map(str, input_size))}")
     print_table(
         ["stage", "output shape", "params", "trainable", "MACs"],
@@ -77,8 +107,10 @@ def run_summary(args: argparse.Namespace) -> int:
         ],  # fmt: skip
         right={2, 3, 4},
     )
-    for item in info.published:
-        print(f"published: {item}")
+    new_head = args.num_classes is not None or args.head_dropout
+    if args.name == info.name and not new_head:  # published figures are for the original head
+        for item in info.published:
+            print(f"published: {item}")
     return 0
 
 
@@ -88,10 +120,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_models)
 
     p = subparsers.add_parser("summary", help="per-stage shapes, parameters and MACs of a model")
-    p.add_argument("name", help="model name (see `resnetlab models`)")
+    p.add_argument("name", help="model name (see `resnetlab models`), or a fine-tuning run folder")
     p.add_argument(
         "--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
         help="input size; default: the model's own (3 224 224 or 3 32 32)",
     )  # fmt: skip
-    p.add_argument("--num-classes", type=int, help="classifier outputs")
+    p.add_argument("--num-classes", type=int, help="a new head with this many outputs")
+    p.add_argument("--head-dropout", type=float, default=0.0, help="dropout before the new head")
+    p.add_argument("--freeze", help="stages to freeze, e.g. layer1,layer2 (trainable column)")
+    p.add_argument("--bn", choices=("frozen", "train"), default="frozen", help="BN policy")
     p.set_defaults(func=run_summary)

@@ -1,0 +1,394 @@
+"""The degradation experiment (He et al. 2015, Fig. 1 and Fig. 6): plain vs residual by depth.
+
+Every net is one run of the training engine in its own sub-folder (resumable). The results are
+the curves the engine logged (running training error on augmented batches, test error at each
+evaluation), the final errors, and a verdict on the paper's two claims computed from them:
+(1) the deeper plain net has the higher training error; (2) the deeper ResNet has the lower
+training and test error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ResnetlabError
+from ..models import create_model, list_models, model_info
+from ..models.registry import ModelInfo
+from . import runs
+
+FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
+DEFAULT_SIZE = {"cifar": 32, "imagenet": 64}
+FINAL_WINDOW = 0.1  # final training error: mean over the last 10 % of iterations
+LABEL = {"plain": "plain", "residual": "ResNet"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DegradationConfig:
+    """Settings of one degradation experiment (written to config.json)."""
+
+    data: str = "cifar10"
+    family: str = "cifar"
+    depths: list[int] = field(default_factory=lambda: list(FAMILIES["cifar"]))
+    recipe: str = "he2015-cifar"
+    budget: int | None = None  # iterations; None: the recipe's own
+    seed: int = 0
+    batch_size: int | None = None  # None: the recipe's
+    lr: float | None = None  # None: the recipe's
+    input_size: int | None = None  # images are resized to this (ImageNet family: 64)
+    train_size: int | None = None  # synthetic: images made; real data: stratified subsample
+    eval_size: int | None = None  # evaluate on a stratified subsample of val and test
+    eval_every: int | None = None  # None: 20 evaluations per run
+    device: str = "auto"
+
+
+def net_name(kind: str, depth: int) -> str:
+    return f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
+
+
+def display(kind: str, depth: int) -> str:
+    return f"{LABEL[kind]}-{depth}"
+
+
+def registered(family: str, name: str) -> bool:
+    """Whether the registry has ``name`` as a net of this family (CIFAR or ImageNet-style)."""
+    if name not in list_models():
+        return False
+    kind = model_info(name).family
+    return kind.startswith("cifar") if family == "cifar" else kind in ("resnet", "plain")
+
+
+def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels: int) -> nn.Module:
+    """``plainN``/``resnetN`` from the registry; CIFAR depths it lacks (6n+2) built directly."""
+    name = net_name(kind, depth)
+    if registered(family, name) or family == "imagenet":
+        return create_model(name, num_classes=num_classes, in_channels=in_channels)
+    from ..models.cifar import CifarResNet
+
+    skip = kind == "residual"
+    model = CifarResNet(depth, num_classes, in_channels=in_channels, skip=skip)
+    model.info = ModelInfo(  # type: ignore[attr-defined]
+        name, f"cifar-{'resnet' if skip else 'plain'}", depth, skip, (in_channels, 32, 32),
+        num_classes, lambda **o: CifarResNet(depth, skip=skip, **o),
+    )  # fmt: skip
+    return model
+
+
+def check_config(config: DegradationConfig, recipe_iters: int | None) -> None:
+    """Refuse settings that cannot make the experiment, naming the fix."""
+    if config.family not in FAMILIES:
+        raise ResnetlabError(f"unknown family {config.family!r}. Use cifar or imagenet.")
+    if len(set(config.depths)) < 2:
+        raise ResnetlabError("the claims compare depths: pass at least two, e.g. --depths 20 56.")
+    if config.family == "cifar":
+        bad = [d for d in config.depths if d < 8 or (d - 2) % 6]
+        if bad:
+            raise ResnetlabError(f"CIFAR nets have 6n+2 layers (8, 14, 20, ...), not {bad[0]}.")
+    for depth in config.depths if config.family == "imagenet" else []:
+        if not registered("imagenet", net_name("plain", depth)):
+            raise ResnetlabError(
+                f"no ImageNet-style plain{depth}. Use --depths from 18 34 50 101 152, "
+                "or --family cifar."
+            )
+    if recipe_iters is None:
+        raise ResnetlabError(
+            f"recipe {config.recipe} counts epochs; use one counted in iterations."
+        )
+    for key in ("budget", "batch_size", "input_size", "train_size", "eval_size", "eval_every"):
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ResnetlabError(f"--{key.replace('_', '-')} must be at least 1, got {value}.")
+
+
+def scaled_milestones(milestones: tuple[int, ...], recipe_iters: int, budget: int) -> list[int]:
+    """The recipe's milestones moved in proportion to a shorter (or longer) budget."""
+    return [max(1, round(m * budget / recipe_iters)) for m in milestones]
+
+
+def open_bundle(config: DegradationConfig, val_size: int | float | None) -> Any:
+    """The data for every run: opened once, subsampled and resized as the config says."""
+    from ..data import open_data, split_val
+    from ..data.synthetic import make_shapes, resize_split, subsample
+
+    size = config.input_size or (DEFAULT_SIZE["imagenet"] if config.family == "imagenet" else None)
+    if config.data == "synthetic":
+        n = config.train_size or 5000
+        return make_shapes(n, max(10, n // 10), max(10, n // 5), size=size or 32, seed=config.seed)
+    bundle = open_data(config.data, seed=config.seed)
+    if bundle.val is None and val_size:  # the recipe's held-out val, at most a tenth of train
+        count = val_size if isinstance(val_size, float) else min(val_size, len(bundle.train) // 10)
+        bundle.train, bundle.val = split_val(bundle.train, count, config.seed)
+    bundle.train = subsample(bundle.train, config.train_size, config.seed)
+    bundle.val = subsample(bundle.val, config.eval_size, config.seed)
+    bundle.test = subsample(bundle.test, config.eval_size, config.seed)
+    if size is None and not hasattr(bundle.train, "images"):
+        size = DEFAULT_SIZE["cifar"]
+    if size is not None:
+        for name in ("train", "val", "test"):
+            setattr(bundle, name, resize_split(getattr(bundle, name), size))
+        bundle.image_size = (size, size)
+    return bundle
+
+
+def read_curves(folder: Path) -> dict[str, dict[str, list]]:
+    """Training error (per log interval) and val/test error (per evaluation) from metrics.jsonl."""
+    curves: dict[str, dict[str, list]] = {s: {"step": [], "error": []} for s in SPLITS}
+    for r in runs.read_jsonl(folder / "metrics.jsonl"):
+        for split in SPLITS:
+            key = "error" if split == "train" else f"{split}_error"
+            if r.get("kind") == ("train" if split == "train" else "eval") and key in r:
+                curves[split]["step"].append(int(r["step"]))
+                curves[split]["error"].append(float(r[key]))
+        if r.get("kind") == "train" and "time_s" in r:
+            curves["train"].setdefault("time_s", []).append(float(r["time_s"]))
+    return curves
+
+
+def final_errors(curves: dict[str, dict[str, list]], iterations: int) -> dict[str, Any]:
+    """Final training error (mean over the last ``FINAL_WINDOW`` of iterations) and the last
+    val/test errors, all fractions; None where a curve is empty."""
+    train = curves["train"]
+    start = iterations - max(1, round(FINAL_WINDOW * iterations))
+    window = [e for s, e in zip(train["step"], train["error"], strict=True) if s > start]
+    window = window or train["error"][-1:]
+    out: dict[str, Any] = {"train": float(np.mean(window)) if window else None}
+    for split in ("val", "test"):
+        out[split] = curves[split]["error"][-1] if curves[split]["error"] else None
+    out["steps"] = max([0, *train["step"], *curves["test"]["step"], *curves["val"]["step"]])
+    return out
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _versus(deep: dict, shallow: dict, key: str, lower: bool, name: str = "") -> tuple[bool, str]:
+    """Whether the deeper net's ``key`` error is lower (or higher) than the shallower's, and
+    the comparison in words, e.g. ``"12.3 % > plain-20 8.1 %"``."""
+    a, b = deep[key], shallow[key]
+    if a is None or b is None:
+        return False, "n/a"
+    ok = a < b if lower else a > b
+    sign = ("<" if ok else ">=") if lower else (">" if ok else "<=")
+    return ok, f"{_pct(a)} {sign} {name}{_pct(b)}"
+
+
+def verdict(finals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's two claims, each checked on the deepest vs the shallowest net of its kind.
+
+    ``finals`` maps a net's name to ``kind``, ``depth`` and its final errors (fractions).
+    """
+    claims = []
+    for number, kind in ((1, "plain"), (2, "residual")):
+        nets = [f for f in finals.values() if f["kind"] == kind and f["train"] is not None]
+        nets.sort(key=lambda f: f["depth"])
+        if len(nets) < 2:
+            continue
+        deep, shallow = nets[-1], nets[0]
+        d, s = display(kind, deep["depth"]), display(kind, shallow["depth"])
+        train_ok, train_words = _versus(deep, shallow, "train", kind == "residual", f"{s} ")
+        extra, facts = "", {"deep": deep["depth"], "shallow": shallow["depth"], "label": (d, s)}
+        facts["train_gap"] = deep["train"] - shallow["train"]
+        if kind == "plain":
+            holds = train_ok
+            text = f"Claim 1, the deeper plain net has the higher training error: {d} final "
+            text += f"training error {train_words}"
+            if len(nets) > 2:
+                errors = [f["train"] for f in nets]
+                rises = all(a < b for a, b in zip(errors, errors[1:], strict=False))
+                extra = (
+                    f" (training error rises with every step in depth: {'yes' if rises else 'no'})"
+                )
+        else:
+            held = "test" if deep["test"] is not None and shallow["test"] is not None else "val"
+            held_ok, held_words = _versus(deep, shallow, held, True)
+            holds = train_ok and held_ok
+            text = f"Claim 2, the deeper ResNet has the lower training and {held} error: {d} final "
+            text += f"training error {train_words}, {held} error {held_words}"
+            facts |= {"held_out": held, "train_holds": train_ok, f"{held}_holds": held_ok}
+        text += f": {'holds' if holds else 'does not hold'}{extra}."
+        claims.append({"claim": number, "holds": holds, "text": text, **facts})
+    return claims
+
+
+def plot_degradation(curves: dict[str, dict], title: str, path: Path) -> Path:
+    """The paper's figure: plain (left) and ResNet (right), one colour per depth, training
+    error dashed and test error bold, error % against iterations."""
+    plt = runs.pyplot()
+    depths = sorted({c["depth"] for c in curves.values()})
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, kind in zip(axes, ("plain", "residual"), strict=True):
+        for c in sorted(
+            (c for c in curves.values() if c["kind"] == kind), key=lambda c: c["depth"]
+        ):
+            colour = colours(depths.index(c["depth"]) % 10)
+            name = display(kind, c["depth"])
+            train, test = c["curves"]["train"], c["curves"]["test"]
+            ax.plot(train["step"], [100 * e for e in train["error"]], "--", color=colour,
+                    linewidth=0.9, label=f"{name} train")  # fmt: skip
+            if test["step"]:
+                ax.plot(test["step"], [100 * e for e in test["error"]], "-", color=colour,
+                        linewidth=2.2, label=f"{name} test")  # fmt: skip
+        ax.set_title(f"{LABEL[kind]} nets", fontsize=10)
+        ax.set_xlabel("iterations")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("error (%)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return runs.save_figure(fig, path)
+
+
+def _budget_banner(iterations: int, recipe_iters: int, milestones: list[int]) -> str | None:
+    if iterations >= recipe_iters:
+        return None
+    scaled = f" (lr milestones scaled to {', '.join(f'{m:,}' for m in milestones)})"
+    scaled = scaled if milestones else ""
+    return (
+        f"short budget: {iterations:,} of {recipe_iters:,} iterations{scaled}; the paper's claims "
+        "are about full training."
+    )
+
+
+def run_degradation(
+    config: DegradationConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Train the plain and residual net of every depth and write the results; returns
+    (run folder, the contents of degradation.json)."""
+    from ..train import recipe_config
+
+    base = recipe_config(config.recipe)
+    check_config(config, base.max_iters)
+    recipe_iters = int(base.max_iters)
+    iterations = config.budget or recipe_iters
+    milestones = scaled_milestones(base.milestones, recipe_iters, iterations)
+    if base.schedule != "multistep":
+        milestones = []
+    eval_every = config.eval_every or max(1, iterations // 20)
+    run_dir = runs.new_run_dir("degradation", out, resume=resume)
+    runs.start_run(run_dir, config, command)
+    print(f"degradation: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    bundle = open_bundle(config, base.val_size)
+    sources = [f"  {n}: {getattr(bundle, n).source}" for n in SPLITS if getattr(bundle, n)]
+    runs.write_text(run_dir / "data.txt", "\n".join([bundle.summary(), *sources]) + "\n")
+    schedule = {
+        "max_iters": iterations, "milestones": tuple(milestones), "eval_every": eval_every,
+        "checkpoint_every": eval_every, "log_every": max(1, min(100, iterations // 100)),
+    }  # fmt: skip
+    nets = [(kind, d) for kind in ("plain", "residual") for d in sorted(set(config.depths))]
+    results: dict[str, dict[str, Any]] = {}
+    for i, (kind, depth) in enumerate(nets, 1):
+        name, folder = net_name(kind, depth), run_dir / net_name(kind, depth)
+        if _status(folder) != "completed":
+            print(f"degradation [{i}/{len(nets)}] {display(kind, depth)}: {iterations:,} "
+                  f"iterations -> {folder}", file=sys.stderr, flush=True)  # fmt: skip
+            _train_net(config, kind, depth, bundle, schedule, folder, resume, progress)
+        curves = read_curves(folder)
+        results[name] = {"kind": kind, "depth": depth, "status": _status(folder), "folder": name,
+                         "curves": curves, **final_errors(curves, iterations)}  # fmt: skip
+    return run_dir, write_results(run_dir, config, results, iterations, recipe_iters, milestones)
+
+
+def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,
+               folder: Path, resume: bool, progress: bool) -> None:  # fmt: skip
+    """One engine run of one net: the recipe, with the budget's schedule, into ``folder``."""
+    from ..train import TrainingDiverged, recipe_config, train
+
+    name = net_name(kind, depth)
+    values = {"data": config.data, "seed": config.seed, "out_dir": str(folder), "resume": resume,
+              "progress": progress, "device": config.device, **schedule}  # fmt: skip
+    values |= {k: getattr(config, k) for k in ("batch_size", "lr") if getattr(config, k)}
+    train_config = (
+        recipe_config(config.recipe, model=name, **values)
+        if registered(config.family, name)  # lets the recipe add its warm-up for deep nets
+        else recipe_config(config.recipe, **values).replace(model=name)
+    )
+    torch.manual_seed(config.seed)
+    model = build_net(config.family, kind, depth, len(bundle.classes), bundle.in_channels)
+    try:
+        train(train_config, model=model, data=bundle)
+    except TrainingDiverged as exc:  # recorded in its run.json; the other nets still run
+        print(f"{display(kind, depth)}: {exc}", file=sys.stderr)
+
+
+def _status(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "run.json").read_text()).get("status", "not started"))
+    except (OSError, json.JSONDecodeError):
+        return "not started"
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    """One line of the final-error table (errors in %)."""
+    row = {"model": display(r["kind"], r["depth"]), "kind": r["kind"], "depth": r["depth"]}
+    row["iterations"] = r["steps"]
+    row |= {f"{s} error %": None if r[s] is None else round(100 * r[s], 2) for s in SPLITS}
+    row["train time s"] = (r["curves"]["train"].get("time_s") or [None])[-1]
+    return row
+
+
+def write_results(
+    run_dir: Path,
+    config: DegradationConfig,
+    results: dict[str, dict[str, Any]],
+    iterations: int,
+    recipe_iters: int,
+    milestones: list[int],
+) -> dict[str, Any]:
+    """degradation.json (curves, finals, verdict, summary), degradation.csv and .png."""
+    claims = verdict(results)
+    banner = _budget_banner(iterations, recipe_iters, milestones)
+    summary = [banner] if banner else []
+    summary += [c["text"] for c in claims]
+    if len(claims) == 2:
+        gaps = [
+            f"{c['label'][0]} minus {c['label'][1]} {100 * c['train_gap']:+.1f}" for c in claims
+        ]
+        summary.append(f"Cost of depth in final training error (points): {'; '.join(gaps)}.")
+    for r in results.values():
+        if r["status"] != "completed":
+            summary.append(f"{display(r['kind'], r['depth'])} did not complete ({r['status']}).")
+    summary.append(
+        f"Final training error: running error on augmented training batches, mean over the "
+        f"last {100 * FINAL_WINDOW:.0f} % of iterations; val/test error: the last evaluation."
+    )
+    if config.eval_size:
+        summary.append(f"val and test errors on stratified subsamples of {config.eval_size:,}.")
+    rows = [_row(r) for r in sorted(results.values(), key=lambda r: (r["kind"], r["depth"]))]
+    result = {
+        "family": config.family,
+        "iterations": iterations,
+        "recipe": config.recipe,
+        "recipe_iterations": recipe_iters,
+        "milestones": milestones,
+        "short_budget": banner is not None,
+        "banner": banner,
+        "runs": results,
+        "finals": rows,
+        "verdict": claims,
+        "summary": summary,
+    }
+    runs.write_json(run_dir / "degradation.json", result)
+    runs.write_csv(run_dir / "degradation.csv", rows)
+    depths = "/".join(str(d) for d in sorted(set(config.depths)))
+    data = Path(config.data).name
+    title = f"Training (dashed) and test (bold) error, {config.family} nets {depths}, {data}"
+    plot_degradation(
+        results, title + (f"\n{banner}" if banner else ""), run_dir / "degradation.png"
+    )
+    return result

@@ -1,0 +1,126 @@
+"""``resnetlab demo``: the classic experiments, small enough for a laptop CPU, in one report.
+
+It runs the comparison table, the gradient-flow check (the seed's 10/20-block MLPs and conv
+nets at initialisation) and a short degradation run on synthetic shapes made on the spot,
+each into a sub-folder, then renders them as one report. Nothing is downloaded unless
+``data`` names a data set to fetch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .compare import DEFAULT_MODELS as COMPARE_MODELS
+from .compare import CompareConfig, run_compare
+from .degradation import DegradationConfig, run_degradation
+from .gradient_flow import GradientFlowConfig, run_gradient_flow
+
+DEMO_BUDGET = 300  # iterations per net in the demo's degradation run
+QUICK_BUDGET = 4
+
+
+@dataclass
+class DemoConfig:
+    """Settings of one demo (written to config.json); the parts' settings follow from them."""
+
+    data: str = "synthetic"
+    budget: int | None = None  # None: DEMO_BUDGET (QUICK_BUDGET with quick)
+    seed: int = 0
+    quick: bool = False
+    speed: bool = False
+
+
+def compare_config(config: DemoConfig) -> CompareConfig:
+    models = ["vgg11", "resnet18"] if config.quick else list(COMPARE_MODELS)
+    return CompareConfig(models=models, speed=config.speed, batch=2, iters=2, warmup=1)
+
+
+def gradient_flow_config(config: DemoConfig) -> GradientFlowConfig:
+    models = ["mlp10", "mlp20", "plain20", "resnet20"]
+    if not config.quick:
+        models += ["plain56", "resnet56"]
+    return GradientFlowConfig(models=models, seeds=1 if config.quick else 2, seed=config.seed,
+                              batch=4 if config.quick else 8)  # fmt: skip
+
+
+def degradation_config(config: DemoConfig) -> DegradationConfig:
+    """Plain vs ResNet at 8 and 20 layers, batch 64 (the recipe's lr); synthetic 16 px shapes
+    by default, else the real data as stored with val/test subsampled to 1,000 images each."""
+    budget = config.budget or (QUICK_BUDGET if config.quick else DEMO_BUDGET)
+    synthetic = config.data == "synthetic"
+    return DegradationConfig(
+        data=config.data,
+        family="cifar",
+        depths=[8, 14] if config.quick else [8, 20],
+        budget=budget,
+        seed=config.seed,
+        batch_size=16 if config.quick else 64,
+        input_size=16 if synthetic else None,
+        train_size=(200 if config.quick else 3000) if synthetic else None,
+        eval_size=None if synthetic else 1000,
+        eval_every=max(1, budget // 10),
+    )
+
+
+def _timed(label: str, step: int, fn, *args, **kwargs) -> tuple[Any, float]:
+    print(f"demo [{step}/3] {label}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def run_demo(
+    config: DemoConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """Run the three experiments into one folder and render it; returns (folder, report.html)."""
+    from .report import render_report
+
+    degradation = degradation_config(config)
+    run_dir = runs.new_run_dir("demo", out, resume=resume)
+    runs.start_run(run_dir, config, command)
+    print(f"demo: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    common = {"resume": resume, "command": command, "progress": progress}
+    started = time.perf_counter()
+    (compare_dir, _, _), t_compare = _timed(
+        "comparison table", 1, run_compare, compare_config(config), run_dir / "compare", **common
+    )
+    flow_dir, t_flow = _timed(
+        "gradient flow at initialisation", 2, run_gradient_flow, gradient_flow_config(config),
+        run_dir / "gradient-flow", **common,
+    )  # fmt: skip
+    (degradation_dir, _), t_degradation = _timed(
+        f"degradation, {degradation.budget} iterations per net on {config.data}", 3,
+        run_degradation, degradation, run_dir / "degradation", **common,
+    )  # fmt: skip
+    total = time.perf_counter() - started
+    machine = runs.machine_info(command)
+    summary = [
+        f"Demo on {config.data} data; wall time {total:.0f} s"
+        f"{' (this resumed session only)' if resume else ''} on {machine['cpu']} "
+        f"({machine['cpu_count']} logical CPUs, {machine['torch_threads']} torch threads, "
+        f"GPU: {machine['gpu'] or 'none'}).",
+        f"Comparison table {t_compare:.0f} s, gradient flow {t_flow:.0f} s, "
+        f"degradation run {t_degradation:.0f} s.",
+    ]
+    if config.data == "synthetic":
+        summary.append(
+            "The degradation run uses synthetic shapes (16 px, made on the spot) and a few "
+            "hundred iterations: it shows the method, not the paper's result. Run "
+            "'resnetlab degradation --data cifar10' for the real experiment."
+        )
+    timings = {"compare_s": t_compare, "gradient_flow_s": t_flow,
+               "degradation_s": t_degradation, "total_s": total}  # fmt: skip
+    runs.write_json(run_dir / "demo.json", {"timings": timings, "summary": summary})
+    html_path, _ = render_report([run_dir, compare_dir, flow_dir, degradation_dir], out=run_dir)
+    return run_dir, html_path

@@ -1,0 +1,36 @@
+"""Fine-tuning: the two-phase recipe on the training engine, model cards, prediction,
+evaluation with the practitioner's metric set, and the learning-rate range test.
+"""
+
+from .card import LoadedModel, export_input_size, load_model, read_card, run_summary, write_card
+from .evaluate import evaluate_run, format_metrics, image_probabilities
+from .finetune import FinetuneOptions, FinetuneResult, finetune
+from .lr_find import LrFindResult, lr_find
+from .metrics import classification_metrics, roc_curve
+from .predict import Prediction, expand_inputs, predict_files, render
+from .preprocess import Preprocessing, prepare_images
+
+__all__ = [
+    "FinetuneOptions",
+    "FinetuneResult",
+    "LoadedModel",
+    "LrFindResult",
+    "Prediction",
+    "Preprocessing",
+    "classification_metrics",
+    "evaluate_run",
+    "expand_inputs",
+    "export_input_size",
+    "finetune",
+    "format_metrics",
+    "image_probabilities",
+    "load_model",
+    "lr_find",
+    "predict_files",
+    "prepare_images",
+    "read_card",
+    "render",
+    "roc_curve",
+    "run_summary",
+    "write_card",
+]

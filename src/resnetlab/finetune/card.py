@@ -1,0 +1,130 @@
+"""The model card (``model_card.json``): what a fine-tuned model is, what it expects, how it
+was trained and how well it did, and loading a model back from a run folder or a model file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ResnetlabError
+from .preprocess import Preprocessing
+
+CARD_NAME = "model_card.json"
+CARD_FORMAT = "resnetlab-model-card/1"
+WEIGHT_FILES = ("model.safetensors", "model.pt")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its card, ready for prediction or evaluation."""
+
+    model: nn.Module
+    card: dict[str, Any]
+    preprocessing: Preprocessing
+    classes: list[str]
+    weights: Path
+
+
+def write_card(folder: Path, card: dict[str, Any]) -> Path:
+    """Write ``model_card.json`` atomically."""
+    from ..train.metrics import write_json
+
+    path = Path(folder) / CARD_NAME
+    write_json(path, {"format": CARD_FORMAT, **card})
+    return path
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """Read a model card; a missing or foreign file is one clear error."""
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResnetlabError(
+            f"no model card at {path}; give a fine-tuning run folder or a model file with "
+            f"{CARD_NAME} beside it."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ResnetlabError(f"{path} is not a readable model card ({exc}).") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ResnetlabError(f"{path} is not a resnetlab model card (format {CARD_FORMAT}).")
+    return card
+
+
+def locate(source: str | Path) -> tuple[Path, Path]:
+    """(card path, weights path) for a run folder or a model file with a card beside it."""
+    source = Path(source)
+    if source.is_dir():
+        weights = next((source / n for n in WEIGHT_FILES if (source / n).is_file()), None)
+        if weights is None:
+            raise ResnetlabError(
+                f"{source} holds no {' or '.join(WEIGHT_FILES)}; is the fine-tuning run finished?"
+            )
+        return source / CARD_NAME, weights
+    if source.is_file():
+        return source.parent / CARD_NAME, source
+    raise ResnetlabError(f"{source} does not exist; give a run folder or a model file.")
+
+
+def build_from_card(card: dict[str, Any]) -> nn.Module:
+    """The card's architecture with its head, randomly initialised (weights are loaded next)."""
+    from ..models import create_model
+    from ..transfer import replace_head
+
+    spec = card["model"]
+    model = create_model(
+        spec["name"],
+        num_classes=len(card["classes"]),
+        in_channels=spec["in_channels"],
+        **spec.get("options", {}),
+    )
+    return replace_head(model, len(card["classes"]), dropout=spec.get("head_dropout", 0.0))
+
+
+def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load a fine-tuned model (run folder or model file + card) in eval mode."""
+    from ..weights import load_weights
+    from ..weights.pretrained import load_state_dict_strict
+
+    card_path, weights = locate(source)
+    card = read_card(card_path)
+    model = build_from_card(card)
+    load_state_dict_strict(model, load_weights(weights), source=weights.name)
+    model.to(device).eval()
+    prep = Preprocessing.from_dict(card["preprocessing"])
+    return LoadedModel(model, card, prep, list(card["classes"]), weights)
+
+
+def export_input_size(source: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
+    """For ``resnetlab export RUN_DIR``: the model and its (C, H, W) input size from the card."""
+    loaded = load_model(source)
+    prep = loaded.preprocessing
+    return loaded.model, (prep.channels, prep.crop, prep.crop)
+
+
+def run_summary(source: str | Path) -> str:
+    """For ``resnetlab summary RUN_DIR``: architecture, head, parameters (total/trainable)."""
+    from ..models.summary import count_parameters
+
+    card = read_card(locate(source)[0])
+    model = build_from_card(card)
+    total, _ = count_parameters(model)
+    spec, prep = card["model"], Preprocessing.from_dict(card["preprocessing"])
+    lines = [
+        f"{spec['name']} fine-tuned for {len(card['classes'])} classes: "
+        + ", ".join(card["classes"]),
+        f"head: dropout {spec.get('head_dropout', 0.0)} + Linear; parameters {total:,} "
+        f"(trainable while fine-tuning: {spec.get('trainable', total):,})",
+        f"input: {prep.describe()}",
+    ]
+    for split, m in card.get("metrics", {}).items():
+        lines.append(
+            f"{split}: accuracy {m['accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f} "
+            f"({m.get('measured_on', split)})"
+        )
+    return "\n".join(lines)

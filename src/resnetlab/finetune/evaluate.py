@@ -1,0 +1,131 @@
+"""Logits of a model over a labelled split, and ``resnetlab evaluate``: the full metric set
+with confusion-matrix and ROC plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ResnetlabError
+from .metrics import classification_metrics
+from .preprocess import Preprocessing, normalise, prepare_images
+
+
+@torch.no_grad()
+def loader_logits(model: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over an evaluation loader; the modes of all modules are restored
+    (a fine-tuner keeps frozen BatchNorm layers in eval mode)."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader.epoch(0):
+        logits.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    for module, mode in zip(model.modules(), modes, strict=True):
+        module.training = mode
+    return torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
+def image_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    prep: Preprocessing,
+    *,
+    batch_size: int = 64,
+    tta: bool = False,
+) -> torch.Tensor:
+    """Class probabilities for uint8 images (N, C, H, W) of any size, preprocessed as ``prep``
+    says; ``tta`` averages the probabilities of each image and its mirror image."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
+        p = torch.softmax(model(x).float(), dim=1)
+        if tta:
+            p = (p + torch.softmax(model(x.flip(-1)).float(), dim=1)) / 2
+        out.append(p.cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def evaluate_run(
+    source: str | Path,
+    data: str,
+    *,
+    split: str = "test",
+    out: Path | None = None,
+    batch_size: int = 64,
+    tta: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """All metrics of a fine-tuned model on a labelled split of ``data``; plots and
+    ``metrics_<split>.json`` go to ``out`` when given."""
+    from ..data import open_data
+    from .card import load_model
+    from .plots import plot_confusion, plot_roc
+
+    loaded = load_model(source, device)
+    bundle = open_data(data)
+    part = getattr(bundle, split, None) if split in ("train", "val", "test") else None
+    if part is None:
+        present = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
+        raise ResnetlabError(f"{data} has no {split!r} split; choose one of {', '.join(present)}.")
+    if list(bundle.classes) != loaded.classes:
+        raise ResnetlabError(
+            f"the data's classes ({', '.join(bundle.classes[:10])}) differ from the model's "
+            f"({', '.join(loaded.classes[:10])}); evaluate on data with the same classes."
+        )
+    images = _split_images(part, loaded.preprocessing)
+    probs = image_probabilities(
+        loaded.model, images, loaded.preprocessing, batch_size=batch_size, tta=tta
+    )
+    metrics = classification_metrics(probs.clamp_min(1e-12).log(), part.labels, loaded.classes)
+    metrics |= {"split": split, "data": str(data), "tta": tta}
+    if out is not None:
+        from ..train.metrics import write_json
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / f"metrics_{split}.json", metrics)
+        plot_confusion(
+            metrics["confusion_matrix"],
+            loaded.classes,
+            out / f"confusion_{split}.png",
+            f"{split} ({len(part)} images)",
+        )
+        plot_roc(probs, part.labels, loaded.classes, out / f"roc_{split}.png", split)
+    return metrics
+
+
+def _split_images(part: Any, prep: Preprocessing) -> torch.Tensor:
+    """uint8 images of a split: the in-memory tensor, or each file decoded and preprocessed."""
+    from ..data import ImageSet
+    from .preprocess import load_image
+
+    if isinstance(part, ImageSet):
+        return part.images
+    return torch.cat([prepare_images(load_image(p)[None], prep) for p in part.paths])
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A short table: the headline numbers, then precision/recall/F1 per class."""
+    lines = [
+        f"{metrics.get('split', 'split')}: n {metrics['n']}, loss {metrics['loss']:.4f}, "
+        f"accuracy {metrics['accuracy']:.4f}, "
+        f"balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+        f"ROC-AUC {metrics['roc_auc']:.4f}, macro F1 {metrics['macro_f1']:.4f}",
+        f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"{name[:20]:<20} {row['precision']:>9.4f} {row['recall']:>9.4f} "
+            f"{row['f1']:>9.4f} {row['support']:>8}"
+        )
+    lines.append("confusion matrix [true][predicted]: " + json.dumps(metrics["confusion_matrix"]))
+    return "\n".join(lines)

@@ -1,0 +1,365 @@
+"""Fine-tuning on the one training engine: a new head, then fastai's two-phase recipe.
+
+Phase 1 trains the head with the backbone frozen (``head_epochs``); phase 2 unfreezes (all, or
+down to a stage) with discriminative learning rates. Each phase is one engine run in a sub-folder
+(``phase1-head``, ``phase2-full``) with its own resumable checkpoints; a hook measures the full
+metric set on validation after every epoch, keeps the best model by ``monitor`` and stops early.
+The run folder gets the model (``model.safetensors``, ``model.pt``), ``model_card.json``, the
+merged ``metrics.jsonl``/``metrics.csv``, plots and ``report.html``/``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ResnetlabError
+from ..train import Callback, TrainConfig, train
+from ..train.metrics import write_json, write_text_atomic
+from .build import build_model, say, weights_source
+from .metrics import classification_metrics
+
+MONITORS = ("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1")
+GREY = ("auto", "repeat", "sum")
+OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
+PHASES = ("phase1-head", "phase2-full")
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default"."""
+
+    data: str
+    out_dir: str
+    model: str = "resnet18"
+    pretrained: str | None = "auto"  # tag, URL, file or run folder; "auto": ImageNet if published
+    model_options: dict[str, Any] = field(default_factory=dict)
+    head_dropout: float = 0.0
+    freeze: tuple[str, ...] = ()  # stages kept frozen in both phases
+    bn: str = "frozen"  # BatchNorm of frozen stages: "frozen" (eval statistics) or "train"
+    unfreeze_to: str | None = None  # phase 2 trains this stage and everything after it
+    head_epochs: float | None = None  # None: 2 with pretrained weights, 0 from scratch
+    epochs: float = 5.0  # phase 2
+    optimizer: str = "adamw"
+    lr: float | None = None  # the head's lr; None: 1e-3 (AdamW) or 0.01 (SGD)
+    lr_mult: float | None = None  # per-stage lr factor in phase 2; None: 0.4 pretrained, 1 scratch
+    weight_decay: float | None = None  # None: 0.01 (AdamW) or 5e-4 (SGD)
+    schedule: str = "onecycle"
+    batch_size: int = 64
+    image_size: int | None = None
+    grey: str = "auto"  # grey images: "repeat" to 3 channels or "sum" (1-channel stem)
+    class_weights: bool = False
+    balanced_sampling: bool = False
+    monitor: str = "balanced_accuracy"
+    patience: int | None = 5  # epochs without improvement before stopping; None: never
+    val_size: float = 0.1
+    label_smoothing: float = 0.0
+    augment: bool = True
+    flip: bool = True
+    pad: int | None = None  # random-crop padding; None: crop / 8
+    tta: bool = False  # mirror averaging for the final test metrics
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self.freeze = tuple(self.freeze)
+        for name, value, choices in (
+            ("monitor", self.monitor, MONITORS),
+            ("grey", self.grey, GREY),
+            ("bn", self.bn, ("frozen", "train")),
+        ):
+            if value not in choices:
+                raise ResnetlabError(
+                    f"--{name} {value!r} is unknown; use one of {', '.join(choices)}."
+                )
+        if self.class_weights and self.balanced_sampling:
+            raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
+        if self.epochs <= 0 or (self.head_epochs or 0) < 0 or self.batch_size < 1:
+            raise ResnetlabError("epochs and batch size must be positive, head epochs >= 0.")
+        if self.pretrained in ("", "none", "None", "scratch"):
+            self.pretrained = None
+
+    @property
+    def head_lr(self) -> float:
+        return self.lr or (1e-3 if self.optimizer == "adamw" else 0.01)
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer == "adamw" else 5e-4
+
+
+@dataclass
+class FinetuneResult:
+    """The run folder, its card and the headline metrics (val at the best epoch, test)."""
+
+    run_dir: Path
+    card: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+
+
+class Tracker(Callback):
+    """After each evaluation: the full metric set on validation, the best model by ``monitor``
+    (``best_model.pt`` + ``best.json`` in the run folder) and early stopping.
+
+    Its records (``val_metrics.jsonl``) are replayed on resume, so nothing is lost or doubled.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        phase: str,
+        loader: Any,
+        classes: list[str],
+        monitor: str,
+        patience: int | None,
+        epoch_offset: float,
+    ) -> None:
+        self.run_dir, self.phase, self.loader, self.classes = run_dir, phase, loader, classes
+        self.monitor, self.patience, self.offset = monitor, patience, epoch_offset
+        self.path = run_dir / "val_metrics.jsonl"
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if value != value:  # NaN (e.g. ROC-AUC with one class present)
+            return False
+        return best is None or (value < best if self.monitor == "loss" else value > best)
+
+    def on_start(self, state: Any) -> None:
+        from ..experiments.runs import read_jsonl
+
+        keep = [
+            r
+            for r in read_jsonl(self.path)
+            if PHASES.index(r["phase"]) < PHASES.index(self.phase)
+            or (r["phase"] == self.phase and r["step"] <= state.step)
+        ]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        self.best, self.since = None, 0
+        for r in keep:
+            if self._better(r[self.monitor], self.best):
+                self.best, self.since = r[self.monitor], 0
+            else:
+                self.since = self.since + 1 if r["phase"] == self.phase else 0
+
+    def on_eval(self, state: Any, record: dict[str, Any]) -> None:
+        from ..experiments.runs import append_jsonl
+        from .evaluate import loader_logits
+
+        logits, labels = loader_logits(state.model, self.loader)
+        metrics = classification_metrics(logits, labels, self.classes)
+        row = {
+            "phase": self.phase,
+            "step": state.step,
+            "epoch": round(self.offset + state.epoch, 4),
+            **metrics,
+        }
+        append_jsonl(self.path, row)
+        if self._better(metrics[self.monitor], self.best):
+            self.best, self.since = metrics[self.monitor], 0
+            from ..train import save_checkpoint
+
+            save_checkpoint({"model": state.model.state_dict()}, self.run_dir / "best_model.pt")
+            write_json(self.run_dir / "best.json", row)
+        else:
+            self.since += 1
+        say(
+            f"{self.phase} epoch {row['epoch']:g}: val loss {metrics['loss']:.4f}, acc "
+            f"{metrics['accuracy']:.4f}, bal. acc {metrics['balanced_accuracy']:.4f}, ROC-AUC "
+            f"{metrics['roc_auc']:.4f} (best {self.monitor} {self.best:.4f})"
+        )
+        if self.patience is not None and self.since >= self.patience:
+            say(f"early stop: no better val {self.monitor} for {self.since} epoch(s)")
+            state.stop = True
+
+
+def finetune(options: FinetuneOptions, callbacks: Sequence[Callback] = ()) -> FinetuneResult:
+    """Run (or resume) a fine-tuning run; ``callbacks`` are passed to every engine run."""
+    from . import outputs, prepare
+
+    start = time.perf_counter()
+    run_dir = Path(options.out_dir)
+    options = _settings(options, run_dir)
+    options.pretrained = weights_source(options.pretrained, options.model)
+    bundle, notes = prepare.open_finetune_data(options.data, options.val_size, options.seed)
+    counts = prepare.class_counts(bundle)
+    for split, by_class in counts.items():
+        say(f"class counts ({split}): " + ", ".join(f"{c} {n:,}" for c, n in by_class.items()))
+    for note in notes:
+        say(note)
+    model, prep, weights_file = build_model(options, bundle)
+    data = prepare.prepare_bundle(bundle, prep)
+    for note in prep.notes:
+        say(note)
+    notes += prep.notes
+    say(f"input pipeline: {prep.describe()}")
+    weights = None
+    if options.class_weights:
+        weights = prepare.inverse_frequency(counts["train"])
+        say("class weights (inverse frequency): " + ", ".join(f"{w:.3f}" for w in weights))
+    if options.balanced_sampling:
+        data.train = prepare.oversample(data.train, options.seed)
+        say(f"balanced sampling: training set oversampled to {len(data.train):,} images")
+    batch = min(options.batch_size, len(data.train))
+    bpe = len(data.train) // batch
+    val_loader = _val_loader(data, prep, batch, options.device)
+    plan = phase_plan(options, model)
+    if not options.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / OPTIONS_FILE, dataclasses.asdict(options))
+    for phase in plan:
+        config = _engine_config(
+            options, phase.lr, phase.epochs, bpe, batch, prep, weights, run_dir / phase.name
+        )
+        tracker = Tracker(
+            run_dir,
+            phase.name,
+            val_loader,
+            data.classes,
+            options.monitor,
+            options.patience,
+            phase.epoch_offset,
+        )
+        _run_phase(phase, options, model, data, config, [tracker, *callbacks])
+    info = {
+        "notes": notes,
+        "counts": counts,
+        "weights_file": weights_file,
+        "head_epochs": plan[0].epochs if len(plan) == 2 else 0,
+        "phase2_frozen": plan[-1].frozen,
+        "lr_mult": plan[-1].lr_mult,
+        "class_weights": weights,
+        "batch_size": batch,
+        "wall_s": time.perf_counter() - start,
+    }
+    return outputs.finish(options, run_dir, model, prep, bundle, data, info)
+
+
+@dataclass
+class Phase:
+    """One engine run of the recipe: what is frozen (``None``: all but the head) and its lrs."""
+
+    name: str
+    epochs: float
+    frozen: list[str] | None
+    lr: float
+    lr_mult: float
+    epoch_offset: float
+
+
+def phase_plan(options: FinetuneOptions, model: nn.Module) -> list[Phase]:
+    """Phase 1 (head only; with pretrained weights by default) and phase 2 (unfrozen down to
+    ``unfreeze_to``, ``freeze`` stages kept frozen, per-stage lrs falling towards the stem)."""
+    from ..transfer import resolve_stages
+
+    stages = list(model.stage_modules())
+    pretrained = options.pretrained is not None
+    head_epochs = options.head_epochs if options.head_epochs is not None else 2 * pretrained
+    frozen = list(options.freeze)
+    if options.unfreeze_to is not None:
+        if options.unfreeze_to not in stages:
+            raise ResnetlabError(
+                f"--unfreeze-to {options.unfreeze_to!r}: use one of {', '.join(stages)}."
+            )
+        frozen += [s for s in stages[: stages.index(options.unfreeze_to)] if s not in frozen]
+    resolve_stages(model, frozen)  # unknown names: one clear error before anything is written
+    mult = options.lr_mult if options.lr_mult is not None else (0.4 if pretrained else 1.0)
+    full_lr = options.head_lr / 2 if pretrained else options.head_lr  # fastai's fine_tune
+    plan = [Phase(PHASES[0], head_epochs, None, options.head_lr, 1.0, 0.0)] if head_epochs else []
+    return plan + [Phase(PHASES[1], options.epochs, frozen, full_lr, mult, float(head_epochs))]
+
+
+def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks) -> None:
+    """Freeze as the phase says and run it on the engine, unless it finished before."""
+    from ..transfer import freeze, param_groups, unfreeze
+
+    unfreeze(model)
+    if phase.frozen is None or phase.frozen:
+        freeze(model, phase.frozen, options.bn)
+    groups = param_groups(model, phase.lr, decay=options.decay, lr_mult=phase.lr_mult)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    kept = "all but the head" if phase.frozen is None else ", ".join(phase.frozen) or "none"
+    say(
+        f"{phase.name}: {phase.epochs:g} epoch(s) x {config.eval_every} steps, lr {phase.lr:g} "
+        f"(x{phase.lr_mult:g} per stage towards the stem), frozen: {kept}, trainable "
+        f"parameters {trainable:,}"
+    )
+    done = Path(config.out_dir) / "done.json"
+    if done.is_file():
+        _load_last(model, Path(config.out_dir))
+        say(f"{phase.name}: already finished, skipped")
+        return
+    result = train(config, model=model, data=data, callbacks=callbacks, param_groups=groups)
+    write_json(done, {"steps": result.steps, "trainable": trainable})
+
+
+def _settings(options: FinetuneOptions, run_dir: Path) -> FinetuneOptions:
+    """A fresh run needs an empty folder; ``resume`` continues with the saved settings."""
+    saved = run_dir / OPTIONS_FILE
+    if options.resume:
+        if not saved.is_file():
+            raise ResnetlabError(f"{run_dir} holds no fine-tuning run to resume; drop --resume.")
+        values = json.loads(saved.read_text())
+        values |= {"resume": True, "progress": options.progress, "device": options.device}
+        say(f"resuming {run_dir} with its saved settings ({saved.name})")
+        return FinetuneOptions(**values)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ResnetlabError(f"run folder {run_dir} is not empty; pass --resume or another --out.")
+    return options
+
+
+def _val_loader(data: Any, prep: Any, batch: int, device: str) -> Any:
+    from ..data import make_loader
+
+    where = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return make_loader(
+        data.val, max(batch, 256), train=False, device=where, mean=prep.mean, std=prep.std
+    )
+
+
+def _engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) -> TrainConfig:
+    """One phase as an engine run: epochs, evaluation and checkpoints once per epoch."""
+    return TrainConfig(
+        model=options.model,
+        model_options=dict(options.model_options),
+        data=options.data,
+        normalisation={"mean": list(prep.mean), "std": list(prep.std)},
+        augment=options.augment,
+        flip=options.flip,
+        pad=options.pad if options.pad is not None else max(1, round(prep.crop / 8)),
+        batch_size=batch,
+        optimizer=options.optimizer,
+        lr=lr,
+        weight_decay=options.decay,
+        schedule=options.schedule,
+        max_iters=None,
+        epochs=epochs,
+        label_smoothing=options.label_smoothing,
+        class_weights=tuple(weights) if weights else None,
+        device=options.device,
+        seed=options.seed,
+        eval_every=bpe,
+        eval_splits=("val",),
+        checkpoint_every=bpe,
+        log_every=max(1, min(bpe, 20)),
+        out_dir=str(phase_dir),
+        resume=options.resume,
+        progress=options.progress,
+        num_workers=0,
+    )
+
+
+def _load_last(model: nn.Module, phase_dir: Path) -> None:
+    from ..train import load_checkpoint
+
+    model.load_state_dict(load_checkpoint(phase_dir / "last.pt")["model"])

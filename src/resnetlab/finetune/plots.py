@@ -1,0 +1,88 @@
+"""PNG plots for fine-tuning runs: confusion matrix, ROC curves, the lr range test, history.
+
+matplotlib on the Agg backend (no display); files are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..experiments.runs import pyplot, save_figure
+from .metrics import roc_auc, roc_curve
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
+    """Counts with row-normalised shading (recall per true class on the diagonal)."""
+    plt = pyplot()
+    counts = torch.tensor(matrix, dtype=torch.float64)
+    shares = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.55 * k) if k > 4 else (4, 3.4))
+    ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=colour)
+    ax.set_xticks(range(k), classes, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix, {title}")
+    return save_figure(fig, path)
+
+
+def plot_roc(
+    probs: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, title: str
+) -> Path:
+    """The ROC curve (binary: the second class is positive; more: one curve per class)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    targets = [1] if len(classes) == 2 else range(len(classes))
+    for c in targets:
+        positive = labels == c
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr = roc_curve(probs[:, c], positive)
+        auc = roc_auc(probs[:, c], positive)
+        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{classes[c]} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC, {title}")
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_lr_find(
+    lrs: list[float], losses: list[float], suggestions: dict[str, float], path: Path
+) -> Path:
+    """Smoothed loss against the learning rate (log axis), suggestions marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    for (name, lr), colour in zip(suggestions.items(), ("red", "green"), strict=False):
+        ax.axvline(lr, color=colour, linestyle="--", linewidth=1, label=f"{name} {lr:.2g}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title("learning-rate range test")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_history(records: list[dict[str, Any]], monitor: str, path: Path) -> Path:
+    """Validation loss and the monitored metric per epoch, both phases."""
+    plt = pyplot()
+    evals = [r for r in records if r.get("kind") == "eval" and f"val_{monitor}" in r]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    epochs = [r["epoch"] for r in evals]
+    ax.plot(epochs, [r["val_loss"] for r in evals], marker="o", label="val loss")
+    if monitor != "loss":
+        ax.plot(epochs, [r[f"val_{monitor}"] for r in evals], marker="s", label=f"val {monitor}")
+    ax.set_xlabel("epoch")
+    ax.set_title("validation per epoch")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -1,0 +1,112 @@
+"""``resnetlab predict``: top-k classes for image files, folders or globs, preprocessed as the
+model card says; unreadable files are reported by name and the rest still predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.folder import BAD_ERRORS, is_image_name
+from ..errors import ResnetlabError
+from .card import LoadedModel
+from .evaluate import image_probabilities
+from .preprocess import load_image, prepare_images
+
+
+@dataclass
+class Prediction:
+    """One file's top-k (class, probability) pairs, most likely first."""
+
+    path: str
+    top: list[tuple[str, float]]
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files as given, image files under folders (sorted, recursive), and glob matches."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+        elif path.exists():
+            paths.append(path)
+        elif glob.has_magic(item):
+            paths += sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        else:
+            paths.append(path)  # reported as missing when read
+    return list(dict.fromkeys(paths))
+
+
+def predict_files(
+    loaded: LoadedModel,
+    paths: list[Path],
+    *,
+    top_k: int = 3,
+    batch_size: int = 64,
+    tta: bool = False,
+) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predictions for the readable files and (path, reason) for the others."""
+    prep, classes = loaded.preprocessing, loaded.classes
+    k = max(1, min(top_k, len(classes)))
+    predictions: list[Prediction] = []
+    failed: list[tuple[str, str]] = []
+    for start in range(0, len(paths), batch_size):
+        names, images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(prepare_images(load_image(path)[None], prep)[0])
+                names.append(str(path))
+            except FileNotFoundError:
+                failed.append((str(path), "no such file"))
+            except IsADirectoryError:
+                failed.append((str(path), "a folder with no images"))
+            except BAD_ERRORS as exc:
+                failed.append((str(path), f"not a readable image ({type(exc).__name__})"))
+        if not images:
+            continue
+        probs = image_probabilities(loaded.model, torch.stack(images), prep, tta=tta)
+        values, index = probs.topk(k, dim=1)
+        for name, v, i in zip(names, values.tolist(), index.tolist(), strict=True):
+            predictions.append(
+                Prediction(name, [(classes[c], p) for c, p in zip(i, v, strict=True)])
+            )
+    return predictions, failed
+
+
+def render(predictions: list[Prediction], fmt: str) -> str:
+    """A table (``text``), JSON lines' worth as one JSON list (``json``) or CSV (``csv``)."""
+    if fmt == "json":
+        rows = [
+            {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+            for p in predictions
+        ]
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        k = max((len(p.top) for p in predictions), default=0)
+        header = ["path"] + [f"{w}{i + 1}" for i in range(k) for w in ("class", "probability")]
+        writer.writerow(header)
+        for p in predictions:
+            writer.writerow([p.path] + [x for c, v in p.top for x in (c, f"{v:.6f}")])
+        return buffer.getvalue().rstrip("\n")
+    if fmt != "text":
+        raise ResnetlabError(f"unknown output format {fmt!r}; use text, json or csv.")
+    width = max((len(p.path) for p in predictions), default=4)
+    lines = [f"{'file':<{width}}  top classes (probability)"]
+    for p in predictions:
+        lines.append(f"{p.path:<{width}}  " + ", ".join(f"{c} {v:.3f}" for c, v in p.top))
+    return "\n".join(lines)
+
+
+def report_failures(failed: list[tuple[str, str]]) -> None:
+    for path, reason in failed:
+        print(f"resnetlab predict: skipped {path}: {reason}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""The input pipeline a fine-tuned model expects, as one plain record shared by training,
+prediction and evaluation, so the three can never disagree.
+
+Images are resized (shorter side to ``resize``, then a centre crop of ``crop``), given the
+model's channel count (grey repeated to 3, or colour made grey), and normalised by mean/std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ResnetlabError
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+@dataclass
+class Preprocessing:
+    """How raw uint8 images become model inputs; stored in the model card."""
+
+    crop: int
+    resize: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str = "bilinear"
+    channels: int = 3  # the model's input channels
+    grey: str | None = None  # "repeat" or "sum" when the training images were greyscale
+    notes: list[str] = field(default_factory=list)  # why these values were chosen
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ResnetlabError(
+                f"interpolation {self.interpolation!r} is unknown; use {', '.join(INTERPOLATIONS)}."
+            )
+        if self.crop < 1 or self.resize < self.crop:
+            raise ResnetlabError(
+                f"need 1 <= crop <= resize, got crop {self.crop}, resize {self.resize}."
+            )
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ResnetlabError(
+                f"mean/std need {self.channels} values (one per input channel), got "
+                f"{len(self.mean)} and {len(self.std)}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def describe(self) -> str:
+        grey = {"repeat": ", grey images repeated", "sum": ", grey images as 1 channel"}.get(
+            self.grey or "", ""
+        )
+        return (
+            f"resize {self.resize} + centre crop {self.crop} ({self.interpolation}), "
+            f"{self.channels} channel(s){grey}, mean {_short(self.mean)}, std {_short(self.std)}"
+        )
+
+
+def _short(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, 3, H, W) to uint8 luma (N, 1, H, W)."""
+    weights = torch.tensor(LUMA, dtype=torch.float32).reshape(1, 3, 1, 1)
+    return (x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def match_channels(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Give uint8 images (N, C, H, W) the model's channel count (grey sources stay grey)."""
+    if prep.grey is not None and x.shape[1] == 3:
+        x = to_grey(x)  # a model trained on grey images sees colour inputs as grey
+    if x.shape[1] == prep.channels:
+        return x
+    if x.shape[1] == 1 and prep.channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if x.shape[1] == 3 and prep.channels == 1:
+        return to_grey(x)
+    raise ResnetlabError(
+        f"cannot feed {x.shape[1]}-channel images to a {prep.channels}-channel model."
+    )
+
+
+def resize_crop(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Resize the shorter side to ``prep.resize`` and centre-crop ``prep.crop`` (uint8 in/out)."""
+    h, w = x.shape[-2:]
+    if (h, w) == (prep.crop, prep.crop):
+        return x.contiguous()
+    scale = prep.resize / min(h, w)
+    size = (max(prep.crop, round(h * scale)), max(prep.crop, round(w * scale)))
+    if (h, w) != size:
+        smooth = prep.interpolation != "nearest"
+        x = F.interpolate(
+            x.float(),
+            size=size,
+            mode=prep.interpolation,
+            antialias=smooth,
+            align_corners=False if smooth else None,
+        )
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    top, left = round((size[0] - prep.crop) / 2), round((size[1] - prep.crop) / 2)
+    return x[..., top : top + prep.crop, left : left + prep.crop].contiguous()
+
+
+def prepare_images(images: torch.Tensor, prep: Preprocessing, chunk: int = 256) -> torch.Tensor:
+    """uint8 images (N, C, H, W) to uint8 (N, channels, crop, crop), in chunks to bound memory."""
+    parts = [
+        resize_crop(match_channels(images[i : i + chunk], prep), prep)
+        for i in range(0, images.shape[0], chunk)
+    ]
+    if not parts:
+        return torch.empty(0, prep.channels, prep.crop, prep.crop, dtype=torch.uint8)
+    return torch.cat(parts)
+
+
+def normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 model-ready images to float32 inputs: [0, 1], minus mean, over std."""
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Decode one image file to uint8 (C, H, W); C is 1 for greyscale files, else 3."""
+    from ..data.folder import decode
+
+    array = decode(Path(path).read_bytes())
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -1,0 +1,130 @@
+"""Atomic checkpoints that load with ``weights_only=True``, and the RNG states they carry.
+
+A checkpoint is written to a temporary file in the same folder and moved into place with
+``os.replace``, so a crash during the save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ResnetlabError
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
+    """Write ``payload`` with ``torch.save`` atomically (temp file + fsync + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain types only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetlabError(f"no checkpoint at {path}; start without --resume or fix the path.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ResnetlabError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}); delete it to start afresh."
+        ) from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors, lists and numbers."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_checkpoint(
+    config: Any, path: Path, device: torch.device, resumable: set[str]
+) -> dict | None:
+    """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run."""
+    if not config.resume:
+        if path.exists():
+            raise ResnetlabError(
+                f"{path.parent} already holds a run; pass --resume to continue it or choose "
+                "another --out."
+            )
+        return None
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path, map_location=device)
+    saved, now = ckpt["config"], config.to_dict()
+    for key in saved.keys() - resumable:
+        if json.dumps(saved[key], default=str) != json.dumps(now.get(key), default=str):
+            raise ResnetlabError(
+                f"resume: {key} is {now.get(key)!r} but the run at {path.parent} used "
+                f"{saved[key]!r}; drop that setting or start a new --out."
+            )
+    return ckpt
+
+
+def restore(ckpt: dict, model, optimizer, ema, meters, tensor_lr) -> float:
+    """Load a training checkpoint into live objects; returns the best validation error."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:  # the lr's type follows this run, not the saved one
+        value = float(group["lr"])
+        group["lr"] = torch.tensor(value, device=tensor_lr) if tensor_lr is not None else value
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    meters.load_state_dict(ckpt["meters"])
+    return float(ckpt["best_val_error"])
+
+
+def training_payload(state: Any, meters: Any, best: float, preprocess, classes) -> dict:
+    """Everything a bit-exact resume needs, as tensors and plain values."""
+    return {
+        "format": 1,
+        "step": state.step,
+        "epoch": state.step // state.batches_per_epoch,
+        "batch": state.step % state.batches_per_epoch,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": {"step": state.step, "max_iters": state.max_iters},
+        "elapsed_s": state.elapsed_s,
+        "scaler": None,  # bf16 autocast needs no gradient scaling
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "meters": meters.state_dict(),
+        "best_val_error": best,
+        "rng": rng_state(),
+        "config": state.config.to_dict(),
+        "preprocess": preprocess,
+        "classes": list(classes),
+    }

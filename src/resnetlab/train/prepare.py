@@ -1,0 +1,205 @@
+"""What the loop needs before its first step: the device plan, the loaders, the run's facts."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ResnetlabError
+from .config import TrainConfig
+from .distributed import Dist
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class Plan:
+    """How this run uses its machine, resolved from the config's "auto" values."""
+
+    device: str
+    bf16: bool
+    channels_last: bool
+    cuda_graphs: bool
+    compile: bool
+    sync_bn: bool
+
+
+def make_plan(config: TrainConfig, dist: Dist, model: nn.Module, hooked: bool) -> Plan:
+    """CUDA: bf16 autocast, channels_last and (small CIFAR nets) CUDA graphs; CPU: plain fp32.
+
+    ``hooked`` (callbacks given) keeps "auto" CUDA graphs off, since a hook may change the
+    model between steps (freezing, new heads), which a recorded graph would not see.
+    """
+    cuda = dist.device.type == "cuda"
+    if config.precision == "bf16" and not cuda:
+        raise ResnetlabError("precision bf16 is for CUDA devices here; use --precision fp32.")
+    bf16 = config.precision == "bf16" or (
+        config.precision == "auto" and cuda and torch.cuda.is_bf16_supported()
+    )
+    channels_last = cuda if config.channels_last == "auto" else bool(config.channels_last)
+    family = getattr(getattr(model, "info", None), "family", "")
+    if config.cuda_graphs == "auto":
+        graphs = cuda and family.startswith("cifar") and not config.compile
+        graphs = graphs and not dist.enabled and not hooked
+    else:
+        graphs = bool(config.cuda_graphs)
+        if graphs and (not cuda or dist.enabled or config.compile):
+            raise ResnetlabError(
+                "cuda_graphs needs one CUDA device, no DDP and no compile; use --cuda-graphs off."
+            )
+    sync_bn = (cuda and dist.enabled) if config.sync_bn == "auto" else bool(config.sync_bn)
+    if sync_bn and not cuda:
+        raise ResnetlabError("SyncBatchNorm runs on CUDA only in PyTorch; use --sync-bn off.")
+    return Plan(str(dist.device), bf16, channels_last, graphs, bool(config.compile), sync_bn)
+
+
+def preprocess_for(config: TrainConfig, train_set: Any) -> dict[str, Any]:
+    """The input normalisation: per-pixel mean (He et al.), channel mean/std, or given values."""
+    from ..data import pixel_mean_of
+
+    norm = config.normalisation
+    if isinstance(norm, dict):
+        return {"pixel_mean": None, "mean": list(norm["mean"]), "std": list(norm["std"])}
+    if norm == "per-pixel-mean":
+        return {"pixel_mean": pixel_mean_of(train_set), "mean": None, "std": None}
+    if norm == "imagenet":
+        return {"pixel_mean": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    if norm == "mean-std":
+        if not hasattr(train_set, "images"):
+            raise ResnetlabError("mean-std from the data needs in-memory images; use imagenet.")
+        mean, std = channel_stats(train_set.images)
+        return {"pixel_mean": None, "mean": mean, "std": std}
+    return {"pixel_mean": None, "mean": None, "std": None}
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) on the [0, 1] scale."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].to(torch.float64) / 255.0
+        total += x.sum((0, 2, 3))
+        squares += (x * x).sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def make_loaders(
+    config: TrainConfig, bundle: Any, dist: Dist, plan: Plan, preprocess: dict[str, Any]
+) -> dict[str, Any]:
+    """The train loader and one evaluation loader per present split, sharded by rank.
+
+    Every loader gets the GLOBAL batch size and this process's rank: each rank takes its own
+    contiguous chunk of every global batch.
+    """
+    from ..data import ImageSet, make_loader
+
+    if config.batch_size % dist.world_size:
+        raise ResnetlabError(
+            f"batch_size {config.batch_size} (global) must divide evenly over "
+            f"{dist.world_size} processes; pick a multiple of {dist.world_size}."
+        )
+    in_memory = isinstance(bundle.train, ImageSet)
+    if not in_memory and preprocess["pixel_mean"] is not None:
+        raise ResnetlabError(
+            "per-pixel mean subtraction needs an in-memory data set; use "
+            "--normalisation mean-std or imagenet for large images."
+        )
+    common: dict[str, Any] = {
+        "device": dist.device,
+        "seed": config.seed,
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+        "channels_last": plan.channels_last,
+        "mean": preprocess["mean"],
+        "std": preprocess["std"],
+    }
+    if in_memory:
+        common["pixel_mean"] = preprocess["pixel_mean"]
+    else:
+        common["num_workers"] = config.num_workers
+    train_options = {"augment": config.augment, "flip": config.flip}
+    if in_memory:
+        train_options["pad"] = config.pad
+    loaders = {
+        "train": make_loader(bundle.train, config.batch_size, train=True, **train_options, **common)
+    }
+    eval_batch = config.eval_batch_size or max(config.batch_size, 256)
+    eval_batch += -eval_batch % dist.world_size
+    for name in ("val", "test"):
+        split = getattr(bundle, name)
+        if split is not None and len(split) > 0:
+            loaders[name] = make_loader(split, eval_batch, train=False, **common)
+    return loaders
+
+
+def run_facts(config: TrainConfig, bundle: Any, model: nn.Module, dist: Dist, plan: Plan) -> dict:
+    """``run.json``: where the data came from, which model, which machine, when."""
+    info = getattr(model, "info", None)
+    device = dist.device
+    return {
+        "data": {
+            "description": bundle.description,
+            "source": bundle.source,
+            "classes": list(bundle.classes),
+            "sizes": {
+                name: len(split)
+                for name in ("train", "val", "test")
+                if (split := getattr(bundle, name)) is not None
+            },
+            "image_size": list(bundle.image_size),
+            "in_channels": bundle.in_channels,
+        },
+        "model": {
+            "name": getattr(info, "name", type(model).__name__),
+            "family": getattr(info, "family", None),
+            "depth": getattr(info, "depth", None),
+            "skips": getattr(info, "skips", None),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        },
+        "machine": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "world_size": dist.world_size,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "plan": asdict(plan),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def batches_from(loader: Any, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches from update ``step`` on, across epochs (the loader is stateless)."""
+    epoch, start = divmod(step, len(loader))
+    while True:
+        yield from loader.epoch(epoch, start_batch=start)
+        epoch, start = epoch + 1, 0
+
+
+def chain(first, rest: Iterator) -> Iterator:
+    """``first`` followed by everything in ``rest``."""
+    yield first
+    yield from rest
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (model initialisation draws from torch's generator)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

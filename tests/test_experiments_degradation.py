@@ -1,0 +1,166 @@
+"""The degradation experiment: the verdict from curves, the budget scaling, a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.errors import ResnetlabError
+from resnetlab.experiments.degradation import (
+    DegradationConfig,
+    check_config,
+    final_errors,
+    run_degradation,
+    scaled_milestones,
+    verdict,
+)
+
+
+def curve(train: list[float], test: list[float], every: int = 10) -> dict:
+    """Hand-made curves: training error per log step of 1, test error every ``every`` steps."""
+    return {
+        "train": {"step": list(range(1, len(train) + 1)), "error": train},
+        "val": {"step": [], "error": []},
+        "test": {"step": [every * (i + 1) for i in range(len(test))], "error": test},
+    }
+
+
+def finals_of(curves: dict[str, tuple[str, int, dict]], iterations: int) -> dict:
+    return {
+        name: {"kind": kind, "depth": depth, **final_errors(c, iterations)}
+        for name, (kind, depth, c) in curves.items()
+    }
+
+
+def test_final_training_error_is_the_mean_of_the_last_tenth() -> None:
+    c = curve([0.9] * 90 + [0.2] * 5 + [0.4] * 5, [0.5, 0.3])
+    finals = final_errors(c, 100)
+    assert finals["train"] == pytest.approx(0.3)  # steps 91..100
+    assert finals["test"] == 0.3 and finals["val"] is None and finals["steps"] == 100
+
+
+def test_claim_one_holds_when_the_deeper_plain_net_trains_worse() -> None:
+    finals = finals_of(
+        {
+            "plain20": ("plain", 20, curve([0.5] * 90 + [0.081] * 10, [0.12])),
+            "plain56": ("plain", 56, curve([0.6] * 90 + [0.123] * 10, [0.15])),
+            "resnet20": ("residual", 20, curve([0.5] * 90 + [0.07] * 10, [0.09])),
+            "resnet56": ("residual", 56, curve([0.5] * 90 + [0.03] * 10, [0.07])),
+        },
+        100,
+    )
+    claims = {c["claim"]: c for c in verdict(finals)}
+    assert claims[1]["holds"] and claims[2]["holds"]
+    assert "plain-56 final training error 12.3 % > plain-20 8.1 %: holds" in claims[1]["text"]
+    assert "ResNet-56 final training error 3.0 % < ResNet-20 7.0 %" in claims[2]["text"]
+    assert "test error 7.0 % < 9.0 %" in claims[2]["text"]
+
+
+def test_claims_that_do_not_hold_are_reported_so() -> None:
+    finals = finals_of(
+        {
+            "plain8": ("plain", 8, curve([0.30] * 10, [0.3])),
+            "plain14": ("plain", 14, curve([0.25] * 10, [0.3])),
+            "plain20": ("plain", 20, curve([0.28] * 10, [0.3])),
+            "resnet8": ("residual", 8, curve([0.30] * 10, [0.30])),
+            "resnet20": ("residual", 20, curve([0.20] * 10, [0.35])),
+        },
+        10,
+    )
+    claims = {c["claim"]: c for c in verdict(finals)}
+    assert not claims[1]["holds"]
+    assert (
+        "plain-20 final training error 28.0 % <= plain-8 30.0 %: does not hold"
+        in (claims[1]["text"])
+    )
+    assert "rises with every step in depth: no" in claims[1]["text"]
+    # training error lower but test error higher: the claim (both lower) does not hold
+    assert claims[2]["train_holds"] and not claims[2]["test_holds"] and not claims[2]["holds"]
+    assert claims[2]["text"].endswith("test error 35.0 % >= 30.0 %: does not hold.")
+
+
+def test_budget_scales_the_milestones_in_proportion() -> None:
+    assert scaled_milestones((32000, 48000), 64000, 1000) == [500, 750]
+    assert scaled_milestones((32000, 48000), 64000, 64000) == [32000, 48000]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"depths": [20]}, "at least two"),
+        ({"depths": [8, 10]}, r"6n\+2"),
+        ({"family": "vgg"}, "unknown family"),
+        ({"budget": 0}, "--budget"),
+    ],
+)
+def test_bad_settings_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(ResnetlabError, match=message):
+        check_config(DegradationConfig(**changes), 64000)
+
+
+def test_imagenet_family_refuses_depths_it_lacks(tmp_path) -> None:
+    config = DegradationConfig(data="synthetic", family="imagenet", depths=[18, 20], budget=1)
+    with pytest.raises(ResnetlabError, match="ImageNet-style plain20"):
+        run_degradation(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any folder or data is made
+
+
+def test_tiny_run_writes_curves_verdict_and_report(tmp_path, capsys) -> None:
+    out = tmp_path / "deg"
+    argv = ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget", "4",
+            "--batch-size", "16", "--train-size", "100", "--input-size", "16",
+            "--eval-every", "2", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed
+    for name in ("config.json", "run.json", "degradation.json", "degradation.png",
+                 "degradation.csv", "data.txt", "report.html", "report.md"):  # fmt: skip
+        assert (out / name).is_file(), name
+    result = json.loads((out / "degradation.json").read_text())
+    assert set(result["runs"]) == {"plain8", "plain14", "resnet8", "resnet14"}
+    for name, r in result["runs"].items():
+        assert (out / name / "metrics.jsonl").is_file() and r["status"] == "completed"
+        assert r["curves"]["train"]["step"] == [1, 2, 3, 4]  # logged every iteration
+        assert r["curves"]["test"]["step"] == [2, 4]  # evaluated every 2
+        assert all(0.0 <= e <= 1.0 for e in r["curves"]["train"]["error"] + [r["test"]])
+        assert r["train"] == pytest.approx(r["curves"]["train"]["error"][-1])  # last 10 % of 4
+    claims = {c["claim"]: c for c in result["verdict"]}
+    assert set(claims) == {1, 2}
+    plain = {r["depth"]: r for r in result["runs"].values() if r["kind"] == "plain"}
+    numbers = re.findall(r"(\d+\.\d) %", claims[1]["text"])
+    assert numbers == [f"{100 * plain[14]['train']:.1f}", f"{100 * plain[8]['train']:.1f}"]
+    assert claims[1]["holds"] == (plain[14]["train"] > plain[8]["train"])
+    assert result["short_budget"] and "short budget: 4 of 64,000" in result["summary"][0]
+    assert result["milestones"] == [2, 3]
+    assert "short budget" in (out / "report.md").read_text()
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+    rows = (out / "degradation.csv").read_text().splitlines()
+    assert rows[0].startswith("model,kind,depth,iterations,train error %") and len(rows) == 5
+
+    # resume re-runs only unfinished nets: all are complete, so nothing trains again
+    stamp = (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert "degradation [" not in capsys.readouterr().err
+    facts = json.loads((out / "resnet14" / "run.json").read_text())
+    (out / "resnet14" / "run.json").write_text(json.dumps({**facts, "status": "interrupted"}))
+    assert main([*argv, "--resume"]) == 0  # only the unfinished net runs again
+    started = re.findall(r"degradation \[\d/4\] (\S+):", capsys.readouterr().err)
+    assert started == ["ResNet-14"]
+    assert json.loads((out / "resnet14" / "run.json").read_text())["status"] == "completed"
+    assert main(argv) == 2  # a non-empty folder without --resume is refused, not overwritten
+
+
+def test_imagenet_pair_runs_on_small_inputs(tmp_path) -> None:
+    config = DegradationConfig(
+        data="synthetic", family="imagenet", depths=[18, 34], budget=1, batch_size=4,
+        input_size=32, train_size=20, device="cpu",
+    )  # fmt: skip
+    run_dir, result = run_degradation(config, tmp_path / "imagenet", progress=False)
+    assert set(result["runs"]) == {"plain18", "plain34", "resnet18", "resnet34"}
+    facts = json.loads((run_dir / "resnet34" / "run.json").read_text())
+    assert facts["model"]["family"] == "resnet" and facts["data"]["image_size"] == [32, 32]
+    assert (run_dir / "degradation.png").is_file() and len(result["verdict"]) == 2

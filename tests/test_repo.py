@@ -1,0 +1,25 @@
+"""The repository keeps its promises: README's two commands are what CI runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.strip().splitlines()
+
+
+def test_readme_starts_with_setup_and_test_commands() -> None:
+    setup, tests = readme_commands()
+    assert setup.startswith("python3 -m venv .venv && ")
+    assert "pip install -e '.[dev]'" in setup and setup.endswith("resnetlab demo")
+    assert tests == ".venv/bin/python -m pytest -q"
+
+
+def test_ci_runs_readme_commands() -> None:
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "README.md" in script and 'eval "$install"' in script and 'eval "$tests"' in script
