@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ResnetlabError
-from .weights.io import replace_atomically
+from .files import move_into_place
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -81,7 +81,7 @@ def export_model(
                 f"exported {format} model differs from eager by {diff:.3g} (> {tolerance:g}) on "
                 f"batch {batch}; nothing was written. Export in float32 on CPU, or raise tolerance."
             )
-        replace_atomically(temp, path)
+        move_into_place(temp, path)
     finally:
         temp.unlink(missing_ok=True)
         model.train(was_training)

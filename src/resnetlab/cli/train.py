@@ -20,18 +20,50 @@ from ..train.config import RECIPES, TrainConfig, recipe_config
 SPECIAL = {"model_options", "out_dir", "resume", "progress"}
 HELP = {
     "model": "registered model name, e.g. resnet20, plain56, resnet18",
+    "pretrained": "initial weights: a tag (imagenet), URL or checkpoint file",
     "data": "data set name (cifar10, cifar100, fashion-mnist) or path",
+    "data_root": "folder for downloads and caches (default $RESNETLAB_HOME/data)",
+    "val_size": "images (or a fraction) held out of train for validation",
+    "normalisation": "per-pixel-mean, mean-std, imagenet, none, or MEAN,.../STD,...",
+    "augment": "random crop + flip on training batches (true/false)",
+    "pad": "zero padding before the random crop, in pixels",
+    "flip": "random horizontal flip (true/false)",
+    "num_workers": "decoding processes for large-image folders",
+    "batch_size": "GLOBAL batch size (split over all processes)",
+    "eval_batch_size": "batch size for evaluation (default: the training batch)",
+    "optimizer": "sgd or adamw",
+    "lr": "learning rate for the global batch",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum (true/false)",
+    "betas": "AdamW betas, e.g. 0.9,0.999",
+    "weight_decay": "weight decay",
+    "no_decay_bn_bias": "no weight decay on BatchNorm and bias parameters (true/false)",
+    "schedule": "multistep, cosine, onecycle or constant",
+    "milestones": "iterations where the lr is multiplied by --gamma, e.g. 32000,48000",
+    "gamma": "lr factor at each milestone",
+    "min_lr": "final lr of the cosine schedule",
+    "onecycle_pct": "fraction of the run spent rising in the one-cycle schedule",
+    "warmup_iters": "iterations of warm-up before the schedule",
+    "warmup_lr": "lr at the start of warm-up (constant warm-up: throughout)",
+    "warmup": "linear or constant warm-up",
     "max_iters": "iterations (optimiser steps) to train",
     "epochs": "epochs to train instead of --max-iters",
-    "batch_size": "GLOBAL batch size (split over all processes)",
-    "lr": "learning rate for the global batch",
-    "milestones": "iterations where the lr is multiplied by --gamma, e.g. 32000,48000",
-    "schedule": "multistep, cosine, onecycle or constant",
-    "normalisation": "per-pixel-mean, mean-std, imagenet, none, or MEAN,.../STD,...",
+    "label_smoothing": "label smoothing of the cross-entropy, e.g. 0.1",
+    "class_weights": "per-class loss weights, e.g. 1,3",
+    "grad_clip": "clip the gradient norm to this value",
+    "ema": "keep an exponential moving average of the weights with this decay, e.g. 0.999",
     "precision": "auto (bf16 on CUDA), fp32 or bf16",
-    "cuda_graphs": "auto, on or off",
+    "channels_last": "auto (on CUDA), true or false",
+    "compile": "torch.compile the model (true/false)",
+    "cuda_graphs": "auto (small nets on CUDA), true or false",
+    "sync_bn": "SyncBatchNorm under multi-GPU DDP: auto, true or false",
+    "device": "auto, cpu, cuda or cuda:N",
+    "deterministic": "deterministic algorithms only (true/false)",
+    "seed": "seed of the split, initialisation, order and augmentation",
     "eval_every": "iterations between evaluations",
+    "eval_splits": "splits to evaluate, e.g. val,test",
     "checkpoint_every": "iterations between checkpoints",
+    "log_every": "iterations between metric records",
 }
 
 
@@ -53,8 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if f.name not in SPECIAL:
             flag = "--" + f.name.replace("_", "-")
             p.add_argument(flag, dest=f.name, default=None, metavar="VALUE",
-                           help=HELP.get(f.name, f"see TrainConfig.{f.name}"))  # fmt: skip
+                           help=_help(f))  # fmt: skip
     p.set_defaults(func=run_train)
+
+
+def _help(f: dataclasses.Field) -> str:
+    """The field's help, with its default where one is worth showing."""
+    text = HELP[f.name]
+    if f.default in (None, dataclasses.MISSING) or "default" in text:
+        return text
+    return f"{text} (default {f.default})"
 
 
 def run_train(args: argparse.Namespace) -> int:

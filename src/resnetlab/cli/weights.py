@@ -32,7 +32,7 @@ def run_weights(args: argparse.Namespace) -> int:
         tags = entry.tag + (" (imagenet)" if entry.default else "")
         rows.append(
             [entry.model, tags, f"{entry.acc1:.3f}", f"{entry.acc5:.3f}",
-             f"{entry.file_size_mb:.1f} MB", str(cached) if cached else "no"]
+             f"{entry.file_size_mb:.1f} MiB", str(cached) if cached else "no"]
         )  # fmt: skip
     print_table(["model", "tag", "acc@1", "acc@5", "size", "cached"], rows, right={2, 3, 4})
     print(f"\nacc@1/acc@5: as published in {catalog.SOURCE}; not measured here.")

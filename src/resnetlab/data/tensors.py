@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..files import atomic_write
 from .base import data_home
 
 CACHE_VERSION = 1
@@ -57,15 +57,8 @@ def cache_paths(source: Path, root: Path | None = None) -> list[Path]:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
 
 
 def _load(path: Path, key: str) -> dict[str, Any] | None:

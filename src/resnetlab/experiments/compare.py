@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..analysis.gradients import BLOCK_TYPES
 from ..analysis.throughput import measure_throughput
 from ..errors import ResnetlabError
+from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
 from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
@@ -290,8 +291,8 @@ def run_compare(
     rows = [by_name[m] for m in config.models]
     claims = derived_claims(rows, config)
     table = format_table(rows, config)
-    runs.write_json(run_dir / "compare.json", {"rows": rows, "claims": claims, "summary": claims})
+    write_json(run_dir / "compare.json", {"rows": rows, "claims": claims, "summary": claims})
     runs.write_csv(run_dir / "compare.csv", rows)
-    runs.write_text(run_dir / "compare.txt", table + "\n")
+    write_text_atomic(run_dir / "compare.txt", table + "\n")
     plot_compare(rows, run_dir / "compare.png")
     return run_dir, rows, claims

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..files import write_json, write_text_atomic
 from ..models import create_model, list_models, model_info
 from ..models.registry import ModelInfo
 from . import runs
@@ -285,7 +286,7 @@ def run_degradation(
           file=sys.stderr, flush=True)  # fmt: skip
     bundle = open_bundle(config, base.val_size)
     sources = [f"  {n}: {getattr(bundle, n).source}" for n in SPLITS if getattr(bundle, n)]
-    runs.write_text(run_dir / "data.txt", "\n".join([bundle.summary(), *sources]) + "\n")
+    write_text_atomic(run_dir / "data.txt", "\n".join([bundle.summary(), *sources]) + "\n")
     schedule = {
         "max_iters": iterations, "milestones": tuple(milestones), "eval_every": eval_every,
         "checkpoint_every": eval_every, "log_every": max(1, min(100, iterations // 100)),
@@ -383,7 +384,7 @@ def write_results(
         "verdict": claims,
         "summary": summary,
     }
-    runs.write_json(run_dir / "degradation.json", result)
+    write_json(run_dir / "degradation.json", result)
     runs.write_csv(run_dir / "degradation.csv", rows)
     depths = "/".join(str(d) for d in sorted(set(config.depths)))
     data = Path(config.data).name

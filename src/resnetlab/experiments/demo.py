@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import write_json
 from . import runs
 from .compare import DEFAULT_MODELS as COMPARE_MODELS
 from .compare import CompareConfig, run_compare
@@ -121,6 +122,6 @@ def run_demo(
         )
     timings = {"compare_s": t_compare, "gradient_flow_s": t_flow,
                "degradation_s": t_degradation, "total_s": total}  # fmt: skip
-    runs.write_json(run_dir / "demo.json", {"timings": timings, "summary": summary})
+    write_json(run_dir / "demo.json", {"timings": timings, "summary": summary})
     html_path, _ = render_report([run_dir, compare_dir, flow_dir, degradation_dir], out=run_dir)
     return run_dir, html_path

@@ -26,6 +26,7 @@ from ..analysis.gradients import (
     seed_mlp_gradients,
 )
 from ..errors import ResnetlabError
+from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
 from . import runs
 
@@ -307,7 +308,7 @@ def run_gradient_flow(
     data = None
     if config.data:
         data, description = _data_batches(config.data, config.batch, seeds)
-        runs.write_text(run_dir / "data.txt", f"{description}\n  spec: {config.data}\n")
+        write_text_atomic(run_dir / "data.txt", f"{description}\n  spec: {config.data}\n")
     log = run_dir / "profiles.jsonl"
     done = {(r["model"], r["seed"]) for r in runs.read_jsonl(log)}
     tasks = [(e, s) for e in entries for s in seeds if (e.name, s) not in done]
@@ -318,7 +319,7 @@ def run_gradient_flow(
     seed_rows = seed_mlp_gradients((10, 20), config.mlp_width, config.mlp_batch, config.seed)
     lines = summary_lines(seed_rows, profiles)
     at = f"at {Path(config.checkpoint).name}" if config.checkpoint else "at initialisation"
-    runs.write_json(
+    write_json(
         run_dir / "gradient_flow.json",
         {"seed_mlp": seed_rows, "profiles": profiles, "summary": lines},
     )

@@ -19,6 +19,7 @@ from ..analysis.receptive_field import (
     stage_summary,
 )
 from ..errors import ResnetlabError
+from ..files import write_json
 from ..models import create_model, model_info
 from . import runs
 
@@ -195,7 +196,7 @@ def run_receptive_field(
         lines.append(f"measured from input gradients ({used}-px input): {measured} px, {verdict}")
     lines += [s for s in format_stacked(stacked).splitlines()]
     result["summary"] = lines
-    runs.write_json(run_dir / "receptive_field.json", result)
+    write_json(run_dir / "receptive_field.json", result)
     runs.write_csv(run_dir / "receptive_field.csv", table)
     runs.write_csv(run_dir / "stages.csv", stages)
     runs.write_csv(run_dir / "stacked_3x3.csv", stacked)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ResnetlabError
+from ..files import write_text_atomic
 from . import runs
 
 MAX_ROWS = 40
@@ -317,6 +318,6 @@ def render_report(run_dirs: list[str | Path], out: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     sections = [collect(Path(d), out) for d in run_dirs]
     title = "resnetlab report: " + ", ".join(s.folder.name for s in sections)
-    html_path = runs.write_text(out / "report.html", render_html(sections, title))
-    md_path = runs.write_text(out / "report.md", render_markdown(sections, title, out))
+    html_path = write_text_atomic(out / "report.html", render_html(sections, title))
+    md_path = write_text_atomic(out / "report.md", render_markdown(sections, title, out))
     return html_path, md_path

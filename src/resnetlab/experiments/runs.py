@@ -13,41 +13,15 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError
+from ..files import atomic_write, write_json, write_text_atomic
 
 RUNS_ROOT = Path("runs")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    _atomic_write(path, text.encode("utf-8"))
-    return path
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically (dataclasses become dicts)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
@@ -59,7 +33,7 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return write_text(path, buffer.getvalue())
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
@@ -69,9 +43,9 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    path = Path(path)
-    _atomic_write(path, buffer.getvalue())
-    return path
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+    return Path(path)
 
 
 def pyplot():

@@ -32,7 +32,7 @@ class LoadedModel:
 
 def write_card(folder: Path, card: dict[str, Any]) -> Path:
     """Write ``model_card.json`` atomically."""
-    from ..train.metrics import write_json
+    from ..files import write_json
 
     path = Path(folder) / CARD_NAME
     write_json(path, {"format": CARD_FORMAT, **card})

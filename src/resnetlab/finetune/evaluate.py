@@ -88,7 +88,7 @@ def evaluate_run(
     metrics = classification_metrics(probs.clamp_min(1e-12).log(), part.labels, loaded.classes)
     metrics |= {"split": split, "data": str(data), "tta": tta}
     if out is not None:
-        from ..train.metrics import write_json
+        from ..files import write_json
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

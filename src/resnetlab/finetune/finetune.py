@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..files import write_json, write_text_atomic
 from ..train import Callback, TrainConfig, train
-from ..train.metrics import write_json, write_text_atomic
 from .build import build_model, say, weights_source
 from .metrics import classification_metrics
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError
+from ..files import write_json
 from ..train import Callback, TrainingDiverged, train
-from ..train.metrics import write_json
 from .build import build_model, say, weights_source
 from .finetune import FinetuneOptions, _engine_config
 

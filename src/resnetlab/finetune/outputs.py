@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..experiments.runs import read_jsonl
-from ..train.metrics import MetricsWriter, write_json, write_text_atomic
+from ..files import write_json, write_text_atomic
+from ..train.metrics import MetricsWriter
 from .build import say
 from .card import build_from_card, write_card
 from .evaluate import format_metrics, image_probabilities

@@ -7,7 +7,6 @@ A checkpoint is written to a temporary file in the same folder and moved into pl
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,14 @@ import numpy as np
 import torch
 
 from ..errors import ResnetlabError
+from ..files import atomic_write
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
     """Write ``payload`` with ``torch.save`` atomically (temp file + fsync + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

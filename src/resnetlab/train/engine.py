@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..files import write_json
 from . import distributed
 from .checkpoint import restore, resume_checkpoint, save_checkpoint, set_rng_state, training_payload
 from .config import TrainConfig
 from .distributed import Dist
 from .graphs import capture_step
-from .metrics import Meters, MetricsWriter, progress_bar, write_json
+from .metrics import Meters, MetricsWriter, progress_bar
 from .optim import EMA, ParamGroups, build_optimizer, lr_at, set_lr
 from .prepare import (
     batches_from,

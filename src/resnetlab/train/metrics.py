@@ -11,27 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..files import write_text_atomic
 from .distributed import Dist, all_reduce_max, all_reduce_sum
 
 FIRST_COLUMNS = ["kind", "step", "epoch", "lr", "loss", "error", "images_per_s", "time_s"]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class MetricsWriter:

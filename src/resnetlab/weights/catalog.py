@@ -85,7 +85,7 @@ def _entry(model, version, digest, params, acc1, acc5, size_mb, default=False) -
                         acc1, acc5, size_mb, prep, default)  # fmt: skip
 
 
-# model, version, sha256 prefix, parameters, acc@1, acc@5, file size (MB), torchvision DEFAULT
+# model, version, sha256 prefix, parameters, acc@1, acc@5, file size (MiB), torchvision DEFAULT
 CATALOG: tuple[WeightsEntry, ...] = (
     _entry("resnet18", 1, "f37072fd", 11689512, 69.758, 89.078, 44.661, True),
     _entry("resnet34", 1, "b627a593", 21797672, 73.314, 91.42, 83.275, True),

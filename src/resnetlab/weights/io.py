@@ -7,10 +7,8 @@ refuses anything but tensors and plain containers, and that refusal is explained
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..files import atomic_write
 
 StateDict = dict[str, torch.Tensor]
 # Where training scripts keep the weights inside a checkpoint dict, in order of preference.
@@ -153,28 +152,14 @@ def save_weights(
         if isinstance(cfg, Mapping) and cfg.get(key) is not None:
             meta.setdefault(key, cfg[key])
     tensors = _plain_tensors(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            if format == "safetensors":
-                from safetensors.torch import save
+    with atomic_write(path) as f:
+        if format == "safetensors":
+            from safetensors.torch import save
 
-                f.write(save(tensors, metadata=_encode_metadata(meta)))
-            else:
-                torch.save({"state_dict": tensors, "metadata": meta} if meta else tensors, f)
-        replace_atomically(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
+            f.write(save(tensors, metadata=_encode_metadata(meta)))
+        else:
+            torch.save({"state_dict": tensors, "metadata": meta} if meta else tensors, f)
     return path
-
-
-def replace_atomically(temp: str | Path, target: str | Path) -> None:
-    """Move a finished temporary file into place, with the permissions a new file would get."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    os.replace(temp, target)
 
 
 def _plain_tensors(state: Mapping[str, torch.Tensor]) -> StateDict:
