@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 
 from ..errors import ResnetlabError
-from .experiments import _command_line
+from .experiments import command_line
 
 
 def run_degradation_command(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run_degradation_command(args: argparse.Namespace) -> int:
     )
     with _threads(args.threads):
         run_dir, result = run_degradation(
-            config, args.out, resume=args.resume, command=_command_line(args)
+            config, args.out, resume=args.resume, command=command_line(args)
         )
     print(format_finals(result))
     html_path, _ = render_report([run_dir])
@@ -62,7 +62,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
                         speed=args.speed)  # fmt: skip
     with _threads(args.threads):
         run_dir, html_path = run_demo(
-            config, args.out, resume=args.resume, command=_command_line(args)
+            config, args.out, resume=args.resume, command=command_line(args)
         )
     for part in ("demo.json", "gradient-flow/gradient_flow.json", "degradation/degradation.json"):
         print("\n".join(json.loads((run_dir / part).read_text())["summary"]) + "\n")

@@ -14,7 +14,7 @@ import sys
 from ..errors import ResnetlabError
 
 
-def _command_line(args: argparse.Namespace) -> str:
+def command_line(args: argparse.Namespace) -> str:
     """The command as typed, rebuilt from the parsed options that differ from their defaults."""
     parts = ["resnetlab", args.command]
     for action in args._parser._actions:
@@ -58,7 +58,7 @@ def run_gradient_flow_command(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         data=args.data,
     )
-    run_dir = run_gradient_flow(config, args.out, resume=args.resume, command=_command_line(args))
+    run_dir = run_gradient_flow(config, args.out, resume=args.resume, command=command_line(args))
     result = json.loads((run_dir / "gradient_flow.json").read_text())
     if args.mlp:
         for row in result["seed_mlp"]:
@@ -89,7 +89,7 @@ def run_receptive_field_command(args: argparse.Namespace) -> int:
         channels=args.channels,
     )
     run_dir, result = run_receptive_field(
-        config, args.out, resume=args.resume, command=_command_line(args)
+        config, args.out, resume=args.resume, command=command_line(args)
     )
     print(format_layers(result["layers"]))
     print("\nper stage:")
@@ -118,7 +118,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
         device=args.device,
     )
     run_dir, rows, claims = run_compare(
-        config, args.out, resume=args.resume, command=_command_line(args)
+        config, args.out, resume=args.resume, command=command_line(args)
     )
     if args.json:
         print(json.dumps({"rows": rows, "claims": claims}, indent=2))

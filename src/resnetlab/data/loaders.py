@@ -71,6 +71,11 @@ def _per_channel(values, device) -> torch.Tensor | None:
     return torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1, 1, 1)
 
 
+def sample_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """Indices of one epoch: a permutation from (seed, epoch) alone, or file order."""
+    return torch.randperm(n, generator=generator(seed, epoch)) if shuffle else torch.arange(n)
+
+
 def _count_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
@@ -149,12 +154,7 @@ class TensorLoader:
 
     def order(self, epoch: int) -> torch.Tensor:
         """The sample order of ``epoch``: a permutation seeded by (seed, epoch) when shuffling."""
-        n = len(self.labels)
-        return (
-            torch.randperm(n, generator=generator(self.seed, epoch))
-            if self.shuffle
-            else torch.arange(n)
-        )
+        return sample_order(len(self.labels), self.seed, epoch, self.shuffle)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Yield this rank's (x, y) for global batches ``start_batch..len-1`` of ``epoch``."""
@@ -284,12 +284,7 @@ class FileLoader:
         return _count_batches(len(self.data), self.batch_size, self.drop_last)
 
     def order(self, epoch: int) -> torch.Tensor:
-        n = len(self.data)
-        return (
-            torch.randperm(n, generator=generator(self.seed, epoch))
-            if self.shuffle
-            else torch.arange(n)
-        )
+        return sample_order(len(self.data), self.seed, epoch, self.shuffle)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Yield this rank's (x, y) for global batches ``start_batch..len-1`` of ``epoch``."""
