@@ -1,15 +1,21 @@
-"""Inference speed of resnetlab's models against torchvision's, same weights, same process.
+"""Inference speed of resnetlab against torchvision, same weights, same process.
 
-    python benchmarks/bench_infer.py [--models resnet18 resnet50 vgg16] [--batch 8] [--size 224]
+    python benchmarks/bench_infer.py [--models resnet18 resnet50 vgg16_bn] [--batch 8]
 
-Each pair runs eval-mode forward passes under ``torch.inference_mode`` on the same input,
-interleaved repeats, median time. The ratio is resnetlab images/s over torchvision images/s
-(1.0 = equal). On CUDA both run in bf16 autocast with channels-last.
+Per model, eval-mode forward passes under ``torch.inference_mode`` on the same input,
+interleaved repeats, median time, of:
+  tv        torchvision's model as usually run (CPU: NCHW fp32; CUDA: channels-last + bf16),
+  tv-cl     torchvision's model channels-last (the faster layout on most machines),
+  model     resnetlab's model in the same layout as ``tv`` (architecture parity),
+  path      ``optimize_for_inference`` (BatchNorm folded, channels-last): what ``predict`` and
+            ``evaluate`` run.
+Ratios: model/tv (same settings) and path over the FASTER of tv and tv-cl.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -20,6 +26,9 @@ import torch
 import torchvision
 
 from resnetlab import create_model
+from resnetlab.models.inference import optimize_for_inference
+
+CL = torch.channels_last
 
 
 def forward_times(model: torch.nn.Module, x: torch.Tensor, iters: int) -> list[float]:
@@ -42,34 +51,40 @@ def forward_times(model: torch.nn.Module, x: torch.Tensor, iters: int) -> list[f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "vgg16"])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "vgg16_bn"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--iters", type=int, default=5, help="timed passes per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     cuda = device.type == "cuda"
+    usual = torch.channels_last if cuda else torch.contiguous_format
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {name}, torch "
           f"{torch.__version__}, {platform.machine()}, batch {args.batch}, {args.size} px, "
-          f"{'bf16' if device.type == 'cuda' else 'fp32'}")  # fmt: skip
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(
-        memory_format=fmt
-    )
+          f"{'bf16' if cuda else 'fp32'}")  # fmt: skip
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x_usual, x_cl = x.contiguous(memory_format=usual), x.contiguous(memory_format=CL)
     for model_name in args.models:
         reference = getattr(torchvision.models, model_name)().eval()
         ours = create_model(model_name).eval()
         ours.load_state_dict(reference.state_dict())
-        pair = [m.to(device, memory_format=fmt) for m in (ours, reference)]
-        ours_t, ref_t = [], []
-        for _ in range(args.repeats):  # interleaved, so load changes hit both alike
-            ours_t += forward_times(pair[0], x, args.iters)
-            ref_t += forward_times(pair[1], x, args.iters)
-        o, r = statistics.median(ours_t), statistics.median(ref_t)
-        print(f"{model_name:<10} resnetlab {args.batch / o:8.1f} img/s  torchvision "
-              f"{args.batch / r:8.1f} img/s  ratio {r / o:.3f}")  # fmt: skip
+        runs = {
+            "tv": (reference.to(device, memory_format=usual), x_usual),
+            "tv-cl": (copy.deepcopy(reference).to(memory_format=CL), x_cl),
+            "model": (ours.to(device, memory_format=usual), x_usual),
+            "path": (optimize_for_inference(ours), x_cl),
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(args.repeats):  # interleaved, so load changes hit all alike
+            for key, (model, inputs) in runs.items():
+                times[key] += forward_times(model, inputs, args.iters)
+        rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+        best_tv = max(rate["tv"], rate["tv-cl"])
+        print(f"{model_name:<9} " + "  ".join(f"{k} {v:7.1f}" for k, v in rate.items())
+              + f" img/s   model/tv {rate['model'] / rate['tv']:.3f}"
+              f"   path/best-tv {rate['path'] / best_tv:.3f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from resnetlab.data import (
     make_loader,
     pixel_mean_of,
 )
-from resnetlab.data.loaders import crop_flip, draw_augment, generator
+from resnetlab.data.loaders import _chunk, crop_flip, draw_augment, generator
 from resnetlab.errors import ResnetlabError
 
 
@@ -145,6 +145,81 @@ def test_gpu_matches_cpu():
     cpu = collect(TensorLoader(toy(), 10, train=True, seed=4), 0)
     gpu = collect(TensorLoader(toy(), 10, train=True, seed=4, device="cuda"), 0)
     assert all(torch.equal(a[0], b[0].cpu()) for a, b in zip(cpu, gpu, strict=True))
+
+
+def per_batch_reference(loader: TensorLoader, epoch: int, start: int = 0) -> list:
+    """The loader's earlier algorithm, batch by batch: index, draws and copies for each."""
+    order, out = loader.order(epoch), []
+    for i in range(start, len(loader)):
+        index = order[i * loader.batch_size : (i + 1) * loader.batch_size]
+        mine = torch.tensor_split(torch.arange(len(index)), loader.world_size)[loader.rank]
+        rows = index[mine].to(loader.device)
+        x = loader.images[rows]
+        if loader.augment:
+            gen = generator(loader.seed, epoch, i)
+            draws = draw_augment(len(index), loader.pad, loader.flip, gen)
+            oy, ox, fl = (d[mine].to(loader.device) for d in draws)
+            x = crop_flip(x, oy, ox, fl, loader.pad)
+        out.append((loader.normalise(x), loader.labels[rows]))
+    return out
+
+
+PLANNED = {
+    "train": (dict(train=True), 1, 0),
+    "train-no-flip-pad-2": (dict(train=True, flip=False, pad=2), 1, 0),
+    "eval": (dict(train=False), 1, 0),
+    "eval-shuffled": (dict(train=False, shuffle=True), 1, 0),
+    "two-ranks": (dict(train=True), 2, 0),
+    "resumed": (dict(train=True), 1, 3),
+    "two-ranks-resumed-partial-last": (dict(train=True, drop_last=False), 2, 2),
+    "four-ranks-uneven-last": (dict(train=False), 4, 0),
+}
+
+
+@pytest.mark.parametrize("case", PLANNED)
+def test_planned_epoch_is_bit_identical_to_per_batch_logic(case):
+    options, world, start = PLANNED[case]
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    for rank in range(world):
+        loader = TensorLoader(
+            toy(), 8, seed=11, mean=mean, std=std, rank=rank, world_size=world, **options
+        )
+        for epoch in (0, 5):
+            got, want = collect(loader, epoch, start), per_batch_reference(loader, epoch, start)
+            assert len(got) == len(loader) - start and same(got, want)
+            assert all(x.dtype == wx.dtype for (x, _), (wx, _) in zip(got, want, strict=True))
+
+
+def test_rank_chunks_match_tensor_split():
+    for size in range(20):
+        for parts in range(1, 6):
+            for part, chunk in enumerate(torch.tensor_split(torch.arange(size), parts)):
+                a, b = _chunk(size, parts, part)
+                assert torch.equal(torch.arange(size)[a:b], chunk)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_epoch_needs_no_host_sync_after_its_first_batch():
+    data = toy(200)
+    cases = [  # (options, start_batch)
+        (dict(train=True, seed=3, mean=[0.5] * 3, std=[0.2] * 3), 0),
+        (dict(train=False, pixel_mean=pixel_mean_of(data)), 0),
+        (dict(train=True, seed=3, rank=1, world_size=2), 4),
+        (dict(train=True, channels_last=True, dtype=torch.bfloat16), 0),
+    ]
+    for options, start in cases:
+        loader = TensorLoader(data, 16, device="cuda", **options)
+        for epoch in range(3):
+            batches = loader.epoch(epoch, start)
+            first = next(batches)  # the epoch's plan is copied here, without blocking
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                rest = list(batches)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            got = [(x.cpu(), y.cpu()) for x, y in [first, *rest]]
+            want = [(x.cpu(), y.cpu()) for x, y in per_batch_reference(loader, epoch, start)]
+            assert len(got) == len(loader) - start and same(got, want)
 
 
 # --- FileLoader ----------------------------------------------------------------------------

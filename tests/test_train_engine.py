@@ -203,3 +203,44 @@ def test_epochs_are_converted_to_iterations(tmp_path):
 def test_batch_too_large_is_a_clear_error(tmp_path):
     with pytest.raises(ResnetlabError, match="batch"):
         train(config(tmp_path, batch_size=1000), data=bundle())
+
+
+def test_activation_checkpointing_trains_the_same_and_is_recorded(tmp_path):
+    plain = train(config(tmp_path / "a", max_iters=6, eval_every=3), data=bundle())
+    first = train(config(tmp_path / "b", max_iters=3, eval_every=3,
+                         activation_checkpointing=True), data=bundle())  # fmt: skip
+    assert first.model.grad_checkpointing
+    saved = json.loads((tmp_path / "b" / "run" / "config.json").read_text())
+    assert saved["activation_checkpointing"] is True
+    # Resuming may switch it (the same math); the steps match a run that never used it.
+    resumed = train(config(tmp_path / "b", max_iters=6, eval_every=3, resume=True),
+                    data=bundle())  # fmt: skip
+    a, b = load_checkpoint(plain.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_activation_checkpointing_needs_a_model_that_has_it(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 4))  # fmt: skip
+    with pytest.raises(ResnetlabError, match="set_grad_checkpointing"):
+        train(config(tmp_path, activation_checkpointing=True), model=model, data=bundle())
+
+
+def test_activation_checkpointing_turns_auto_cuda_graphs_off_and_refuses_explicit_ones():
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.train import parse_overrides
+    from resnetlab.models import create_model
+    from resnetlab.train.distributed import Dist
+    from resnetlab.train.prepare import make_plan
+
+    args = build_parser().parse_args(["train", "--out", "x", "--activation-checkpointing", "true"])
+    assert parse_overrides(args) == {"activation_checkpointing": True}
+    cuda = Dist(device=torch.device("cuda"))  # planning only: nothing runs on it
+    model = create_model("resnet20")
+    auto = TrainConfig(precision="fp32")
+    assert make_plan(auto, cuda, model, hooked=False).cuda_graphs
+    on = auto.replace(activation_checkpointing=True)
+    assert not make_plan(on, cuda, model, hooked=False).cuda_graphs
+    with pytest.raises(ResnetlabError, match="activation_checkpointing"):
+        make_plan(on.replace(cuda_graphs=True), cuda, model, hooked=False)

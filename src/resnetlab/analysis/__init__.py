@@ -1,6 +1,7 @@
-"""Measurements on models: gradient flow, receptive fields and throughput."""
+"""Measurements on models: gradient flow, receptive fields, throughput and saved activations."""
 
 from .gradients import gradient_profile, layer_response_stds, seed_mlp_gradients
+from .memory import saved_activation_bytes
 from .receptive_field import (
     effective_receptive_field,
     measured_receptive_field,
@@ -16,6 +17,7 @@ __all__ = [
     "measure_throughput",
     "measured_receptive_field",
     "receptive_field_table",
+    "saved_activation_bytes",
     "seed_mlp_gradients",
     "stacked_3x3",
 ]

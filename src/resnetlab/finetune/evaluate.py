@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..models.inference import optimize_for_inference
 from .metrics import classification_metrics
 from .preprocess import Preprocessing, normalise, prepare_images
 
@@ -82,9 +83,8 @@ def evaluate_run(
             f"({', '.join(loaded.classes[:10])}); evaluate on data with the same classes."
         )
     images = _split_images(part, loaded.preprocessing)
-    probs = image_probabilities(
-        loaded.model, images, loaded.preprocessing, batch_size=batch_size, tta=tta
-    )
+    model = optimize_for_inference(loaded.model)
+    probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size, tta=tta)
     metrics = classification_metrics(probs.clamp_min(1e-12).log(), part.labels, loaded.classes)
     metrics |= {"split": split, "data": str(data), "tta": tta}
     if out is not None:

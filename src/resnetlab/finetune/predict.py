@@ -16,6 +16,7 @@ import torch
 
 from ..data.folder import BAD_ERRORS, is_image_name
 from ..errors import ResnetlabError
+from ..models.inference import optimize_for_inference
 from .card import LoadedModel
 from .evaluate import image_probabilities
 from .preprocess import load_image, prepare_images
@@ -58,6 +59,7 @@ def predict_files(
     k = max(1, min(top_k, len(classes)))
     predictions: list[Prediction] = []
     failed: list[tuple[str, str]] = []
+    model = optimize_for_inference(loaded.model)
     for start in range(0, len(paths), batch_size):
         names, images = [], []
         for path in paths[start : start + batch_size]:
@@ -72,7 +74,7 @@ def predict_files(
                 failed.append((str(path), f"not a readable image ({type(exc).__name__})"))
         if not images:
             continue
-        probs = image_probabilities(loaded.model, torch.stack(images), prep, tta=tta)
+        probs = image_probabilities(model, torch.stack(images), prep, tta=tta)
         values, index = probs.topk(k, dim=1)
         for name, v, i in zip(names, values.tolist(), index.tolist(), strict=True):
             predictions.append(

@@ -11,6 +11,7 @@ from .blocks import (
     conv3x3,
 )
 from .cifar import CifarResNet, PreActResNet
+from .inference import fold_batchnorm, optimize_for_inference
 from .registry import ModelInfo, Published, create_model, list_models, model_info
 from .resnet import ResNet
 from .vgg import VGG
@@ -18,5 +19,6 @@ from .vgg import VGG
 __all__ = [
     "Backbone", "BasicBlock", "BottleneckBlock", "CifarResNet", "ModelInfo", "PadShortcut",
     "PreActBasicBlock", "PreActBottleneckBlock", "PreActResNet", "Published", "ResNet", "VGG",
-    "conv1x1", "conv3x3", "create_model", "list_models", "model_info",
+    "conv1x1", "conv3x3", "create_model", "fold_batchnorm", "list_models", "model_info",
+    "optimize_for_inference",
 ]  # fmt: skip

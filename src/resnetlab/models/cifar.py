@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, CheckpointedSequential
 from .blocks import BasicBlock, PreActBasicBlock, PreActBottleneckBlock
 from .resnet import init_weights
 
@@ -19,7 +19,7 @@ CIFAR_WIDTHS = (16, 32, 64)
 def _stage(block, in_channels: int, out_channels: int, count: int, stride: int, **options):
     blocks = [block(in_channels, out_channels, stride, **options)]
     blocks += [block(out_channels, out_channels, 1, **options) for _ in range(count - 1)]
-    return nn.Sequential(*blocks)
+    return CheckpointedSequential(*blocks)
 
 
 class CifarResNet(Backbone):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, CheckpointedSequential
 from .blocks import BasicBlock, BottleneckBlock
 
 Block = type[BasicBlock] | type[BottleneckBlock]
@@ -58,7 +58,7 @@ class ResNet(Backbone):
                     block(channels, out_channels, stride if i == 0 else 1, **block_options)
                 )
                 channels = out_channels
-            setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
+            setattr(self, f"layer{index + 1}", CheckpointedSequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = channels
         self.fc = nn.Linear(channels, num_classes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, CheckpointedSequential
 
 # Output channels of each 3×3 conv; "M" is a 2×2 max-pool. Table 1 of the paper.
 CONFIGS: dict[str, list[int | str]] = {
@@ -21,8 +21,15 @@ CONFIGS: dict[str, list[int | str]] = {
 }  # fmt: skip
 
 
-def make_features(config: list[int | str], in_channels: int, batch_norm: bool) -> nn.Sequential:
-    """The convolutional trunk: 3×3 convs (padding 1), optional BN, ReLU, and max-pools."""
+def make_features(
+    config: list[int | str], in_channels: int, batch_norm: bool
+) -> CheckpointedSequential:
+    """The convolutional trunk: 3×3 convs (padding 1), optional BN, ReLU, and max-pools.
+
+    Under activation checkpointing each pooled block (its convs and the max-pool ending it,
+    ``block1``…``block5`` of ``stage_modules``) is one segment: only the five block inputs
+    are kept for backward.
+    """
     layers: list[nn.Module] = []
     channels = in_channels
     for item in config:
@@ -34,7 +41,7 @@ def make_features(config: list[int | str], in_channels: int, batch_norm: bool) -
             layers.append(nn.BatchNorm2d(int(item)))
         layers.append(nn.ReLU(inplace=True))
         channels = int(item)
-    return nn.Sequential(*layers)
+    return CheckpointedSequential(*layers, boundary=nn.MaxPool2d)
 
 
 class VGG(Backbone):

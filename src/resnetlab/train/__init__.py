@@ -6,7 +6,8 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RECIPES, TrainConfig, recipe_config
-from .engine import Callback, TrainingDiverged, TrainResult, TrainState, evaluate, train
+from .engine import Callback, TrainingDiverged, TrainResult, TrainState, train
+from .evaluation import evaluate
 from .optim import EMA, build_optimizer, default_param_groups, lr_at
 
 __all__ = [

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ResnetlabError
 from ..files import atomic_write
+from .optim import fill_momentum_buffers
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
@@ -90,6 +91,7 @@ def restore(ckpt: dict, model, optimizer, ema, meters, tensor_lr) -> float:
     """Load a training checkpoint into live objects; returns the best validation error."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    fill_momentum_buffers(optimizer)  # a checkpoint may predate a parameter's first update
     for group in optimizer.param_groups:  # the lr's type follows this run, not the saved one
         value = float(group["lr"])
         group["lr"] = torch.tensor(value, device=tensor_lr) if tensor_lr is not None else value

@@ -71,6 +71,7 @@ class TrainConfig:
     channels_last: bool | str = "auto"
     compile: bool = False
     cuda_graphs: bool | str = "auto"
+    activation_checkpointing: bool = False  # recompute block activations in backward
     sync_bn: bool | str = "auto"
     device: str = "auto"
     deterministic: bool = False

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ResnetlabError
@@ -30,6 +29,7 @@ from . import distributed
 from .checkpoint import restore, resume_checkpoint, save_checkpoint, set_rng_state, training_payload
 from .config import TrainConfig
 from .distributed import Dist
+from .evaluation import eval_record
 from .graphs import capture_step
 from .metrics import Meters, MetricsWriter, progress_bar
 from .optim import EMA, ParamGroups, build_optimizer, lr_at, set_lr
@@ -47,7 +47,7 @@ StepMetrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 # Settings that may change when a run is resumed; any other difference is refused.
 RESUMABLE = {"max_iters", "epochs", "eval_every", "checkpoint_every", "log_every", "progress",
              "resume", "device", "num_workers", "out_dir", "data_root", "eval_batch_size",
-             "eval_splits"}  # fmt: skip
+             "eval_splits", "activation_checkpointing"}  # fmt: skip
 
 
 class TrainingDiverged(ResnetlabError):
@@ -96,30 +96,6 @@ class Callback:
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None: ...
     def on_eval(self, state: TrainState, record: dict[str, Any]) -> None: ...
     def on_end(self, state: TrainState, result: TrainResult) -> None: ...
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, *, bf16: bool = False) -> dict[str, float]:
-    """Mean cross-entropy, error and accuracy (fractions) of ``model`` over ``loader``.
-
-    A loader sharded over ranks (``world_size > 1``) is summed over all of them.
-    """
-    device = next(model.parameters()).device
-    modes = [m.training for m in model.modules()]  # a fine-tuner may keep some parts in eval
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for x, y in loader.epoch(0):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x).float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        sums[1] += (logits.argmax(1) != y).sum()
-        sums[2] += y.shape[0]
-    if getattr(loader, "world_size", 1) > 1 and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
-    for module, mode in zip(model.modules(), modes, strict=True):
-        module.training = mode
-    loss, errors, n = sums.tolist()
-    return {"loss": loss / n, "error": errors / n, "accuracy": 1.0 - errors / n, "n": int(n)}
 
 
 def train(
@@ -171,7 +147,14 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
         model = create_model(config.model, num_classes=len(data.classes),
                              in_channels=data.in_channels, pretrained=config.pretrained or False,
                              **config.model_options)  # fmt: skip
-    plan = make_plan(config, dist, model, hooked=bool(callbacks))
+    if config.activation_checkpointing:  # the same math, less memory: see Backbone
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ResnetlabError(
+                "activation_checkpointing needs a model with set_grad_checkpointing() (every "
+                f"resnetlab network); {type(model).__name__} has none: set it to false."
+            )
+        model.set_grad_checkpointing(True)
+    plan = make_plan(config, dist, model, hooked=bool(callbacks), image_size=data.image_size)
     preprocess = preprocess_for(config, data.train)
     loaders = make_loaders(config, data, dist, plan, preprocess)
     bpe, max_iters = len(loaders["train"]), config.total_iters(len(loaders["train"]))
@@ -269,7 +252,7 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
                     cb.on_log(state, record)
             if state.step % config.eval_every == 0 or end:
                 distributed.broadcast_buffers(model, dist)
-                record = _eval_record(state, loaders, plan.bf16)
+                record = eval_record(state, loaders, plan)
                 if "val_error" in record and record["val_error"] < best:
                     best = record["val_error"]
                     save(best_path)
@@ -330,18 +313,6 @@ def _log_record(state, meters, interval, bar, last_path, writer) -> dict[str, An
                     lr=f"{record['lr']:.3g}", refresh=False)  # fmt: skip
     if writer:
         writer.write(record)
-    return record
-
-
-def _eval_record(state: TrainState, loaders: dict, bf16: bool) -> dict[str, Any]:
-    record: dict[str, Any] = {"kind": "eval", "step": state.step, "epoch": round(state.epoch, 4)}
-    models = [("", state.model)] + ([("ema_", state.ema.module)] if state.ema else [])
-    for split in state.config.eval_splits:
-        if split in loaders:
-            for prefix, model in models:
-                result = evaluate(model, loaders[split], bf16=bf16)
-                record[f"{prefix}{split}_loss"] = result["loss"]
-                record[f"{prefix}{split}_error"] = result["error"]
     return record
 
 

@@ -35,6 +35,12 @@ def default_param_groups(model: nn.Module, no_decay_bn_bias: bool) -> list[dict[
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _fusable(groups: list[dict[str, Any]]) -> bool:
+    """Whether PyTorch's fused SGD/AdamW kernels take these parameters (CPU or CUDA floats)."""
+    params = [p for g in groups for p in g["params"]]
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
 def build_optimizer(
     config: TrainConfig,
     model: nn.Module,
@@ -45,15 +51,17 @@ def build_optimizer(
     """The configured optimiser over ``param_groups`` (a list, a callable of the model, or None).
 
     A group may set its own ``lr``: the schedule scales every group's base lr by the same
-    factor. With ``lr_tensor_device`` the lr of every group is a 0-d tensor on that device and
-    the fused (graph-capturable) implementation is used, as CUDA-graph capture requires.
+    factor. The fused (single-kernel) implementation is used wherever PyTorch has one for the
+    parameters' device: it is the fastest on CUDA and on the CPU, and graph-capturable. With
+    ``lr_tensor_device`` the lr of every group is a 0-d tensor on that device, as CUDA-graph
+    capture requires.
     """
     groups = param_groups(model) if callable(param_groups) else param_groups
     groups = groups if groups is not None else default_param_groups(model, config.no_decay_bn_bias)
     groups = [dict(g, params=list(g["params"])) for g in groups]
     if not any(g["params"] for g in groups):
         raise ResnetlabError("the optimiser got no parameters; pass param groups that hold some.")
-    fused = True if lr_tensor_device is not None else None
+    fused = lr_tensor_device is not None or _fusable(groups)
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
             groups,
@@ -76,7 +84,26 @@ def build_optimizer(
         group["base_lr"] = float(group["lr"])
         if lr_tensor_device is not None:
             group["lr"] = torch.tensor(group["base_lr"], device=lr_tensor_device)
+    fill_momentum_buffers(optimizer)
     return optimizer
+
+
+@torch.no_grad()
+def fill_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give every SGD parameter a zero momentum buffer where it has none.
+
+    Fused SGD fails when some parameters have a buffer and others (frozen until now) do not;
+    with no dampening, a zero buffer gives exactly the first step PyTorch would take.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0 or group["dampening"] != 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def lr_at(config: TrainConfig, step: int, max_iters: int) -> float:

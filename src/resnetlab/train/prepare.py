@@ -34,11 +34,19 @@ class Plan:
     sync_bn: bool
 
 
-def make_plan(config: TrainConfig, dist: Dist, model: nn.Module, hooked: bool) -> Plan:
-    """CUDA: bf16 autocast, channels_last and (small CIFAR nets) CUDA graphs; CPU: plain fp32.
+def make_plan(
+    config: TrainConfig,
+    dist: Dist,
+    model: nn.Module,
+    hooked: bool,
+    image_size: tuple[int, ...] | None = None,
+) -> Plan:
+    """CUDA: bf16 autocast, channels_last and (small CIFAR nets) CUDA graphs; CPU: fp32, and
+    channels_last where it is faster there (see ``cpu_channels_last``).
 
     ``hooked`` (callbacks given) keeps "auto" CUDA graphs off, since a hook may change the
     model between steps (freezing, new heads), which a recorded graph would not see.
+    Activation checkpointing keeps them off too; asked for explicitly with it, they are refused.
     """
     cuda = dist.device.type == "cuda"
     if config.precision == "bf16" and not cuda:
@@ -46,13 +54,22 @@ def make_plan(config: TrainConfig, dist: Dist, model: nn.Module, hooked: bool) -
     bf16 = config.precision == "bf16" or (
         config.precision == "auto" and cuda and torch.cuda.is_bf16_supported()
     )
-    channels_last = cuda if config.channels_last == "auto" else bool(config.channels_last)
+    if config.channels_last == "auto":
+        channels_last = cuda or cpu_channels_last(model, image_size)
+    else:
+        channels_last = bool(config.channels_last)
     family = getattr(getattr(model, "info", None), "family", "")
     if config.cuda_graphs == "auto":
         graphs = cuda and family.startswith("cifar") and not config.compile
         graphs = graphs and not dist.enabled and not hooked
+        graphs = graphs and not config.activation_checkpointing
     else:
         graphs = bool(config.cuda_graphs)
+        if graphs and config.activation_checkpointing:
+            raise ResnetlabError(
+                "cuda_graphs and activation_checkpointing exclude each other; use "
+                "--cuda-graphs off or --activation-checkpointing off."
+            )
         if graphs and (not cuda or dist.enabled or config.compile):
             raise ResnetlabError(
                 "cuda_graphs needs one CUDA device, no DDP and no compile; use --cuda-graphs off."
@@ -61,6 +78,17 @@ def make_plan(config: TrainConfig, dist: Dist, model: nn.Module, hooked: bool) -
     if sync_bn and not cuda:
         raise ResnetlabError("SyncBatchNorm runs on CUDA only in PyTorch; use --sync-bn off.")
     return Plan(str(dist.device), bf16, channels_last, graphs, bool(config.compile), sync_bn)
+
+
+def cpu_channels_last(model: nn.Module, image_size: tuple[int, ...] | None) -> bool:
+    """Whether a conv net trains faster channels-last on the CPU: yes (by 10-20 % with oneDNN)
+    unless its last feature maps are under 4 px a side, where it measured up to 20 % slower
+    (docs/BENCHMARKS.md). CIFAR nets downsample by 4, the ImageNet ones by 32."""
+    if image_size is None or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    family = getattr(getattr(model, "info", None), "family", "")
+    stride = 4 if family.startswith("cifar") else 32
+    return min(image_size[-2:]) // stride >= 4
 
 
 def preprocess_for(config: TrainConfig, train_set: Any) -> dict[str, Any]:

@@ -1,0 +1,294 @@
+"""The whole performance table of one GPU in one run (about 8 minutes on an H100/H200).
+
+    python benchmarks/gpu_suite.py [--out runs/gpu-suite] [--no-compile] [--smoke]
+
+Every resnetlab figure is measured next to its torchvision (or plain-PyTorch) reference in the
+same process: ResNet-50 training (fp32, bf16, bf16 + channels-last, compiled) and inference,
+ResNet-18/152 and VGG-16(-BN) training, CIFAR ResNet-56 eager against CUDA graphs (after a
+check that both train alike and that the graph path never synchronises with the host), peak
+memory of each workload, activation checkpointing, and step time against batch size and
+depth (plotted). ``--smoke`` runs every section at toy sizes (on the CPU too) to check the
+script itself; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scaling  # noqa: E402
+from bench_train import Clock, synthetic  # noqa: E402
+from resnetlab.models import create_model, optimize_for_inference  # noqa: E402
+from resnetlab.train import Callback, TrainConfig, train  # noqa: E402
+
+FULL = {"size": 224, "batch": 256, "cifar_batch": 128, "steps": 15, "warmup": 5,
+        "big": ["resnet18", "resnet152", "vgg16", "vgg16_bn"], "graph_check_steps": 30,
+        "batches": [32, 64, 128, 256, 512, 1024], "depths": [20, 32, 44, 56, 110, 1202],
+        "ckpt": [("resnet152", 224, 256), ("resnet1202", 32, 128)]}  # fmt: skip
+SMOKE = {"size": 32, "batch": 4, "cifar_batch": 8, "steps": 2, "warmup": 1,
+         "big": ["resnet18"], "graph_check_steps": 4, "batches": [4, 8], "depths": [20, 32],
+         "ckpt": [("resnet20", 32, 4)]}  # fmt: skip
+ROWS: list[dict] = []
+
+
+def row(workload: str, setting: str, step_s: float | None, batch: int, **extra) -> dict:
+    """Record and print one line of the table."""
+    r = {"workload": workload, "setting": setting, "batch": batch,
+         "ms": None if step_s is None else 1e3 * step_s,
+         "img_s": None if step_s is None else batch / step_s, **extra}  # fmt: skip
+    ROWS.append(r)
+    ms = "" if step_s is None else f"{1e3 * step_s:8.2f} ms {batch / step_s:9.0f} img/s"
+    more = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in extra.items())  # fmt: skip
+    print(f"{workload:<30} {setting:<34} {ms:<28} {more}", flush=True)
+    return r
+
+
+@contextlib.contextmanager
+def peak_memory(into: dict):
+    """Peak GPU memory allocated inside the block, in GiB, into ``into["peak_gib"]``."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    yield
+    into["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reference_train(model: nn.Module, size: int, batch: int, s: dict, *, bf16: bool,
+                    channels_last: bool, compiled: bool = False) -> tuple:  # fmt: skip
+    """A plain torchvision-style loop: (mean s/step over the timed window, peak GiB)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    mem: dict = {}
+    with peak_memory(mem):
+        model = model.to(device, memory_format=fmt).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        forward = torch.compile(model) if compiled else model
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, 10, (batch,), device=device)
+        for i in range(s["warmup"] + s["steps"]):
+            if i == s["warmup"]:
+                sync()
+                start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+                loss = nn.functional.cross_entropy(forward(x).float(), y)
+            loss.backward()
+            opt.step()
+        sync()
+    return (time.perf_counter() - start) / s["steps"], mem["peak_gib"]
+
+
+def engine_train(name: str, size: int, batch: int, s: dict, callbacks=(), classes: int = 10,
+                 **cfg) -> tuple:  # fmt: skip
+    """The project's training path, ``train()`` on synthetic uint8 data: (s/step, peak GiB)."""
+    clock = Clock(s["warmup"], s["steps"])
+    mem: dict = {}
+    data = synthetic(batch * 2, size, classes)
+    with tempfile.TemporaryDirectory() as out, peak_memory(mem):
+        config = TrainConfig(model=name, batch_size=batch, lr=0.01, milestones=(), augment=False,
+                             max_iters=s["warmup"] + s["steps"], eval_every=10**9,
+                             checkpoint_every=10**9, log_every=10**9, out_dir=out,
+                             progress=False, **cfg)  # fmt: skip
+        train(config, data=data, callbacks=[clock, *callbacks])
+    return statistics.median(clock.times()), mem["peak_gib"]
+
+
+def resnet50_section(s: dict, compile_: bool) -> None:
+    """The issue's ResNet-50 table: torchvision in four settings, then the engine."""
+    size, b = s["size"], s["batch"]
+    tv = lambda: torchvision.models.resnet50(num_classes=1000)  # noqa: E731
+    settings = [("fp32/TF32 eager", False, False, False), ("bf16 eager", True, False, False),
+                ("bf16 + channels-last eager", True, True, False)]  # fmt: skip
+    if compile_:
+        settings.append(("bf16 + channels-last + compile", True, True, True))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    ref = {}
+    for label, bf16, cl, comp in settings:
+        t, peak = reference_train(tv(), size, b, s, bf16=bf16, channels_last=cl, compiled=comp)
+        ref[label] = t
+        row("torchvision resnet50 train", label, t, b, peak_gib=peak)
+    eager_ref = ref["bf16 + channels-last eager"]
+    t, peak = engine_train("resnet50", size, b, s, classes=1000)
+    row("resnetlab resnet50 train", "default (bf16 + channels-last)", t, b, peak_gib=peak,
+        vs_tv_eager=eager_ref / t)  # fmt: skip
+    if compile_:
+        t, peak = engine_train("resnet50", size, b, s, classes=1000, compile=True)
+        best = min(ref.values())
+        row("resnetlab resnet50 train", "compile", t, b, peak_gib=peak, vs_tv_best=best / t)
+
+
+def inference_section(s: dict) -> None:
+    """ResNet-50 forward: torchvision bf16 + channels-last against the ``predict`` path."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size, b = s["size"], s["batch"]
+    reference = torchvision.models.resnet50().eval().to(device, memory_format=torch.channels_last)
+    ours = create_model("resnet50").eval()
+    ours.load_state_dict(reference.state_dict())
+    ours = optimize_for_inference(ours.to(device))
+    x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    times = {}
+    for _ in range(3):  # interleaved repeats
+        for key, model in (("tv", reference), ("ours", ours)):
+            with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16):
+                for _ in range(s["warmup"]):
+                    model(x)
+                sync()
+                start = time.perf_counter()
+                for _ in range(s["steps"]):
+                    model(x)
+                sync()
+            times.setdefault(key, []).append((time.perf_counter() - start) / s["steps"])
+    tv, ours_t = statistics.median(times["tv"]), statistics.median(times["ours"])
+    row("torchvision resnet50 inference", "bf16 + channels-last eager", tv, b)
+    row("resnetlab resnet50 inference", "BN folded, bf16 + channels-last", ours_t, b,
+        vs_tv=tv / ours_t)  # fmt: skip
+
+
+def other_models_section(s: dict) -> None:
+    """ResNet-18/152, VGG-16(-BN) training: torchvision bf16 + channels-last against the engine."""
+    size, b = s["size"], s["batch"]
+    for name in s["big"]:
+        ref, ref_peak = reference_train(getattr(torchvision.models, name)(), size, b, s,
+                                        bf16=True, channels_last=True)  # fmt: skip
+        row(f"torchvision {name} train", "bf16 + channels-last eager", ref, b, peak_gib=ref_peak)
+        t, peak = engine_train(name, size, b, s, classes=1000)
+        row(f"resnetlab {name} train", "default", t, b, peak_gib=peak, vs_tv=ref / t)
+
+
+class NoSyncWindow(Callback):
+    """Raises if anything synchronises with the host between two steps (CUDA only)."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    def on_step(self, state) -> None:
+        if state.step == self.start:
+            torch.cuda.set_sync_debug_mode("error")
+        elif state.step == self.end:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def cifar_section(s: dict) -> None:
+    """ResNet-56: the graph path trains like eager, never syncs, and how fast each one is."""
+    cuda = torch.cuda.is_available()
+    b = s["cifar_batch"]
+    ref, ref_peak = reference_train(create_model("resnet56"), 32, b, s, bf16=cuda,
+                                    channels_last=True)  # fmt: skip
+    row("plain loop resnet56 train", "bf16 + channels-last eager", ref, b, peak_gib=ref_peak)
+    eager, peak = engine_train("resnet56", 32, b, s, cuda_graphs=False)
+    row("resnetlab resnet56 train", "eager", eager, b, peak_gib=peak, vs_loop=ref / eager)
+    if not cuda:
+        row("resnetlab resnet56 train", "CUDA graphs", None, b, note="needs CUDA")
+        return
+    losses = {}
+    for graphs in (False, True):
+        with tempfile.TemporaryDirectory() as out:
+            n = s["graph_check_steps"]
+            config = TrainConfig(model="resnet20", batch_size=b, lr=0.05, max_iters=n,
+                                 milestones=(), precision="fp32", cuda_graphs=graphs,
+                                 eval_every=10**9, checkpoint_every=10**9, log_every=1,
+                                 out_dir=out, progress=False, seed=0)  # fmt: skip
+            train(config, data=synthetic(b * 4, 32))
+            lines = Path(out, "metrics.jsonl").read_text().splitlines()
+            losses[graphs] = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    worst = max(abs(a - c) / max(abs(a), 1e-8) for a, c in zip(*losses.values(), strict=True))
+    row("CUDA-graph step vs eager", "fp32, same seed", None, b, max_rel_loss_diff=worst,
+        ok=worst < 1e-2)  # fmt: skip
+    try:
+        w = s["warmup"]
+        engine_train("resnet56", 32, b, s, cuda_graphs=True,
+                     callbacks=[NoSyncWindow(w, w + s["steps"] - 1)])  # fmt: skip
+        row("CUDA-graph step host syncs", "sync debug mode 'error'", None, b, syncs="none")
+    except RuntimeError as exc:
+        torch.cuda.set_sync_debug_mode("default")
+        row("CUDA-graph step host syncs", "sync debug mode 'error'", None, b, syncs=str(exc)[:80])
+    graphs, peak = engine_train("resnet56", 32, b, s, cuda_graphs=True)
+    row("resnetlab resnet56 train", "CUDA graphs", graphs, b, peak_gib=peak,
+        vs_loop=ref / graphs, min_64k=64000 * graphs / 60)  # fmt: skip
+
+
+def checkpointing_section(s: dict) -> None:
+    """Peak memory and step time with and without activation checkpointing."""
+    for name, size, b in s["ckpt"]:
+        for on in (False, True):
+            try:
+                t, peak = engine_train(name, size, b, s, activation_checkpointing=on,
+                                       cuda_graphs=False)  # fmt: skip
+                row(f"resnetlab {name} train", f"checkpointing {'on' if on else 'off'}", t, b,
+                    peak_gib=peak)  # fmt: skip
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row(f"resnetlab {name} train", f"checkpointing {'on' if on else 'off'}", None,
+                    b, note="out of memory")  # fmt: skip
+
+
+def scaling_section(s: dict, out: Path) -> None:
+    """Step time against batch size (ResNet-56) and depth (batch 128), plotted."""
+    b = s["cifar_batch"]
+    result = bench_scaling.measure(s["batches"], s["depths"], b, s["steps"])
+    for k, t in result["by_batch"].items():
+        row("scaling: resnet56 vs batch", "default path", t, k)
+    for d, t in result["by_depth"].items():
+        row("scaling: depth at fixed batch", f"resnet{d}", t, b)
+    bench_scaling.plot(result, device_name(), out / "scaling.png")
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/gpu-suite"))
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: checks the script")
+    parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
+    args = parser.parse_args()
+    s = SMOKE if args.smoke else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {device_name()}, torch "
+          f"{torch.__version__}, torchvision {torchvision.__version__}, "
+          f"{platform.processor() or platform.machine()}", flush=True)  # fmt: skip
+    sections = {
+        "resnet50": lambda: resnet50_section(s, not args.no_compile),
+        "inference": lambda: inference_section(s),
+        "models": lambda: other_models_section(s),
+        "cifar": lambda: cifar_section(s),
+        "checkpointing": lambda: checkpointing_section(s),
+        "scaling": lambda: scaling_section(s, args.out),
+    }
+    torch.backends.cudnn.benchmark = True  # as the engine sets it: the same for every row
+    started = time.perf_counter()
+    for key, run in sections.items():
+        if not args.only or key in args.only:
+            t0 = time.perf_counter()
+            run()
+            print(f"-- {key}: {time.perf_counter() - t0:.0f} s", flush=True)
+    (args.out / "table.json").write_text(json.dumps(
+        {"device": device_name(), "torch": torch.__version__, "smoke": args.smoke,
+         "seconds": time.perf_counter() - started, "rows": ROWS}, indent=1))  # fmt: skip
+    print(f"total {time.perf_counter() - started:.0f} s; table in {args.out / 'table.json'}")
+
+
+if __name__ == "__main__":
+    main()
