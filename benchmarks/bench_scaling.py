@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -45,6 +46,7 @@ def plot(result: dict, title: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     panels = [(result["by_batch"], "batch size", "ResNet-56, 32 px"),
@@ -56,6 +58,8 @@ def plot(result: dict, title: str, path: Path) -> None:
         ax.loglog(xs, [ys[0] * x / xs[0] for x in xs], "--", color="grey",
                   label="proportional to work")  # fmt: skip
         ax.set(xlabel=xlabel, ylabel="ms per training step", title=name)
+        ax.set_xticks(xs, [str(x) for x in xs], minor=False)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -79,6 +83,7 @@ def main() -> None:
     print(title, flush=True)
     result = measure(args.batches, args.depths, args.depth_batch, args.steps)
     plot(result, title, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps({"title": title, **result}, indent=1))
     print(f"plot: {args.out}")
 
 
