@@ -98,6 +98,13 @@ def test_crop_is_shifted_window_of_zero_padded_image_and_flip_flips():
     assert (x[shifted] == 0).any()
 
 
+def test_a_rank_with_an_empty_share_of_the_last_batch_gets_an_empty_batch():
+    data = toy(9, size=6)  # batch 8 leaves a last batch of 1 for 4 ranks: three get nothing
+    loader = TensorLoader(data, 8, train=True, drop_last=False, world_size=4, rank=3)
+    batches = collect(loader, 0)
+    assert [x.shape[0] for x, _ in batches] == [2, 0]
+
+
 def test_crop_flip_direct():
     img = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4)
     out = crop_flip(img, torch.tensor([1]), torch.tensor([0]), torch.tensor([False]), pad=1)

@@ -57,6 +57,8 @@ def crop_flip(
     """Zero-pad ``x`` (B, C, H, W) by ``pad`` and take the H x W window at (oy, ox) of each
     image, mirrored left-right where ``fl``: one gather over the whole batch."""
     b, c, h, w = x.shape
+    if b == 0:  # a rank's empty share of a small last batch
+        return x
     padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, c, -1)
     rows = oy[:, None] + torch.arange(h, device=x.device)
     cols = ox[:, None] + torch.arange(w, device=x.device)
