@@ -10,6 +10,8 @@ interleaved repeats, median time, of:
   path      ``optimize_for_inference`` (BatchNorm folded, channels-last): what ``predict`` and
             ``evaluate`` run.
 Ratios: model/tv (same settings) and path over the FASTER of tv and tv-cl.
+Then the evaluation the engine runs during training (``evaluate`` over a CIFAR-size loader,
+ResNet-56): on the model as trained, against the BatchNorm-folded copy it now evaluates.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ import torch
 import torchvision
 
 from resnetlab import create_model
+from resnetlab.data import ImageSet, TensorLoader
 from resnetlab.models.inference import optimize_for_inference
+from resnetlab.train import evaluate
+from resnetlab.train.evaluation import inference_copy
+from resnetlab.train.prepare import cpu_channels_last
 
 CL = torch.channels_last
 
@@ -85,6 +91,29 @@ def main() -> None:
         print(f"{model_name:<9} " + "  ".join(f"{k} {v:7.1f}" for k, v in rate.items())
               + f" img/s   model/tv {rate['model'] / rate['tv']:.3f}"
               f"   path/best-tv {rate['path'] / best_tv:.3f}", flush=True)  # fmt: skip
+
+    engine_evaluation(device, args.repeats)
+
+
+def engine_evaluation(device: torch.device, repeats: int, n: int = 2560) -> None:
+    """``evaluate`` on the trained model's layout against the engine's folded copy."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(n) % 10, [str(k) for k in range(10)], "random")
+    cl = device.type == "cuda" or cpu_channels_last(create_model("resnet56"), (32, 32))
+    loader = TensorLoader(data, 256, train=False, device=device, channels_last=cl)
+    model = create_model("resnet56").to(device, memory_format=CL if cl else torch.preserve_format)
+    bf16 = device.type == "cuda"
+    times: dict[str, list[float]] = {"model": [], "folded": []}
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for key in times:
+            start = time.perf_counter()
+            evaluate(model if key == "model" else inference_copy(model, cl), loader, bf16=bf16)
+            times[key].append(time.perf_counter() - start)
+    rate = {k: n / statistics.median(v[1:]) for k, v in times.items()}
+    print(f"engine evaluation, resnet56 32 px, {n} images: model {rate['model']:7.1f}  "
+          f"folded copy (incl. folding) {rate['folded']:7.1f} img/s   "
+          f"ratio {rate['folded'] / rate['model']:.3f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -125,7 +125,6 @@ def resnet50_section(s: dict) -> None:
     size, b = s["size"], s["batch"]
     settings = [("fp32/TF32 eager", False, False), ("bf16 eager", True, False),
                 ("bf16 + channels-last eager", True, True)]  # fmt: skip
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     for label, bf16, cl in settings:
         t, peak = reference_train(torchvision.models.resnet50(), size, b, s, bf16=bf16,
                                   channels_last=cl)  # fmt: skip
@@ -297,6 +296,7 @@ def main() -> None:
         "compile": lambda: None if args.no_compile else compile_section(s),
     }
     torch.backends.cudnn.benchmark = True  # as the engine sets it: the same for every row
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # "fp32/TF32"
     started = time.perf_counter()
     for key, run in sections.items():
         if args.only and key not in args.only:

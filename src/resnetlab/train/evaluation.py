@@ -52,12 +52,14 @@ def inference_copy(model: nn.Module, channels_last: bool) -> nn.Module:
 def eval_record(state: Any, loaders: dict, plan: Any) -> dict[str, Any]:
     """Loss and error of the model (and its EMA) on every evaluated split, as a metrics record."""
     record: dict[str, Any] = {"kind": "eval", "step": state.step, "epoch": round(state.epoch, 4)}
+    splits = [split for split in state.config.eval_splits if split in loaders]
+    if not splits:
+        return record
     models = [("", state.model)] + ([("ema_", state.ema.module)] if state.ema else [])
     models = [(prefix, inference_copy(m, plan.channels_last)) for prefix, m in models]
-    for split in state.config.eval_splits:
-        if split in loaders:
-            for prefix, model in models:
-                result = evaluate(model, loaders[split], bf16=plan.bf16)
-                record[f"{prefix}{split}_loss"] = result["loss"]
-                record[f"{prefix}{split}_error"] = result["error"]
+    for split in splits:
+        for prefix, model in models:
+            result = evaluate(model, loaders[split], bf16=plan.bf16)
+            record[f"{prefix}{split}_loss"] = result["loss"]
+            record[f"{prefix}{split}_error"] = result["error"]
     return record
