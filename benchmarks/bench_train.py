@@ -1,7 +1,7 @@
 """Training-step speed of the engine against plain PyTorch code on the same model and settings.
 
     python benchmarks/bench_train.py [--device auto] [--steps 12] [--repeats 3] [--batch 32]
-        [--big-batch 16]
+        [--big-batch 16] [--compile]
 
 Pairs, run in the same process with interleaved repeats (median step time over all
 repeats): the engine training resnetlab's ResNet-20 against a hand-written loop training the
@@ -10,7 +10,8 @@ against a hand-written loop training torchvision's resnet18 (the same architectu
 CPU at 64 px (batch --batch) and 224 px (batch --big-batch). Each loop reuses one ready batch
 and runs SGD as usually written (foreach); on the CPU it runs in the default NCHW layout
 ("loop") and channels-last ("loop-cl"). The ratio is engine images/s over the FASTEST
-reference (1.0 = as fast; the engine's figure includes making each batch).
+reference (1.0 = as fast; the engine's figure includes making each batch). With --compile it
+also times ResNet-20 at batch 128 under the engine's torch.compile option.
 On CUDA it also checks the CUDA-graph step against the eager step (same losses within
 rounding) and times ResNet-56 at batch 128 with graphs vs eager, projecting 64k iterations.
 """
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--big-batch", type=int, default=16, help="batch at 224 px on the CPU")
+    parser.add_argument("--compile", action="store_true", help="add the engine's compile option")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
@@ -181,6 +183,10 @@ def main() -> None:
     compare(f"ResNet-20 32px b{b}: engine vs plain loop",
             lambda: engine_step("resnet20", 32, b, s, d),
             references(lambda: create_model("resnet20"), 32, b), b, n)  # fmt: skip
+    if args.compile:  # the first engine run compiles; later ones reuse inductor's cache
+        compare("ResNet-20 32px b128: engine --compile vs plain loop",
+                lambda: engine_step("resnet20", 32, 128, s, d, compile=True),
+                references(lambda: create_model("resnet20"), 32, 128), 128, n)  # fmt: skip
     tv18 = lambda: torchvision.models.resnet18(num_classes=10)  # noqa: E731
     for size, batch in ((64, b), (224, args.big_batch)) if not cuda else ((224, b),):
         compare(f"ResNet-18 {size}px b{batch}: engine vs torchvision",
