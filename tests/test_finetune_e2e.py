@@ -225,6 +225,31 @@ def test_resume_of_a_finished_run_changes_nothing(run, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_finetune_with_activation_checkpointing(tmp_path, home):
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = [
+        "finetune",
+        str(data),
+        "--model",
+        "resnet20",
+        "--pretrained",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--activation-checkpointing",
+    ]
+    assert main(argv) == 0
+    configs = [json.loads(p.read_text()) for p in out.glob("*/config.json")]
+    assert configs and all(c["activation_checkpointing"] is True for c in configs)
+    assert (out / "model.safetensors").is_file()
+
+
 class _Files(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep the test output clean
         pass

@@ -81,6 +81,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute block activations in backward: less memory, about one more forward",
+    )
 
 
 def _options(args: argparse.Namespace, command: str):
@@ -109,6 +114,7 @@ def _options(args: argparse.Namespace, command: str):
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        activation_checkpointing=args.activation_checkpointing,
         **{
             k: getattr(args, k)
             for k in (

@@ -69,6 +69,7 @@ class FinetuneOptions:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    activation_checkpointing: bool = False
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -310,7 +311,8 @@ def _settings(options: FinetuneOptions, run_dir: Path) -> FinetuneOptions:
         if not saved.is_file():
             raise ResnetlabError(f"{run_dir} holds no fine-tuning run to resume; drop --resume.")
         values = json.loads(saved.read_text())
-        values |= {"resume": True, "progress": options.progress, "device": options.device}
+        values |= {"resume": True, "progress": options.progress, "device": options.device,
+                   "activation_checkpointing": options.activation_checkpointing}  # fmt: skip
         say(f"resuming {run_dir} with its saved settings ({saved.name})")
         return FinetuneOptions(**values)
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -355,6 +357,7 @@ def _engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) ->
         out_dir=str(phase_dir),
         resume=options.resume,
         progress=options.progress,
+        activation_checkpointing=options.activation_checkpointing,
         num_workers=0,
     )
 
