@@ -48,31 +48,19 @@ def home(tmp_path_factory):
         yield path
 
 
+def scratch_run(data: Path, out: Path, epochs: str, *extra: str) -> list[str]:
+    """``resnetlab finetune`` of resnet20 from scratch, batch 8, plus ``extra`` options."""
+    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--epochs",
+            epochs, "--batch-size", "8", "--out", str(out), "--no-progress", *extra]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, home):
     """One finished run: resnet20 from scratch, 2 epochs (no phase 1 without weights)."""
     root = tmp_path_factory.mktemp("ft")
     data = write_folder(root / "data")
     out = root / "run"
-    argv = [
-        "finetune",
-        str(data),
-        "--model",
-        "resnet20",
-        "--pretrained",
-        "none",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--head-dropout",
-        "0.2",
-        "--monitor",
-        "roc_auc",
-    ]
+    argv = scratch_run(data, out, "2", "--head-dropout", "0.2", "--monitor", "roc_auc")
     assert main(argv) == 0
     return out, data
 
@@ -228,22 +216,7 @@ def test_resume_of_a_finished_run_changes_nothing(run, capsys):
 def test_finetune_with_activation_checkpointing(tmp_path, home):
     data = write_folder(tmp_path / "data")
     out = tmp_path / "run"
-    argv = [
-        "finetune",
-        str(data),
-        "--model",
-        "resnet20",
-        "--pretrained",
-        "none",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--activation-checkpointing",
-    ]
+    argv = scratch_run(data, out, "1", "--activation-checkpointing")
     assert main(argv) == 0
     configs = [json.loads(p.read_text()) for p in out.glob("*/config.json")]
     assert configs and all(c["activation_checkpointing"] is True for c in configs)
