@@ -70,17 +70,28 @@ class Clock(Callback):
 
 
 def engine_step(
-    model_name: str, size: int, batch: int, steps: int, device: str, **cfg
+    model_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    device: str,
+    *,
+    warmup: int = 3,
+    images: int | None = None,
+    classes: int = 10,
+    callbacks=(),
+    **cfg,
 ) -> list[float]:
-    """Seconds per engine step after 3 warm-up steps (see ``Clock``)."""
-    warmup = 3
+    """Seconds per engine step after ``warmup`` steps (see ``Clock``), on ``images`` random
+    images (default: one batch per step); ``cfg`` overrides the ``TrainConfig`` values."""
     clock = Clock(warmup, steps)
+    data = synthetic(images or batch * (warmup + steps), size, classes)
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(model=model_name, batch_size=batch, lr=0.01, max_iters=warmup + steps,
-                             milestones=(), augment=False, eval_every=10**9,
-                             checkpoint_every=10**9, log_every=100, out_dir=out, progress=False,
-                             device=device, **cfg)  # fmt: skip
-        train(config, data=synthetic(batch * (warmup + steps), size), callbacks=[clock])
+        values = {"model": model_name, "batch_size": batch, "lr": 0.01,
+                  "max_iters": warmup + steps, "milestones": (), "augment": False,
+                  "eval_every": 10**9, "checkpoint_every": 10**9, "log_every": 100,
+                  "out_dir": out, "progress": False, "device": device, **cfg}  # fmt: skip
+        train(TrainConfig(**values), data=data, callbacks=[clock, *callbacks])
     return clock.times()
 
 
@@ -139,22 +150,29 @@ def compare(label, engine_fn, reference_fns: dict, batch: int, repeats: int) -> 
     return row
 
 
-def check_cuda_graphs(steps: int = 30) -> None:
-    """GPU only: the captured step trains like the eager one (fp32, same seed and batches)."""
+def graph_loss_gap(steps: int = 30, batch: int = 128) -> tuple[float, list[float]]:
+    """GPU only: train ResNet-20 eagerly and with the captured step (fp32, same seed and
+    batches); the largest relative loss difference and the graph run's losses."""
     losses = {}
     for graphs in (False, True):
         with tempfile.TemporaryDirectory() as out:
-            config = TrainConfig(model="resnet20", batch_size=128, lr=0.05, max_iters=steps,
+            config = TrainConfig(model="resnet20", batch_size=batch, lr=0.05, max_iters=steps,
                                  milestones=(), precision="fp32", cuda_graphs=graphs,
                                  eval_every=10**9, checkpoint_every=10**9, log_every=1,
                                  out_dir=out, progress=False, seed=0)  # fmt: skip
-            train(config, data=synthetic(128 * 4, 32))
+            train(config, data=synthetic(batch * 4, 32))
             lines = Path(out, "metrics.jsonl").read_text().splitlines()
             losses[graphs] = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
     worst = max(abs(a - b) / max(abs(a), 1e-8) for a, b in zip(*losses.values(), strict=True))
-    ok = len(losses[True]) == steps and worst < 1e-2 and losses[True][-1] < losses[True][0]
+    return worst, losses[True]
+
+
+def check_cuda_graphs(steps: int = 30) -> None:
+    """The captured step trains like the eager one, or the benchmark stops."""
+    worst, losses = graph_loss_gap(steps)
+    ok = len(losses) == steps and worst < 1e-2 and losses[-1] < losses[0]
     print(f"CUDA-graph check: {steps} steps, max relative loss difference vs eager "
-          f"{worst:.2e}, loss {losses[True][0]:.3f} -> {losses[True][-1]:.3f}: "
+          f"{worst:.2e}, loss {losses[0]:.3f} -> {losses[-1]:.3f}: "
           f"{'OK' if ok else 'FAILED'}")  # fmt: skip
     if not ok:
         raise SystemExit(1)
