@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or an error never leaves a half-written file under a real name."""
+"""Atomic file writes (a crash or an error never leaves a half-written file under a real name)
+and the lock that keeps one run per run folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .errors import ResnetlabError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
 
 
 @contextmanager
@@ -49,3 +58,84 @@ def write_json(path: str | Path, obj: Any) -> Path:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+LOCK_NAME = ".resnetlab.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held for the run's life and released by the OS when
+    the process ends, even by ``kill -9``; a second run into the same folder is refused.
+
+    Re-entrant within one process (the fine-tuner locks its folder, then each phase its own).
+    A folder the lock created and that holds nothing else when the run ends is removed, so a
+    run refused before it wrote anything leaves nothing behind.
+    """
+
+    _held: dict[Path, int] = {}
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.key: Path | None = None
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ResnetlabError(
+                f"{self.folder} is a file, not a run folder; choose another --out."
+            )
+        self.created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.key = self.folder.resolve()
+        if self.key in RunLock._held:
+            RunLock._held[self.key] += 1
+            return self
+        path = self.folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd):
+            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise ResnetlabError(
+                f"run folder {self.folder} is in use by {owner}; wait for that run to end or "
+                "choose another --out."
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        RunLock._held[self.key] = 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.key is not None
+        RunLock._held[self.key] -= 1
+        if RunLock._held[self.key] == 0:
+            del RunLock._held[self.key]
+            if self.fd is None:
+                return
+            if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+                (self.folder / LOCK_NAME).unlink()  # still locked: no one can be using it
+                self.folder.rmdir()
+            os.close(self.fd)  # releases the lock; a kept lock file is never unlinked later
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking lock on an open file; False when someone holds it."""
+    if fcntl is None:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left (call with the lock held)."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

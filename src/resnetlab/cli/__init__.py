@@ -7,8 +7,10 @@ A module here exposes ``register(subparsers)``, which adds its sub-command(s) an
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+from typing import NoReturn
 
 from ..errors import ResnetlabError
 
@@ -16,8 +18,30 @@ from ..errors import ResnetlabError
 COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "finetune", "demo"]
 
 
+# OS errors that are the user's to fix (a path, space, permissions): one line, exit 2.
+USER_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some space or choose another folder",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another folder",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.EROFS: "read-only file system; choose a folder you can write to",
+    errno.EEXIST: "it already exists; choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
+    errno.EISDIR: "it is a folder, not a file; give a file path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+    errno.ENOENT: "no such file or folder; check the path",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (the problem and where to look), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="resnetlab",
         description="VGG, ResNet and their plain twins: models, experiments, fine-tuning.",
     )
@@ -42,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"resnetlab {args.command}: error: cannot write or read{where}: "
+              f"{USER_OS_ERRORS[exc.errno]}.", file=sys.stderr)  # fmt: skip
+        return 2
 
 
 if __name__ == "__main__":

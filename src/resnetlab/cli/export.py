@@ -45,6 +45,12 @@ def is_fine_tuned(source: str) -> bool:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        suffix = {"onnx": ".onnx"}.get(args.format, ".pt")
+        raise ResnetlabError(
+            f"--out {args.out} is a folder; give the file to write, e.g. "
+            f"{args.out / ('model' + suffix)}."
+        )
     if is_fine_tuned(args.source):
         from ..finetune.card import export_input_size
 

@@ -8,8 +8,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ResnetlabError
+from ..settings import bounded
 
 
 def _stages(text: str) -> tuple[str, ...]:
@@ -17,38 +19,37 @@ def _stages(text: str) -> tuple[str, ...]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """The flags fine-tuning and the lr range test share."""
+    """The flags fine-tuning and the lr range test share; a flag not given is absent from the
+    parsed arguments, so the defaults live in ``FinetuneOptions`` alone."""
+    p.set_defaults(**dict.fromkeys(FLAG_FIELDS, None))
     p.add_argument(
         "data",
         metavar="DATA",
         help="image folder or archive (train/, optional val/ test/), MedMNIST .npz, "
         "or cifar10/cifar100",
     )
-    p.add_argument("--model", default="resnet18", help="model name (default resnet18)")
+    p.add_argument("--model", help="model name (default resnet18)")
     p.add_argument(
         "--pretrained",
-        default="auto",
         help="weights: a tag (imagenet, imagenet-v1), URL, checkpoint file or run "
         "folder; 'none' trains from scratch (default auto: ImageNet weights where "
         "published for the model, else from scratch)",
     )
     p.add_argument("--out", help="run folder (default runs/<command>-<model>-<time>)")
-    p.add_argument("--head-dropout", type=float, default=0.0, help="dropout before the new head")
+    p.add_argument("--head-dropout", type=float, help="dropout before the new head")
     p.add_argument(
         "--freeze",
         type=_stages,
-        default=(),
         metavar="STAGES",
         help="stages kept frozen throughout, e.g. layer1,layer2",
     )
     p.add_argument(
         "--bn",
         choices=("frozen", "train"),
-        default="frozen",
         help="BatchNorm in frozen stages: fixed statistics or updated (default frozen)",
     )
     p.add_argument("--unfreeze-to", help="phase 2 trains this stage onwards, e.g. layer3")
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), help="optimiser (default adamw)")
     p.add_argument("--lr", type=float, help="head lr (default 1e-3 AdamW, 0.01 SGD)")
     p.add_argument(
         "--lr-mult",
@@ -57,7 +58,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "pretrained weights, 1 from scratch)",
     )
     p.add_argument("--weight-decay", type=float, help="default 0.01 AdamW, 5e-4 SGD")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     p.add_argument(
         "--image-size",
         type=int,
@@ -66,20 +67,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grey",
         choices=("auto", "repeat", "sum"),
-        default="auto",
         help="greyscale images: repeat to 3 channels, or sum the stem weights to 1 "
         "channel (default: repeat with weights, 1 channel from scratch)",
     )
     p.add_argument(
         "--val-size",
         type=float,
-        default=0.1,
         help="fraction held out for validation when the data has no val split",
     )
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip")
     p.add_argument("--no-flip", action="store_true", help="random crops but no mirroring")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--seed", type=int, help="seed of the split, initialisation and order (default 0)"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--activation-checkpointing",
@@ -88,59 +89,43 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _options(args: argparse.Namespace, command: str):
-    from ..finetune import FinetuneOptions
+# Flag destinations that are FinetuneOptions fields under the same name.
+FLAG_FIELDS = (
+    "model", "pretrained", "head_dropout", "freeze", "bn", "unfreeze_to", "optimizer", "lr",
+    "lr_mult", "weight_decay", "batch_size", "image_size", "grey", "val_size", "seed", "device",
+    "head_epochs", "epochs", "schedule", "class_weights", "balanced_sampling", "monitor",
+    "patience", "label_smoothing", "tta", "activation_checkpointing",
+)  # fmt: skip
+NEGATED = {"no_augment": "augment", "no_flip": "flip", "no_progress": "progress"}
 
-    out = args.out or f"runs/{command}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return FinetuneOptions(
-        data=args.data,
-        out_dir=out,
-        model=args.model,
-        pretrained=args.pretrained,
-        head_dropout=args.head_dropout,
-        freeze=args.freeze,
-        bn=args.bn,
-        unfreeze_to=args.unfreeze_to,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        lr_mult=args.lr_mult,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        grey=args.grey,
-        val_size=args.val_size,
-        augment=not args.no_augment,
-        flip=not args.no_flip,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        activation_checkpointing=args.activation_checkpointing,
-        **{
-            k: getattr(args, k)
-            for k in (
-                "head_epochs",
-                "epochs",
-                "schedule",
-                "class_weights",
-                "balanced_sampling",
-                "monitor",
-                "patience",
-                "label_smoothing",
-                "tta",
-                "resume",
-            )
-            if hasattr(args, k)
-        },
-    )
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The FinetuneOptions values set on the command line, and only those."""
+    values = {k: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k, None) is not None}
+    values |= {field: False for flag, field in NEGATED.items() if getattr(args, flag, False)}
+    if values.get("patience") == 0:  # "--patience 0": never stop early
+        values["patience"] = None
+    return values
+
+
+def _options(args: argparse.Namespace, command: str):
+    from ..finetune import FinetuneOptions, saved_options
+
+    given = given_options(args)
+    if getattr(args, "resume", False):
+        if not args.out:
+            raise ResnetlabError("--resume needs --out RUN_FOLDER (the run to continue).")
+        # the run's own settings, with what was given on top: a change is refused later
+        return FinetuneOptions(**{**saved_options(Path(args.out)), **given, "resume": True,
+                                  "data": args.data, "out_dir": args.out})  # fmt: skip
+    model = given.get("model", "resnet18")
+    out = args.out or f"runs/{command}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return FinetuneOptions(data=args.data, out_dir=out, **given)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     from ..finetune import finetune
 
-    if args.resume and not args.out:
-        raise ResnetlabError("--resume needs --out RUN_FOLDER (the run to continue).")
-    if args.patience is not None and args.patience <= 0:
-        args.patience = None
     result = finetune(_options(args, "finetune"))
     print(f"run folder: {result.run_dir.resolve()}")
     return 0
@@ -212,8 +197,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="phase 1 epochs (default 2 with pretrained weights, 0 from scratch)",
     )
-    p.add_argument("--epochs", type=float, default=5.0, help="phase 2 epochs (default 5)")
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle")
+    p.add_argument("--epochs", type=float, help="phase 2 epochs (default 5)")
+    p.add_argument(
+        "--schedule", choices=("onecycle", "cosine", "constant"),
+        help="lr schedule of each phase (default onecycle)",
+    )  # fmt: skip
     p.add_argument("--class-weights", action="store_true", help="inverse-frequency loss weights")
     p.add_argument(
         "--balanced-sampling",
@@ -222,17 +210,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--monitor",
-        default="balanced_accuracy",
         choices=("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1"),
-        help="validation metric for the best model and early stopping",
+        help="validation metric for the best model and early stopping (default balanced_accuracy)",
     )
     p.add_argument(
         "--patience",
         type=int,
-        default=5,
-        help="epochs without improvement before stopping (0: never stop early)",
+        help="epochs without improvement before stopping (0: never stop early; default 5)",
     )
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, help="label smoothing, e.g. 0.1 (default 0)")
     p.add_argument("--tta", action="store_true", help="mirror-averaged final test metrics")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=run_finetune)
@@ -253,9 +239,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="top-k classes for images with a fine-tuned model")
     p.add_argument("source", metavar="RUN_OR_MODEL", help="run folder, or model file + card")
     p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=bounded(int, ">= 1"), default=3, metavar="INT",
+                   help="classes shown per image (default 3)")  # fmt: skip
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
+                   help="images per forward pass (default 64)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--json", action="store_true", help="JSON output")
@@ -268,6 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", type=Path, help="folder for metrics JSON and plots")
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
+                   help="images per forward pass (default 64)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_evaluate)

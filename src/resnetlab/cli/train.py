@@ -14,58 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError
+from ..settings import help_of
 from ..train.config import RECIPES, TrainConfig, recipe_config
 
 # Fields with their own flag (or none): everything else is --field-name VALUE.
 SPECIAL = {"model_options", "out_dir", "resume", "progress"}
-HELP = {
-    "model": "registered model name, e.g. resnet20, plain56, resnet18",
-    "pretrained": "initial weights: a tag (imagenet), URL or checkpoint file",
-    "data": "data set name (cifar10, cifar100, fashion-mnist) or path",
-    "data_root": "folder for downloads and caches (default $RESNETLAB_HOME/data)",
-    "val_size": "images (or a fraction) held out of train for validation",
-    "normalisation": "per-pixel-mean, mean-std, imagenet, none, or MEAN,.../STD,...",
-    "augment": "random crop + flip on training batches (true/false)",
-    "pad": "zero padding before the random crop, in pixels",
-    "flip": "random horizontal flip (true/false)",
-    "num_workers": "decoding processes for large-image folders",
-    "batch_size": "GLOBAL batch size (split over all processes)",
-    "eval_batch_size": "batch size for evaluation (default: the training batch)",
-    "optimizer": "sgd or adamw",
-    "lr": "learning rate for the global batch",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum (true/false)",
-    "betas": "AdamW betas, e.g. 0.9,0.999",
-    "weight_decay": "weight decay",
-    "no_decay_bn_bias": "no weight decay on BatchNorm and bias parameters (true/false)",
-    "schedule": "multistep, cosine, onecycle or constant",
-    "milestones": "iterations where the lr is multiplied by --gamma, e.g. 32000,48000",
-    "gamma": "lr factor at each milestone",
-    "min_lr": "final lr of the cosine schedule",
-    "onecycle_pct": "fraction of the run spent rising in the one-cycle schedule",
-    "warmup_iters": "iterations of warm-up before the schedule",
-    "warmup_lr": "lr at the start of warm-up (constant warm-up: throughout)",
-    "warmup": "linear or constant warm-up",
-    "max_iters": "iterations (optimiser steps) to train",
-    "epochs": "epochs to train instead of --max-iters",
-    "label_smoothing": "label smoothing of the cross-entropy, e.g. 0.1",
-    "class_weights": "per-class loss weights, e.g. 1,3",
-    "grad_clip": "clip the gradient norm to this value",
-    "ema": "keep an exponential moving average of the weights with this decay, e.g. 0.999",
-    "precision": "auto (bf16 on CUDA), fp32 or bf16",
-    "channels_last": "auto (CUDA, and CPU nets whose last maps are >= 4 px), true or false",
-    "compile": "torch.compile the model (true/false)",
-    "cuda_graphs": "auto (small nets on CUDA), true or false",
-    "activation_checkpointing": "recompute activations in backward to save memory (true/false)",
-    "sync_bn": "SyncBatchNorm under multi-GPU DDP: auto, true or false",
-    "device": "auto, cpu, cuda or cuda:N",
-    "deterministic": "deterministic algorithms only (true/false)",
-    "seed": "seed of the split, initialisation, order and augmentation",
-    "eval_every": "iterations between evaluations",
-    "eval_splits": "splits to evaluate, e.g. val,test",
-    "checkpoint_every": "iterations between checkpoints",
-    "log_every": "iterations between metric records",
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,17 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name not in SPECIAL:
             flag = "--" + f.name.replace("_", "-")
-            p.add_argument(flag, dest=f.name, default=None, metavar="VALUE",
-                           help=_help(f))  # fmt: skip
+            p.add_argument(flag, dest=f.name, default=None, metavar=metavar(str(f.type)),
+                           help=help_of(f))  # fmt: skip
     p.set_defaults(func=run_train)
 
 
-def _help(f: dataclasses.Field) -> str:
-    """The field's help, with its default where one is worth showing."""
-    text = HELP[f.name]
-    if f.default in (None, dataclasses.MISSING) or "default" in text:
-        return text
-    return f"{text} (default {f.default})"
+def metavar(kind: str) -> str:
+    """What a flag takes, from its field's type: INT, FLOAT, A,B,..., true|false, TEXT."""
+    if kind.startswith("bool | str"):
+        return "auto|true|false"
+    if kind.startswith("bool"):
+        return "true|false"
+    if kind.startswith("tuple[int"):
+        return "INT,INT,..."
+    if kind.startswith("tuple[float"):
+        return "FLOAT,FLOAT,..."
+    if kind.startswith("tuple[str"):
+        return "NAME,NAME,..."
+    if kind.startswith("int | float"):
+        return "N|FRACTION"
+    if kind.startswith("int"):
+        return "INT"
+    if kind.startswith("float"):
+        return "FLOAT"
+    return "TEXT"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -104,6 +70,11 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args)
     out = Path(args.out)
     saved = out / "config.json"
+    if args.resume and not (out / "last.pt").is_file():
+        raise ResnetlabError(
+            f"nothing to resume in {out}: it holds no checkpoint (last.pt); drop --resume to "
+            "start a new run there."
+        )
     if args.resume and saved.is_file() and args.recipe is None:
         values = json.loads(saved.read_text())
         values.pop("resolved", None)

@@ -4,7 +4,7 @@ evaluation with the practitioner's metric set, and the learning-rate range test.
 
 from .card import LoadedModel, export_input_size, load_model, read_card, run_summary, write_card
 from .evaluate import evaluate_run, format_metrics, image_probabilities
-from .finetune import FinetuneOptions, FinetuneResult, finetune
+from .finetune import FinetuneOptions, FinetuneResult, finetune, saved_options
 from .lr_find import LrFindResult, lr_find
 from .metrics import classification_metrics, roc_curve
 from .predict import Prediction, expand_inputs, predict_files, render
@@ -31,6 +31,7 @@ __all__ = [
     "read_card",
     "render",
     "roc_curve",
+    "saved_options",
     "run_summary",
     "write_card",
 ]

@@ -22,8 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
-from ..files import write_json, write_text_atomic
+from ..files import LOCK_NAME, RunLock, write_json, write_text_atomic
+from ..settings import check_settings, setting
 from ..train import Callback, TrainConfig, train
+from ..train.distributed import check_device
+from ..train.prepare import check_classes
 from .build import build_model, say, weights_source
 from .metrics import classification_metrics
 
@@ -31,6 +34,8 @@ MONITORS = ("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1")
 GREY = ("auto", "repeat", "sum")
 OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
+# Settings that may change when a run is resumed; any other difference is refused.
+RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir"}
 
 
 @dataclass
@@ -42,31 +47,37 @@ class FinetuneOptions:
     model: str = "resnet18"
     pretrained: str | None = "auto"  # tag, URL, file or run folder; "auto": ImageNet if published
     model_options: dict[str, Any] = field(default_factory=dict)
-    head_dropout: float = 0.0
+    head_dropout: float = setting(0.0, "", "[0, 1)")
     freeze: tuple[str, ...] = ()  # stages kept frozen in both phases
     bn: str = "frozen"  # BatchNorm of frozen stages: "frozen" (eval statistics) or "train"
     unfreeze_to: str | None = None  # phase 2 trains this stage and everything after it
-    head_epochs: float | None = None  # None: 2 with pretrained weights, 0 from scratch
-    epochs: float = 5.0  # phase 2
+    head_epochs: float | None = setting(
+        None, "None: 2 with pretrained weights, 0 from scratch", ">= 0"
+    )
+    epochs: float = setting(5.0, "phase 2", "> 0")
     optimizer: str = "adamw"
-    lr: float | None = None  # the head's lr; None: 1e-3 (AdamW) or 0.01 (SGD)
-    lr_mult: float | None = None  # per-stage lr factor in phase 2; None: 0.4 pretrained, 1 scratch
-    weight_decay: float | None = None  # None: 0.01 (AdamW) or 5e-4 (SGD)
+    lr: float | None = setting(None, "the head's lr; None: 1e-3 (AdamW) or 0.01 (SGD)", "> 0")
+    lr_mult: float | None = setting(
+        None, "per-stage lr factor in phase 2; None: 0.4 pretrained, 1 scratch", "> 0"
+    )
+    weight_decay: float | None = setting(None, "None: 0.01 (AdamW) or 5e-4 (SGD)", ">= 0")
     schedule: str = "onecycle"
-    batch_size: int = 64
-    image_size: int | None = None
+    batch_size: int = setting(64, "", ">= 1")
+    image_size: int | None = setting(None, "", ">= 8")
     grey: str = "auto"  # grey images: "repeat" to 3 channels or "sum" (1-channel stem)
     class_weights: bool = False
     balanced_sampling: bool = False
     monitor: str = "balanced_accuracy"
-    patience: int | None = 5  # epochs without improvement before stopping; None: never
-    val_size: float = 0.1
-    label_smoothing: float = 0.0
+    patience: int | None = setting(
+        5, "epochs without improvement before stopping; None: never", ">= 1"
+    )
+    val_size: float = setting(0.1, "", "(0, 1)")
+    label_smoothing: float = setting(0.0, "", "[0, 1)")
     augment: bool = True
     flip: bool = True
-    pad: int | None = None  # random-crop padding; None: crop / 8
+    pad: int | None = setting(None, "random-crop padding; None: crop / 8", ">= 0")
     tta: bool = False  # mirror averaging for the final test metrics
-    seed: int = 0
+    seed: int = setting(0, "", ">= 0")
     device: str = "auto"
     progress: bool = True
     activation_checkpointing: bool = False
@@ -85,8 +96,8 @@ class FinetuneOptions:
                 )
         if self.class_weights and self.balanced_sampling:
             raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
-        if self.epochs <= 0 or (self.head_epochs or 0) < 0 or self.batch_size < 1:
-            raise ResnetlabError("epochs and batch size must be positive, head epochs >= 0.")
+        check_settings(self)
+        check_device(self.device)
         if self.pretrained in ("", "none", "None", "scratch"):
             self.pretrained = None
 
@@ -185,7 +196,14 @@ class Tracker(Callback):
 
 
 def finetune(options: FinetuneOptions, callbacks: Sequence[Callback] = ()) -> FinetuneResult:
-    """Run (or resume) a fine-tuning run; ``callbacks`` are passed to every engine run."""
+    """Run (or resume) a fine-tuning run; ``callbacks`` are passed to every engine run.
+
+    The run folder is locked for the run's life: a second run into it is refused."""
+    with RunLock(options.out_dir):
+        return _finetune(options, callbacks)
+
+
+def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> FinetuneResult:
     from . import outputs, prepare
 
     start = time.perf_counter()
@@ -193,6 +211,7 @@ def finetune(options: FinetuneOptions, callbacks: Sequence[Callback] = ()) -> Fi
     options = _settings(options, run_dir)
     options.pretrained = weights_source(options.pretrained, options.model)
     bundle, notes = prepare.open_finetune_data(options.data, options.val_size, options.seed)
+    check_classes(bundle)
     counts = prepare.class_counts(bundle)
     for split, by_class in counts.items():
         say(f"class counts ({split}): " + ", ".join(f"{c} {n:,}" for c, n in by_class.items()))
@@ -304,20 +323,40 @@ def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks)
     write_json(done, {"steps": result.steps, "trainable": trainable})
 
 
+def saved_options(run_dir: Path) -> dict[str, Any]:
+    """The settings a fine-tuning run was started with, to resume it."""
+    saved = Path(run_dir) / OPTIONS_FILE
+    if not saved.is_file():
+        raise ResnetlabError(f"{run_dir} holds no fine-tuning run to resume; drop --resume.")
+    return json.loads(saved.read_text())
+
+
 def _settings(options: FinetuneOptions, run_dir: Path) -> FinetuneOptions:
-    """A fresh run needs an empty folder; ``resume`` continues with the saved settings."""
-    saved = run_dir / OPTIONS_FILE
+    """A fresh run needs an empty folder. ``resume`` continues with the run's own settings: a
+    field left at its default takes the saved value, any other change is refused unless it is
+    in ``RESUMABLE`` (the command line passes the saved settings with the given flags on top)."""
     if options.resume:
-        if not saved.is_file():
-            raise ResnetlabError(f"{run_dir} holds no fine-tuning run to resume; drop --resume.")
-        values = json.loads(saved.read_text())
-        values |= {"resume": True, "progress": options.progress, "device": options.device,
-                   "activation_checkpointing": options.activation_checkpointing}  # fmt: skip
-        say(f"resuming {run_dir} with its saved settings ({saved.name})")
-        return FinetuneOptions(**values)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+        saved, now = saved_options(run_dir), dataclasses.asdict(options)
+        defaults = {f.name: f.default for f in dataclasses.fields(FinetuneOptions)}
+        for key in sorted(saved.keys() - RESUMABLE):
+            if _same(now.get(key), saved[key]):
+                continue
+            if _same(now.get(key), defaults.get(key)):
+                now[key] = saved[key]
+                continue
+            raise ResnetlabError(
+                f"resume: {key} is {now.get(key)!r} but the run at {run_dir} used "
+                f"{saved[key]!r}; drop that setting or start a new --out."
+            )
+        say(f"resuming {run_dir} with its saved settings ({OPTIONS_FILE})")
+        return FinetuneOptions(**now)
+    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise ResnetlabError(f"run folder {run_dir} is not empty; pass --resume or another --out.")
     return options
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, default=str) == json.dumps(b, default=str)
 
 
 def _val_loader(data: Any, prep: Any, batch: int, device: str) -> Any:

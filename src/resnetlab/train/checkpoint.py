@@ -39,6 +39,16 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         ) from None
 
 
+def non_finite_entries(*states: dict[str, torch.Tensor] | None) -> list[str]:
+    """Names of the floating-point entries holding NaN or Inf (one host sync for all)."""
+    named = [(k, v) for state in states if state for k, v in state.items()
+             if torch.is_tensor(v) and v.is_floating_point()]  # fmt: skip
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for _, v in named]).tolist()
+    return [k for (k, _), ok in zip(named, finite, strict=True) if not ok]
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states as tensors, lists and numbers."""
     version, internal, gauss = random.getstate()

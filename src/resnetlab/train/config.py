@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ResnetlabError, close_matches
+from ..settings import check_settings, setting
+from .distributed import check_device
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
@@ -31,59 +33,89 @@ class TrainConfig:
     """
 
     # model and data
-    model: str = "resnet20"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None
-    data: str = "cifar10"
-    data_root: str | None = None
-    val_size: int | float | None = None
-    normalisation: str | dict[str, list[float]] = "per-pixel-mean"
-    augment: bool = True
-    pad: int = 4
-    flip: bool = True
-    num_workers: int = 4
+    model: str = setting("resnet20", "registered model name, e.g. resnet20, plain56, resnet18")
+    model_options: dict[str, Any] = setting(
+        help="model options, e.g. {'shortcut': 'B'}", factory=dict
+    )
+    pretrained: str | None = setting(
+        None, "initial weights: a tag (imagenet), URL or checkpoint file"
+    )
+    data: str = setting("cifar10", "data set name (cifar10, cifar100, fashion-mnist) or path")
+    data_root: str | None = setting(
+        None, "folder for downloads and caches (default $RESNETLAB_HOME/data)"
+    )
+    val_size: int | float | None = setting(
+        None, "images (or a fraction) held out of train for validation", ">= 0"
+    )
+    normalisation: str | dict[str, list[float]] = setting(
+        "per-pixel-mean", "per-pixel-mean, mean-std, imagenet, none, or MEAN,.../STD,..."
+    )
+    augment: bool = setting(True, "random crop + flip on training batches")
+    pad: int = setting(4, "zero padding before the random crop, in pixels", ">= 0")
+    flip: bool = setting(True, "random horizontal flip")
+    num_workers: int = setting(4, "decoding processes for large-image folders", ">= 0")
     # optimisation
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    no_decay_bn_bias: bool = False
-    schedule: str = "multistep"
-    milestones: tuple[int, ...] = (32000, 48000)
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    onecycle_pct: float = 0.3
-    warmup_iters: int = 0
-    warmup_lr: float = 0.0
-    warmup: str = "linear"
-    max_iters: int | None = 64000
-    epochs: float | None = None
-    label_smoothing: float = 0.0
-    class_weights: tuple[float, ...] | None = None  # per-class loss weights (imbalance)
-    grad_clip: float | None = None
-    ema: float | None = None
+    batch_size: int = setting(128, "GLOBAL batch size (split over all processes)", ">= 1")
+    eval_batch_size: int | None = setting(
+        None, "batch size for evaluation (default: the training batch)", ">= 1"
+    )
+    optimizer: str = setting("sgd", "sgd or adamw")
+    lr: float = setting(0.1, "learning rate for the global batch", "> 0")
+    momentum: float = setting(0.9, "SGD momentum", "[0, 1)")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999", "[0, 1)")
+    weight_decay: float = setting(1e-4, "weight decay", ">= 0")
+    no_decay_bn_bias: bool = setting(False, "no weight decay on BatchNorm and bias parameters")
+    schedule: str = setting("multistep", "multistep, cosine, onecycle or constant")
+    milestones: tuple[int, ...] = setting(
+        (32000, 48000), "iterations where the lr is multiplied by --gamma, e.g. 32000,48000", ">= 0"
+    )
+    gamma: float = setting(0.1, "lr factor at each milestone", "> 0")
+    min_lr: float = setting(0.0, "final lr of the cosine schedule", ">= 0")
+    onecycle_pct: float = setting(
+        0.3, "fraction of the run spent rising in the one-cycle schedule", "(0, 1)"
+    )
+    warmup_iters: int = setting(0, "iterations of warm-up before the schedule", ">= 0")
+    warmup_lr: float = setting(
+        0.0, "lr at the start of warm-up (constant warm-up: throughout)", ">= 0"
+    )
+    warmup: str = setting("linear", "linear or constant warm-up")
+    max_iters: int | None = setting(64000, "iterations (optimiser steps) to train", ">= 1")
+    epochs: float | None = setting(None, "epochs to train instead of --max-iters", "> 0")
+    label_smoothing: float = setting(
+        0.0, "label smoothing of the cross-entropy, e.g. 0.1", "[0, 1)"
+    )
+    class_weights: tuple[float, ...] | None = setting(
+        None, "per-class loss weights (imbalance), one per class, e.g. 1,3", "> 0"
+    )
+    grad_clip: float | None = setting(None, "clip the gradient norm to this value", "> 0")
+    ema: float | None = setting(
+        None,
+        "keep an exponential moving average of the weights with this decay, e.g. 0.999",
+        "(0, 1)",
+    )
     # machine
-    precision: str = "auto"
-    channels_last: bool | str = "auto"
-    compile: bool = False
-    cuda_graphs: bool | str = "auto"
-    activation_checkpointing: bool = False  # recompute block activations in backward
-    sync_bn: bool | str = "auto"
-    device: str = "auto"
-    deterministic: bool = False
-    seed: int = 0
+    precision: str = setting("auto", "auto (bf16 on CUDA), fp32 or bf16")
+    channels_last: bool | str = setting(
+        "auto", "auto (CUDA, and CPU nets whose last maps are >= 4 px), true or false"
+    )
+    compile: bool = setting(False, "torch.compile the model")
+    cuda_graphs: bool | str = setting("auto", "auto (small nets on CUDA), true or false")
+    activation_checkpointing: bool = setting(
+        False, "recompute block activations in backward to save memory"
+    )
+    sync_bn: bool | str = setting("auto", "SyncBatchNorm under multi-GPU DDP: auto, true or false")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    deterministic: bool = setting(False, "deterministic algorithms only")
+    seed: int = setting(0, "seed of the split, initialisation, order and augmentation", ">= 0")
     # bookkeeping
-    eval_every: int = 2000
-    eval_splits: tuple[str, ...] = ("val", "test")
-    checkpoint_every: int = 2000
-    log_every: int = 100
-    out_dir: str = "runs/run"
-    resume: bool = False
-    progress: bool = True
+    eval_every: int = setting(2000, "iterations between evaluations", ">= 1")
+    eval_splits: tuple[str, ...] = setting(("val", "test"), "splits to evaluate, e.g. val,test")
+    checkpoint_every: int = setting(2000, "iterations between checkpoints", ">= 1")
+    log_every: int = setting(100, "iterations between metric records", ">= 1")
+    out_dir: str = setting("runs/run", "run folder")
+    resume: bool = setting(False, "continue the run in out_dir")
+    progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -95,6 +127,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse impossible values with one line naming the field and the fix."""
+        check_settings(self)  # the numeric bounds each field declares
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("warmup", self.warmup, WARMUPS)
@@ -105,31 +138,13 @@ class TrainConfig:
                 raise ResnetlabError(f"{name} is True, False or 'auto'; got {value!r}.")
         if isinstance(self.normalisation, str):
             _choice("normalisation", self.normalisation, NORMALISATIONS)
-        elif set(self.normalisation) != {"mean", "std"}:
-            raise ResnetlabError("normalisation as values needs exactly the keys mean and std.")
-        for name in ("batch_size", "eval_every", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ResnetlabError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ResnetlabError(f"lr must be a positive number, got {self.lr}.")
-        if self.weight_decay < 0 or self.warmup_iters < 0 or self.warmup_lr < 0:
-            raise ResnetlabError("weight_decay, warmup_iters and warmup_lr must not be negative.")
+        else:
+            check_normalisation(self.normalisation)
+        check_device(self.device)
         if self.max_iters is None and self.epochs is None:
             raise ResnetlabError("set max_iters (iterations) or epochs.")
-        if self.max_iters is not None and self.max_iters < 1:
-            raise ResnetlabError(f"max_iters must be at least 1, got {self.max_iters}.")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ResnetlabError(f"epochs must be positive, got {self.epochs}.")
         if list(self.milestones) != sorted(self.milestones):
             raise ResnetlabError(f"milestones must increase, got {list(self.milestones)}.")
-        if self.ema is not None and not 0.0 < self.ema < 1.0:
-            raise ResnetlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}.")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ResnetlabError(f"grad_clip must be positive, got {self.grad_clip}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ResnetlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if not 0.0 < self.onecycle_pct < 1.0:
-            raise ResnetlabError(f"onecycle_pct must be in (0, 1), got {self.onecycle_pct}.")
         for split in self.eval_splits:
             _choice("eval split", split, ("val", "test"))
 
@@ -153,6 +168,23 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def check_normalisation(values: dict[str, list[float]]) -> None:
+    """Mean and std as values: the two keys, finite numbers, every std positive."""
+    if set(values) != {"mean", "std"}:
+        raise ResnetlabError("normalisation as values needs exactly the keys mean and std.")
+    mean, std = list(values["mean"]), list(values["std"])
+    if len(mean) != len(std) or not mean:
+        raise ResnetlabError(
+            f"normalisation: {len(mean)} mean(s) but {len(std)} std(s); give one of each per "
+            "channel, e.g. 0.5,0.5,0.5/0.25,0.25,0.25."
+        )
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ResnetlabError(
+            f"normalisation: every std must be a positive number and every mean finite, got "
+            f"mean {mean} std {std}; a std of 0 would divide by zero."
+        )
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -38,10 +38,30 @@ class Dist:
         return self.world_size > 1
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(name: str) -> None:
+    """Refuse a device name torch cannot read, or a GPU this machine does not have."""
+    if name == "auto":
+        return
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise ResnetlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ResnetlabError(f"device {name!r} asked for but no GPU is visible; use --device cpu.")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ResnetlabError(f"device {name!r} asked for but MPS is not available; use cpu.")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` is this rank's CUDA device when there is one, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

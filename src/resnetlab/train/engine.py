@@ -24,9 +24,16 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
-from ..files import write_json
+from ..files import RunLock, remove_stale_temps, write_json
 from . import distributed
-from .checkpoint import restore, resume_checkpoint, save_checkpoint, set_rng_state, training_payload
+from .checkpoint import (
+    non_finite_entries,
+    restore,
+    resume_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    training_payload,
+)
 from .config import TrainConfig
 from .distributed import Dist
 from .evaluation import eval_record
@@ -36,6 +43,7 @@ from .optim import EMA, ParamGroups, build_optimizer, lr_at, set_lr
 from .prepare import (
     batches_from,
     chain,
+    check_classes,
     make_loaders,
     make_plan,
     preprocess_for,
@@ -119,7 +127,10 @@ def train(
     """
     dist, owns_group = distributed.setup(config.device)
     try:
-        return _train(config, dist, model, data, list(callbacks), param_groups, step_metrics)
+        with RunLock(config.out_dir) if dist.main else contextlib.nullcontext():
+            if dist.main:
+                remove_stale_temps(config.out_dir)  # left by a write that a kill -9 cut short
+            return _train(config, dist, model, data, list(callbacks), param_groups, step_metrics)
     finally:
         if owns_group:
             distributed.cleanup(dist)
@@ -141,6 +152,7 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
 
         data = open_data(config.data, val_size=config.val_size, seed=config.seed,
                          root=config.data_root)  # fmt: skip
+    check_classes(data, config.class_weights)
     if model is None:
         from ..models import create_model
 
@@ -226,6 +238,9 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
         bad = meters.bad_step(dist)
         if bad is not None:
             _diverged(bad, state, last_path, bar, writer)
+        broken = non_finite_entries(model.state_dict(), ema.state_dict() if ema else None)
+        if distributed.any_rank(bool(broken), dist):
+            _diverged(state.step - 1, state, last_path, bar, writer, broken)
         if dist.main:
             save_checkpoint(training_payload(state, meters, best, preprocess, data.classes), path)
 
@@ -234,7 +249,7 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
     bar = progress_bar(max_iters, state.step, config.progress and dist.main)
     interval = (time.perf_counter(), state.step)
     clock = time.perf_counter() - state.elapsed_s
-    with _CtrlC() as ctrl_c:
+    with _CtrlC() as ctrl_c, _status_on_failure(writer, out):
         while state.step < max_iters and not state.stop:
             x, y = next(batches)
             set_lr(optimizer, lr_at(config, state.step, max_iters) / config.lr)
@@ -316,18 +331,36 @@ def _log_record(state, meters, interval, bar, last_path, writer) -> dict[str, An
     return record
 
 
-def _diverged(bad: int, state: TrainState, last_path: Path, bar, writer) -> None:
+def _diverged(bad: int, state: TrainState, last_path: Path, bar, writer,
+              broken: Sequence[str] = ()) -> None:  # fmt: skip
+    """Stop on NaN/Inf (in the loss, or in a weight or buffer about to be saved)."""
     bar.close()
     kept = f"the last good checkpoint {last_path} is kept" if last_path.exists() else (
         "no checkpoint was saved before it"
     )  # fmt: skip
     lr = lr_at(state.config, bad, state.max_iters)
+    what = f"the loss became NaN/Inf at step {bad + 1}" if not broken else (
+        f"{len(broken)} weight(s)/buffer(s) became NaN/Inf by step {bad + 1} (first: "
+        f"{broken[0]})"
+    )  # fmt: skip
     message = (
-        f"training diverged: the loss became NaN/Inf at step {bad + 1} (lr {lr:g}); stopped, "
+        f"training diverged: {what} (lr {lr:g}); stopped, "
         f"{kept}. Lower the lr, add warm-up or set grad_clip."
     )
     _finish(writer, state.out_dir, message)
     raise TrainingDiverged(message)
+
+
+@contextlib.contextmanager
+def _status_on_failure(writer: MetricsWriter | None, out: Path):
+    """Record an unexpected error as the run's status, so run.json never claims "running"."""
+    try:
+        yield
+    except (KeyboardInterrupt, TrainingDiverged):
+        raise
+    except Exception as exc:
+        _finish(writer, out, f"failed: {type(exc).__name__}: {exc}")
+        raise
 
 
 def _finish(writer: MetricsWriter | None, out: Path, status: str) -> None:
@@ -339,12 +372,14 @@ def _finish(writer: MetricsWriter | None, out: Path, status: str) -> None:
 
 
 class _CtrlC:
-    """Turns the first Ctrl-C into a flag checked between steps; a second one stops at once."""
+    """Turns the first Ctrl-C (or SIGTERM, as a scheduler sends before it kills a job) into a
+    flag checked between steps, so the run saves and stops; a second Ctrl-C stops at once."""
 
     def __enter__(self) -> _CtrlC:
-        self.hit, self.previous = False, None
+        self.hit, self.previous, self.previous_term = False, None, None
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous_term = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -354,3 +389,5 @@ class _CtrlC:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+        if self.previous_term is not None:
+            signal.signal(signal.SIGTERM, self.previous_term)

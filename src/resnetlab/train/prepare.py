@@ -231,3 +231,30 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_classes(bundle: Any, class_weights: tuple[float, ...] | None = None) -> None:
+    """Refuse data a classifier cannot learn from: fewer than two classes overall or in any
+    split, or loss weights that do not give one weight per class."""
+    classes = list(bundle.classes)
+    if len(classes) < 2:
+        raise ResnetlabError(
+            f"{bundle.description}: only {len(classes)} class ({', '.join(classes) or 'none'}); "
+            "a classifier needs at least two classes, each in its own sub-folder."
+        )
+    for split in ("train", "val", "test"):
+        part = getattr(bundle, split, None)
+        if part is None or len(part) == 0:
+            continue
+        present = torch.unique(part.labels).numel()
+        if present < 2:
+            only = classes[int(part.labels[0])]
+            raise ResnetlabError(
+                f"the {split} split holds images of one class only ({only!r}); every split "
+                "needs at least two classes: add images of the others or change the split."
+            )
+    if class_weights is not None and len(class_weights) != len(classes):
+        raise ResnetlabError(
+            f"class_weights gives {len(class_weights)} weight(s) but the data has "
+            f"{len(classes)} classes ({', '.join(classes)}); give one weight per class."
+        )

@@ -1,0 +1,107 @@
+"""Settings declared once: a dataclass field carries its default, its help and its bounds.
+
+``setting(4, "zero padding before the random crop", ">= 0")`` is a field whose metadata the
+command line reads for ``--help`` and :func:`check_settings` reads to refuse a bad value with
+one line that names the setting, the rule and the value. Bounds are ``"> 0"``, ``">= 1"`` or an
+interval such as ``"[0, 1)"``; they apply to each element of a tuple and skip ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ResnetlabError
+
+_RULE = re.compile(r"^\s*(>=|>|<=|<)\s*(\S+)\s*$")
+_INTERVAL = re.compile(r"^\s*([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])\s*$")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    bounds: str | None = None,
+    *,
+    factory: Callable[[], Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A dataclass field with its help text and optional numeric bounds in its metadata."""
+    if bounds is not None:
+        parse_bounds(bounds)  # a malformed rule fails at import, not at the user
+    metadata = {"help": help, "bounds": bounds, "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_bounds(rule: str) -> tuple[float, bool, float, bool]:
+    """``(low, low_inclusive, high, high_inclusive)`` of a rule such as ``"[0, 1)"``."""
+    if m := _INTERVAL.match(rule):
+        return float(m[2]), m[1] == "[", float(m[3]), m[4] == "]"
+    if m := _RULE.match(rule):
+        op, value = m[1], float(m[2])
+        if op.startswith(">"):
+            return value, op == ">=", math.inf, False
+        return -math.inf, False, value, op == "<="
+    raise ValueError(f"cannot read the bounds rule {rule!r}")
+
+
+def within(value: float, rule: str) -> bool:
+    """True when ``value`` is a finite number that satisfies ``rule``."""
+    low, low_in, high, high_in = parse_bounds(rule)
+    if not math.isfinite(value):
+        return False
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    return above and below
+
+
+def describe(rule: str) -> str:
+    """The rule in words for an error message, e.g. ``"in [0, 1)"`` or ``">= 1"``."""
+    return f"in {rule.strip()}" if _INTERVAL.match(rule) else rule.strip()
+
+
+def check_value(name: str, value: Any, rule: str | None) -> None:
+    """Refuse a value (or a tuple element) that breaks ``rule``; ``None`` always passes."""
+    if rule is None or value is None or isinstance(value, str | dict):
+        return
+    values = value if isinstance(value, tuple | list) else (value,)
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue
+        if not within(float(item), rule):
+            flag = "--" + name.replace("_", "-")
+            raise ResnetlabError(
+                f"{name} ({flag}) must be {describe(rule)}, got {value!r}; give a value "
+                f"{describe(rule)}."
+            )
+
+
+def check_settings(obj: Any) -> None:
+    """Check every field of a settings dataclass against the bounds it declares."""
+    for f in dataclasses.fields(obj):
+        check_value(f.name, getattr(obj, f.name), f.metadata.get("bounds"))
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """The help of a field, with its default where one is worth showing."""
+    text = f.metadata.get("help", "")
+    if f.default in (None, dataclasses.MISSING, (), "") or "default" in text:
+        return text
+    return f"{text} (default {f.default})"
+
+
+def bounded(kind: Callable[[str], Any], rule: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that converts with ``kind`` and applies ``rule``."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not within(float(value), rule):
+            raise ValueError(text)
+        return value
+
+    convert.__name__ = f"{kind.__name__} {describe(rule)}"
+    return convert
