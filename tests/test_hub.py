@@ -422,3 +422,23 @@ def test_cached_file_that_does_not_load_is_moved_aside_and_fetched_again(
     assert aside.stat().st_size == len(data) // 3
     assert str(cached) in caplog.text and str(aside) in caplog.text
     assert len(server.requests) == 2
+
+
+def test_imagenet_style_named_weights_come_from_the_mirror(checkpoint, tmp_path, monkeypatch):
+    name, data, source = checkpoint
+    entry = catalog._entry("resnet20", 1, name[9:17], 269722, 1.0, 2.0, 1.0, True)
+    monkeypatch.setattr(catalog, "CATALOG", (entry,))
+    monkeypatch.setattr(catalog, "URL_ROOT", f"http://127.0.0.1:{closed_port()}/models/")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / name).write_bytes(data)
+    monkeypatch.setenv(hub.MIRROR_ENV, str(mirror))
+    model = create_model("resnet20", pretrained="imagenet-v1")
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.pretrained_cfg["url"] == entry.url
+    (mirror / name).write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(ResnetlabError, match="wrong or damaged"):
+        create_model("resnet20", pretrained="imagenet-v1")
+    monkeypatch.delenv(hub.MIRROR_ENV)
+    with pytest.raises(ResnetlabError, match=hub.MIRROR_ENV):
+        create_model("resnet20", pretrained="imagenet-v1")
