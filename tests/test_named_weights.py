@@ -148,9 +148,12 @@ def test_named_weights_from_a_folder_mirror_predict_like_the_file(
     assert not hub.weights_dir().exists(), "a folder mirror is used in place, not copied"
 
 
-def test_pretrained_true_means_cifar10_for_cifar_resnets(peer_dir, monkeypatch):
+def test_pretrained_true_means_cifar10_for_cifar_resnets(peer_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(hub.MIRROR_ENV, peer_dir.as_uri())  # file:// works too
     assert create_model("resnet20", pretrained=True).pretrained_cfg["tag"] == "cifar10"
+    (tmp_path / "cifar10").mkdir()  # a data folder of that name does not hide the tag
+    monkeypatch.chdir(tmp_path)
+    assert create_model("resnet20", pretrained="cifar10").pretrained_cfg["tag"] == "cifar10"
 
 
 def test_tampered_mirror_file_is_refused(peer_dir, tmp_path, monkeypatch):

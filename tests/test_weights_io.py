@@ -121,6 +121,8 @@ def test_unknown_tags_and_models_without_weights_list_what_exists():
     with pytest.raises(ResnetlabError, match="cifar10"):
         create_model("resnet20", pretrained="imagenet")
     assert catalog.get_weights("resnet50", "IMAGENET1K_V1").tag == "imagenet-v1"
+    assert catalog.get_weights("resnet50", None).tag == "imagenet-v2"  # torchvision's DEFAULT
+    assert catalog.get_weights("resnet50", "DEFAULT").tag == "imagenet-v2"
 
 
 # --- round trips -----------------------------------------------------------------------------
