@@ -23,12 +23,18 @@ class Server:
 
     ``/ok/NAME`` the file; ``/cut/NAME`` announces the full length, sends half, closes;
     ``/flaky/NAME`` cuts the first request, honours ``Range`` afterwards; ``/bad/NAME``
-    other bytes than the name's hash promises; anything else 404.
+    other bytes than the name's hash promises; ``/stall/NAME`` headers, then nothing;
+    ``/nolen/NAME`` no Content-Length, half the file, close; ``/nolenfull/NAME`` no
+    Content-Length, the whole file; ``/v1/NAME``, ``/v2/NAME`` the file ``files["v1/NAME"]``;
+    anything else 404.
     """
+
+    MODES = ("ok", "cut", "flaky", "bad", "stall", "nolen", "nolenfull", "v1", "v2")
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.release = threading.Event()  # ends stalled responses
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -38,12 +44,26 @@ class Server:
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Range")))
                 _, mode, name = self.path.split("/", 2)
-                data = server.files.get(name)
-                if data is None or mode not in ("ok", "cut", "flaky", "bad"):
+                data = server.files.get(f"{mode}/{name}" if mode in ("v1", "v2") else name)
+                if data is None or mode not in server.MODES:
                     self.send_error(404)
                     return
                 if mode == "bad":
                     data = b"x" + data[1:]
+                if mode == "stall":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.flush()
+                    server.release.wait(10)
+                    return
+                if mode.startswith("nolen"):
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(data if mode == "nolenfull" else data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 first_try = sum(p == self.path for p, _ in server.requests) == 1
                 if mode == "cut" or (mode == "flaky" and first_try):
                     self.send_response(200)
@@ -76,6 +96,7 @@ def server():
     s = Server()
     s.thread.start()
     yield s
+    s.release.set()
     s.httpd.shutdown()
     s.httpd.server_close()
 
@@ -167,7 +188,7 @@ def test_connection_cut_half_way_retries_then_fails_leaving_nothing(server, chec
     with pytest.raises(ResnetlabError, match="cannot download") as err:
         hub.fetch(server.url("cut", name))
     assert server.url("cut", name) in str(err.value)
-    assert len(server.requests) == download_module.RETRIES
+    assert len(server.requests) == download_module.RETRIES + 1
     assert cache_listing() == [], "no partial or temporary file may remain"
 
 
@@ -273,3 +294,151 @@ def test_cli_download_then_list_shows_the_cached_path(server, checkpoint, monkey
     assert str(path) in capsys.readouterr().out.split("\n\n")[0]
     assert main(["weights", "resnet20", "--download", "--tag", "imagenet-v2"]) == 2
     assert "imagenet-v1" in capsys.readouterr().err
+
+
+# --- time-outs, short reads, and a cache keyed by URL -------------------------------------------
+
+
+def test_stalled_server_fails_after_the_configured_timeout(server, checkpoint, monkeypatch):
+    name, data, _ = checkpoint
+    server.files[name] = data
+    monkeypatch.setenv("RESNETLAB_DOWNLOAD_TIMEOUT", "0.5")
+    monkeypatch.setenv("RESNETLAB_DOWNLOAD_RETRIES", "0")
+    with pytest.raises(ResnetlabError) as err:
+        hub.fetch(server.url("stall", name), progress=False)
+    message = str(err.value)
+    assert "no data for 0.5 s from 127.0.0.1" in message
+    assert "RESNETLAB_DOWNLOAD_TIMEOUT" in message and "\n" not in message
+    assert len(server.requests) == 1, "RESNETLAB_DOWNLOAD_RETRIES=0 means a single try"
+    assert cache_listing() == []
+
+
+def test_timeout_and_retries_are_keyword_arguments(server, checkpoint, tmp_path):
+    name, data, _ = checkpoint
+    server.files[name] = data
+    with pytest.raises(ResnetlabError, match="no data for 0.3 s"):
+        download_module.download(server.url("stall", name), tmp_path / name, progress=False,
+                                 timeout=0.3, retries=1)  # fmt: skip
+    assert len(server.requests) == 2
+    assert not (tmp_path / name).exists()
+    assert not download_module.partial_file(tmp_path / name).exists()
+
+
+def test_bad_timeout_settings_are_one_line_errors(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETLAB_DOWNLOAD_TIMEOUT", "soon")
+    with pytest.raises(ResnetlabError, match="RESNETLAB_DOWNLOAD_TIMEOUT='soon'"):
+        download_module.download("http://127.0.0.1:9/x.pth", tmp_path / "x.pth")
+    monkeypatch.setenv("RESNETLAB_DOWNLOAD_TIMEOUT", "1")
+    monkeypatch.setenv("RESNETLAB_DOWNLOAD_RETRIES", "-1")
+    with pytest.raises(ResnetlabError, match="RESNETLAB_DOWNLOAD_RETRIES='-1'"):
+        download_module.download("http://127.0.0.1:9/x.pth", tmp_path / "x.pth")
+
+
+def test_short_body_without_hash_in_the_name_is_never_cached(server, checkpoint):
+    _, data, _ = checkpoint
+    server.files["resnet20.pth"] = data
+    with pytest.raises(ResnetlabError, match="connection closed after"):
+        hub.fetch(server.url("cut", "resnet20.pth"), progress=False)
+    assert not [p for p in hub.weights_dir().rglob("*") if p.is_file()], "no partial file kept"
+    assert hub.cached_file(server.url("cut", "resnet20.pth")) is None
+
+
+def test_no_content_length_and_early_close_is_refused_then_a_full_copy_is_taken(server, checkpoint):
+    _, data, source = checkpoint
+    server.files["resnet20.pth"] = data
+    url = server.url("nolen", "resnet20.pth")
+    with pytest.raises(ResnetlabError, match="incomplete or not a weights file") as err:
+        hub.fetch(url, progress=False)
+    assert url in str(err.value) and "\n" not in str(err.value)
+    assert hub.cached_file(url) is None
+    assert not [p for p in hub.weights_dir().rglob("*") if p.is_file()]
+    with pytest.raises(ResnetlabError, match="incomplete"):  # a later run downloads again
+        hub.fetch(url, progress=False)
+    assert len(server.requests) == 2
+    full = server.url("nolenfull", "resnet20.pth")
+    model = create_model("resnet20", pretrained=full)
+    assert torch.equal(model.fc.weight, source.fc.weight)
+    assert hub.cached_file(full) == hub.cache_path(full)
+
+
+@pytest.mark.parametrize("suffix", [".th", ".safetensors"])
+def test_complete_legacy_and_safetensors_files_pass_the_check(tmp_path, checkpoint, suffix):
+    from resnetlab.weights import check_weights_file, save_weights
+    from resnetlab.weights.io import CorruptFileError
+
+    _, _, source = checkpoint
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".th":  # the pre-1.6 format of the peer CIFAR files
+        torch.save(source.state_dict(), path, _use_new_zipfile_serialization=False)
+    else:
+        save_weights(source, path)
+    check_weights_file(path, path.name)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptFileError, match="truncated or corrupt"):
+        check_weights_file(path, path.name)
+
+
+def test_two_urls_with_the_same_file_name_get_two_cache_entries(server, checkpoint):
+    _, data, source = checkpoint
+    torch.manual_seed(1)
+    other = create_model("resnet20")
+    buffer = io.BytesIO()
+    torch.save(other.state_dict(), buffer)
+    server.files["v1/resnet20.th"] = data
+    server.files["v2/resnet20.th"] = buffer.getvalue()
+    first = create_model("resnet20", pretrained=server.url("v1", "resnet20.th"))
+    second = create_model("resnet20", pretrained=server.url("v2", "resnet20.th"))
+    assert torch.equal(first.fc.weight, source.fc.weight)
+    assert torch.equal(second.fc.weight, other.fc.weight)
+    assert not torch.equal(first.fc.weight, second.fc.weight)
+    paths = {hub.cached_file(server.url(v, "resnet20.th")) for v in ("v1", "v2")}
+    assert len(paths) == 2 and {p.name for p in paths} == {"resnet20.th"}
+    assert create_model("resnet20", pretrained=server.url("v2", "resnet20.th")) is not None
+    assert len(server.requests) == 2, "each URL is downloaded once, then served from its cache"
+
+
+def test_torch_cache_is_not_used_for_names_without_a_hash(checkpoint):
+    _, data, _ = checkpoint
+    url = f"http://127.0.0.1:{closed_port()}/v9/resnet20.th"
+    stale = hub.torch_cache_dir() / "resnet20.th"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(data)
+    assert hub.cached_file(url) is None
+
+
+def test_cached_file_that_does_not_load_is_moved_aside_and_fetched_again(
+    server, checkpoint, caplog
+):
+    _, data, source = checkpoint
+    server.files["resnet20.pth"] = data
+    url = server.url("ok", "resnet20.pth")
+    hub.fetch(url, progress=False)
+    cached = hub.cache_path(url)
+    cached.write_bytes(data[: len(data) // 3])  # damaged after it entered the cache
+    model = create_model("resnet20", pretrained=url)
+    assert torch.equal(model.fc.weight, source.fc.weight)
+    assert cached.read_bytes() == data
+    aside = cached.with_name(cached.name + ".corrupt")
+    assert aside.stat().st_size == len(data) // 3
+    assert str(cached) in caplog.text and str(aside) in caplog.text
+    assert len(server.requests) == 2
+
+
+def test_imagenet_style_named_weights_come_from_the_mirror(checkpoint, tmp_path, monkeypatch):
+    name, data, source = checkpoint
+    entry = catalog._entry("resnet20", 1, name[9:17], 269722, 1.0, 2.0, 1.0, True)
+    monkeypatch.setattr(catalog, "CATALOG", (entry,))
+    monkeypatch.setattr(catalog, "URL_ROOT", f"http://127.0.0.1:{closed_port()}/models/")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / name).write_bytes(data)
+    monkeypatch.setenv(hub.MIRROR_ENV, str(mirror))
+    model = create_model("resnet20", pretrained="imagenet-v1")
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.pretrained_cfg["url"] == entry.url
+    (mirror / name).write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(ResnetlabError, match="wrong or damaged"):
+        create_model("resnet20", pretrained="imagenet-v1")
+    monkeypatch.delenv(hub.MIRROR_ENV)
+    with pytest.raises(ResnetlabError, match=hub.MIRROR_ENV):
+        create_model("resnet20", pretrained="imagenet-v1")

@@ -78,7 +78,7 @@ def test_catalog_matches_installed_torchvision():
             assert list(prep.std) == list(transform.std)
             assert prep.interpolation == transform.interpolation.value
         assert catalog.get_weights(model, "imagenet").url == enum.DEFAULT.url
-    assert seen == {(e.model, e.tag) for e in catalog.CATALOG}
+    assert seen == {(e.model, e.tag) for e in catalog.CATALOG if not e.cifar}
 
 
 def test_catalog_parameter_counts_match_the_models():
@@ -89,7 +89,7 @@ def test_catalog_parameter_counts_match_the_models():
 
 
 def test_torchvision_state_dicts_fit_every_catalog_model():
-    for name in {e.model for e in catalog.CATALOG}:
+    for name in {e.model for e in catalog.CATALOG if not e.cifar}:
         with torch.device("meta"):
             ours = create_model(name).state_dict()
             theirs = getattr(tvm, name)().state_dict()
@@ -117,8 +117,12 @@ def test_unknown_tags_and_models_without_weights_list_what_exists():
     with pytest.raises(ResnetlabError, match="imagenet-v1"):
         catalog.get_weights("resnet18", "imagenet-v2")
     with pytest.raises(ResnetlabError, match="resnet50"):
-        create_model("resnet20", pretrained=True)
+        create_model("resnet110", pretrained=True)
+    with pytest.raises(ResnetlabError, match="cifar10"):
+        create_model("resnet20", pretrained="imagenet")
     assert catalog.get_weights("resnet50", "IMAGENET1K_V1").tag == "imagenet-v1"
+    assert catalog.get_weights("resnet50", None).tag == "imagenet-v2"  # torchvision's DEFAULT
+    assert catalog.get_weights("resnet50", "DEFAULT").tag == "imagenet-v2"
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -324,7 +328,7 @@ def test_cli_weights_lists_all_and_one_model(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert main(["weights"]) == 0
     out = capsys.readouterr().out
-    assert out.count("imagenet-v") == len(catalog.CATALOG)
+    assert out.count("imagenet-v") == sum(not e.cifar for e in catalog.CATALOG)
     assert "vgg19_bn" in out and "74.218" in out and "torchvision weights metadata" in out
     cached = tmp_path / "weights" / "resnet50-0676ba61.pth"
     cached.parent.mkdir()
@@ -335,7 +339,7 @@ def test_cli_weights_lists_all_and_one_model(capsys, tmp_path, monkeypatch):
 
 
 def test_cli_errors_exit_2_with_one_line(capsys):
-    assert main(["weights", "resnet20"]) == 2
+    assert main(["weights", "resnet110"]) == 2
     assert "no named weights" in capsys.readouterr().err
     assert main(["weights", "resnet5O"]) == 2
     assert "resnet50" in capsys.readouterr().err

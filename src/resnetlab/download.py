@@ -2,7 +2,11 @@
 a rename into place only when the file is complete and verified.
 
 Bytes go to a hidden ``.NAME.part`` beside the target. A ``.part`` file is kept only after
-Ctrl-C, so the next run resumes it (HTTP Range); any other failure removes it.
+Ctrl-C, so the next run resumes it (HTTP Range); any other failure removes it. A response
+shorter than its Content-Length is an error; without a Content-Length only ``verify`` can tell.
+Time-outs are explicit: ``timeout`` seconds without data (connecting or reading) end a try,
+and ``retries`` more tries follow; ``$RESNETLAB_DOWNLOAD_TIMEOUT`` and
+``$RESNETLAB_DOWNLOAD_RETRIES`` override the defaults.
 """
 
 from __future__ import annotations
@@ -23,9 +27,39 @@ from tqdm import tqdm
 from .errors import ResnetlabError
 
 CHUNK = 1 << 20
-RETRIES = 3
+RETRIES = 2  # tries after the first one
 RETRY_WAIT_S = 1.0  # doubled after each failed try
-TIMEOUT_S = 30.0
+TIMEOUT_S = 20.0  # seconds without data, connecting or reading
+TIMEOUT_ENV = "RESNETLAB_DOWNLOAD_TIMEOUT"
+RETRIES_ENV = "RESNETLAB_DOWNLOAD_RETRIES"
+
+
+class NetworkError(ResnetlabError):
+    """A download that failed for want of a working connection (not a refused file)."""
+
+
+def download_timeout() -> float:
+    """Seconds without data before a try fails: ``$RESNETLAB_DOWNLOAD_TIMEOUT`` or 20."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ResnetlabError(f"{TIMEOUT_ENV}={text!r} is not a positive number of seconds; "
+                             "set it to e.g. 60 or unset it.")  # fmt: skip
+    return value
+
+
+def download_retries() -> int:
+    """Tries after the first failed one: ``$RESNETLAB_DOWNLOAD_RETRIES`` or 2."""
+    text = os.environ.get(RETRIES_ENV, "").strip()
+    if not text:
+        return RETRIES
+    if not text.isdigit():
+        raise ResnetlabError(f"{RETRIES_ENV}={text!r} is not a whole number >= 0; "
+                             "set it to e.g. 5 or unset it.")  # fmt: skip
+    return int(text)
 
 
 def resnetlab_home() -> Path:
@@ -69,13 +103,21 @@ def download(
     *,
     verify: Callable[[Path], None] | None = None,
     progress: bool = True,
+    timeout: float | None = None,
+    retries: int | None = None,
 ) -> Path:
     """Download ``url`` (http(s)://, or file:// copied the same way) to ``target``.
 
     ``verify(path)`` checks the finished bytes before they take the final name; it raises
-    ResnetlabError to refuse them, and then nothing is left behind.
+    ResnetlabError to refuse them, and then nothing is left behind. ``timeout`` (seconds
+    without data) and ``retries`` default to :func:`download_timeout` / :func:`download_retries`.
     """
     target = Path(target)
+    timeout = download_timeout() if timeout is None else float(timeout)
+    retries = download_retries() if retries is None else int(retries)
+    if timeout <= 0 or retries < 0:
+        raise ResnetlabError(f"download needs timeout > 0 and retries >= 0, got {timeout} and "
+                             f"{retries}.")  # fmt: skip
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -85,7 +127,7 @@ def download(
     temp = partial_file(target)
     temp.touch()
     try:
-        _download_with_retries(url, temp, target, progress)
+        _download_with_retries(url, temp, target, progress, timeout, retries)
         if verify is not None:
             verify(temp)
         os.replace(temp, target)
@@ -100,48 +142,58 @@ def download(
     return target
 
 
-def _download_with_retries(url: str, temp: Path, target: Path, progress: bool) -> None:
+def _download_with_retries(
+    url: str, temp: Path, target: Path, progress: bool, timeout: float, retries: int
+) -> None:
     wait = RETRY_WAIT_S
-    for attempt in range(1, RETRIES + 1):
+    tries = retries + 1
+    host = urllib.parse.urlparse(url).netloc
+    for attempt in range(1, tries + 1):
         try:
-            _download_once(url, temp, target.name, progress)
+            _download_once(url, temp, target.name, progress, timeout)
             return
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and temp.stat().st_size:  # a stale partial file: start afresh
                 temp.write_bytes(b"")
                 reason = "HTTP 416"
-            elif exc.code < 500 or attempt == RETRIES:
+            elif exc.code < 500 or attempt == tries:
                 raise ResnetlabError(
                     f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL."
                 ) from None
             else:
                 reason = f"HTTP {exc.code}"
         except (OSError, http.client.HTTPException) as exc:
-            reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
-            if attempt == RETRIES:
-                raise ResnetlabError(
-                    f"cannot download {url} ({reason}). Without a network, fetch that file "
-                    f"elsewhere and place it at {target}."
+            cause = getattr(exc, "reason", exc)
+            stalled = isinstance(cause, TimeoutError) or isinstance(exc, TimeoutError)
+            reason = f"no data for {timeout:g} s from {host}" if stalled else (
+                str(cause) or type(exc).__name__)  # fmt: skip
+            if attempt == tries:
+                hint = (f"; set {TIMEOUT_ENV}=SECONDS to wait longer or {RETRIES_ENV}=N to try "
+                        "more often" if stalled else "")  # fmt: skip
+                raise NetworkError(
+                    f"cannot download {url} ({reason}, {tries} tr{'y' if tries == 1 else 'ies'})"
+                    f"{hint}. Without a network, fetch that file elsewhere and place it at "
+                    f"{target}."
                 ) from None
-        print(f"download of {url} failed ({reason}); retry {attempt}/{RETRIES - 1} in "
+        print(f"download of {url} failed ({reason}); retry {attempt}/{retries} in "
               f"{wait:g} s", file=sys.stderr)  # fmt: skip
         time.sleep(wait)
         wait *= 2
-    raise ResnetlabError(f"cannot download {url} after {RETRIES} tries; try again later.")
+    raise NetworkError(f"cannot download {url} after {tries} tries; try again later.")
 
 
-def _download_once(url: str, temp: Path, name: str, progress: bool) -> None:
+def _download_once(url: str, temp: Path, name: str, progress: bool, timeout: float) -> None:
     """One try; resumes from the bytes already in ``temp`` when the server honours a Range."""
     have = temp.stat().st_size
     headers = {"User-Agent": "resnetlab"}
     if have:
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
+    with urllib.request.urlopen(request, timeout=timeout) as r:
         if have and getattr(r, "status", 200) != 206:  # the server ignored the Range
             have = 0
-        length = r.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+        length = r.headers.get("Content-Length", "")
+        total = have + int(length) if length.isdigit() else None
         with (
             open(temp, "ab" if have else "wb") as out,
             tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,

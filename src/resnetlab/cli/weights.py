@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import ResnetlabError
 from ..models import model_info
@@ -22,21 +23,26 @@ def run_weights(args: argparse.Namespace) -> int:
                 "--download needs a MODEL, e.g. `resnetlab weights resnet50 --download`."
             )
         entry = catalog.get_weights(args.model, args.tag)
-        print(f"{entry.model} {entry.tag}: {hub.fetch(entry.url)}")
+        print(f"{entry.model} {entry.tag}: {hub.fetch_named(entry.url, sha256=entry.sha256)}")
         return 0
     rows = []
     for entry in entries:
         cached = hub.cached_file(entry.url, verify=False)  # hashing every file would be slow
         if cached and round(cached.stat().st_size / 2**20, 3) != entry.file_size_mb:
             cached = None  # not the published file; loading it would be refused anyway
-        tags = entry.tag + (" (imagenet)" if entry.default else "")
+        tags = entry.tag + (" (imagenet)" if entry.default and not entry.cifar else "")
+        acc5 = "-" if entry.acc5 is None else f"{entry.acc5:.3f}"
         rows.append(
-            [entry.model, tags, f"{entry.acc1:.3f}", f"{entry.acc5:.3f}",
+            [entry.model, tags, f"{entry.acc1:.3f}", acc5,
              f"{entry.file_size_mb:.1f} MiB", str(cached) if cached else "no"]
         )  # fmt: skip
     print_table(["model", "tag", "acc@1", "acc@5", "size", "cached"], rows, right={2, 3, 4})
-    print(f"\nacc@1/acc@5: as published in {catalog.SOURCE}; not measured here.")
-    print(f"cache: {hub.weights_dir()} (also reads {hub.torch_cache_dir()})")
+    for source in dict.fromkeys(entry.source for entry in entries):
+        print(f"\nacc@1/acc@5: as published in {source}; not measured here.", end="")
+    print(f"\ncache: {hub.weights_dir()} (also reads {hub.torch_cache_dir()})")
+    mirror = os.environ.get(hub.MIRROR_ENV)
+    if mirror:
+        print(f"mirror: {mirror} (from {hub.MIRROR_ENV}; used for files not in the cache)")
     return 0
 
 
@@ -45,6 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="only this model's weights")
     p.add_argument("--download", action="store_true", help="download MODEL's weights now")
     p.add_argument(
-        "--tag", default="imagenet", help="weights tag for --download (default imagenet)"
+        "--tag", default=None, help="weights tag for --download (default: the model's default)"
     )
     p.set_defaults(func=run_weights)

@@ -8,8 +8,19 @@ from .. import download as _download
 from ..errors import ResnetlabError
 
 
-def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = True) -> Path:
-    """``dest`` if it is already there, else ``url`` downloaded to it with its MD5 verified."""
+def download(
+    url: str,
+    dest: Path,
+    md5: str | None = None,
+    *,
+    progress: bool = True,
+    timeout: float | None = None,
+    retries: int | None = None,
+) -> Path:
+    """``dest`` if it is already there, else ``url`` downloaded to it with its MD5 verified.
+
+    ``timeout``/``retries``: see :func:`resnetlab.download.download` (environment defaults).
+    """
     dest = Path(dest)
     if dest.is_file():
         return dest
@@ -22,4 +33,6 @@ def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = T
                 "changed upstream: try again or fetch it by hand"
             )
 
-    return _download.download(url, dest, verify=check_md5, progress=progress)
+    return _download.download(
+        url, dest, verify=check_md5, progress=progress, timeout=timeout, retries=retries
+    )

@@ -1,8 +1,10 @@
-"""Named weights: torchvision's official ImageNet checkpoints, with their published metadata.
+"""Named weights with their published metadata: torchvision's official ImageNet checkpoints and
+the CIFAR-10 ResNets of akamaster/pytorch_resnet_cifar10 (tag ``cifar10``).
 
 A static table so that listing and loading need neither a network nor torchvision's enums;
-``tests/test_weights_io.py`` checks it against the installed torchvision so it cannot drift.
-Accuracies are quoted as published in torchvision's weights metadata, never measured here.
+``tests/test_weights_io.py`` checks it against the installed torchvision so it cannot drift, and
+``tests/test_named_weights.py`` checks the CIFAR-10 entries against the files in ``../shared``.
+Accuracies are quoted as published by each release, never measured here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ SOURCE = "torchvision weights metadata (ImageNet-1K val, single crop)"
 URL_ROOT = "https://download.pytorch.org/models/"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_HOME = "https://pytorch.org/vision/stable/models.html"
+
+CIFAR_HOME = "https://github.com/akamaster/pytorch_resnet_cifar10"
+CIFAR_URL_ROOT = CIFAR_HOME + "/raw/master/pretrained_models/"
+CIFAR_SOURCE = (
+    "akamaster/pytorch_resnet_cifar10 README, acc@1 = 100 - column 'Test err(this impl.)' "
+    "(CIFAR-10 test set), " + CIFAR_HOME
+)
+CIFAR_LICENCE = "BSD-2-Clause (Copyright (c) 2018, Yerlan Idelbayev)"
+# CIFAR-10's label order (the authors' batches.meta), which is also sorted order.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,8 @@ class Preprocessing:
 
 V1_PREP = Preprocessing(resize=256)
 V2_PREP = Preprocessing(resize=232)
+# The peer's trainer.py: ToTensor() then Normalize with the ImageNet mean/std, at 32x32.
+CIFAR_PREP = Preprocessing(resize=32, crop=32)
 
 
 @dataclass(frozen=True)
@@ -37,38 +53,56 @@ class WeightsEntry:
     """One downloadable checkpoint: which model, which tag, where, and what was published."""
 
     model: str
-    tag: str  # "imagenet-v1" or "imagenet-v2"
-    file: str  # file name under URL_ROOT; ends in the first 8 hex digits of its SHA-256
+    tag: str  # "imagenet-v1", "imagenet-v2" or "cifar10"
+    file: str  # file name under the release's URL root; ends in its SHA-256's first 8 hex digits
     num_params: int
     acc1: float
-    acc5: float
+    acc5: float | None
     file_size_mb: float
     preprocessing: Preprocessing
-    default: bool = False  # torchvision's DEFAULT, which the tag "imagenet" selects
+    default: bool = False  # the model's default weights (torchvision's DEFAULT; "imagenet")
+    release: str = "torchvision"  # or "akamaster" (the CIFAR-10 ResNets)
+    sha256: str | None = None  # the full digest, where recorded; else the name's prefix is checked
+
+    @property
+    def cifar(self) -> bool:
+        return self.release == "akamaster"
 
     @property
     def url(self) -> str:
-        return URL_ROOT + self.file
+        return (CIFAR_URL_ROOT if self.cifar else URL_ROOT) + self.file
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return (self.tag, "imagenet") if self.default else (self.tag,)
+        alias = () if self.cifar else ("imagenet",)
+        return (self.tag, *alias, "default") if self.default else (self.tag,)
 
     @property
     def classes(self) -> list[str]:
-        return imagenet_classes()
+        return list(CIFAR10_CLASSES) if self.cifar else imagenet_classes()
+
+    @property
+    def source(self) -> str:
+        """Where the published accuracy comes from."""
+        return CIFAR_SOURCE if self.cifar else SOURCE
 
     def to_cfg(self) -> dict:
         """The ``model.pretrained_cfg`` dict that travels with a model loaded from these weights."""
+        published: dict = {"acc@1": self.acc1, "acc@5": self.acc5, "source": self.source}
+        if self.cifar:
+            published = {"acc@1": self.acc1, "test error %": round(100 - self.acc1, 2),
+                         "source": self.source}  # fmt: skip
         return {
             "model": self.model,
             "tag": self.tag,
             "url": self.url,
-            "num_classes": 1000,
+            "num_classes": len(self.classes),
             "classes": self.classes,
             "preprocessing": asdict(self.preprocessing),
-            "published": {"acc@1": self.acc1, "acc@5": self.acc5, "source": SOURCE},
+            "published": published,
             "num_params": self.num_params,
+            "licence": CIFAR_LICENCE if self.cifar else None,  # None: not recorded here
+            "homepage": CIFAR_HOME if self.cifar else TORCHVISION_HOME,
         }
 
 
@@ -84,6 +118,27 @@ def _entry(model, version, digest, params, acc1, acc5, size_mb, default=False) -
     return WeightsEntry(model, f"imagenet-v{version}", f"{model}-{digest}.pth", params,
                         acc1, acc5, size_mb, prep, default)  # fmt: skip
 
+
+def _cifar(model: str, sha256: str, params: int, test_err: float, size: int) -> WeightsEntry:
+    return WeightsEntry(model, "cifar10", f"{model}-{sha256[:8]}.th", params,
+                        round(100 - test_err, 2), None, round(size / 2**20, 3), CIFAR_PREP,
+                        True, "akamaster", sha256)  # fmt: skip
+
+
+# model, SHA-256, parameters, published test error %, file size (bytes). The file names carry the
+# SHA-256 prefix; the full digests were read from the published files (the same bytes as
+# ../shared/peer/cifar-resnets). The files themselves store best_prec1 91.78/92.78/93.14/93.62,
+# slightly above the README's table, which is what is quoted here.
+CIFAR_CATALOG: tuple[WeightsEntry, ...] = (
+    _cifar("resnet20", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+           269722, 8.27, 1099231),
+    _cifar("resnet32", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
+           464154, 7.37, 1890043),
+    _cifar("resnet44", "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
+           658586, 6.90, 2680855),
+    _cifar("resnet56", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+           853018, 6.61, 3471733),
+)  # fmt: skip
 
 # model, version, sha256 prefix, parameters, acc@1, acc@5, file size (MiB), torchvision DEFAULT
 CATALOG: tuple[WeightsEntry, ...] = (
@@ -107,6 +162,7 @@ CATALOG: tuple[WeightsEntry, ...] = (
     _entry("vgg16_bn", 1, "6c64b313", 138365992, 73.36, 91.516, 527.866, True),
     _entry("vgg19", 1, "dcbb9e9d", 143667240, 72.376, 90.876, 548.051, True),
     _entry("vgg19_bn", 1, "c79401a0", 143678248, 74.218, 91.842, 548.143, True),
+    *CIFAR_CATALOG,
 )
 
 
@@ -122,22 +178,22 @@ def models_with_weights() -> list[str]:
 def normalise_tag(tag: str) -> str:
     """Accept torchvision's enum names too: ``IMAGENET1K_V2`` -> ``imagenet-v2``."""
     tag = tag.strip().lower()
-    return tag.replace("imagenet1k_", "imagenet-").replace("default", "imagenet")
+    return tag.replace("imagenet1k_", "imagenet-").replace("cifar-10", "cifar10")
 
 
-def get_weights(model: str, tag: str = "imagenet") -> WeightsEntry:
-    """The entry for ``model`` and ``tag``; an unknown pair raises with what exists."""
+def get_weights(model: str, tag: str | None = "imagenet") -> WeightsEntry:
+    """The entry for ``model`` and ``tag`` (None: the model's default); unknown ones raise."""
     entries = list_weights(model)
     if not entries:
         raise ResnetlabError(
             f"{model} has no named weights; named weights exist for "
             f"{', '.join(models_with_weights())}. Pass a checkpoint path or URL instead."
         )
-    wanted = normalise_tag(tag)
+    wanted = normalise_tag(tag or "default")
     for entry in entries:
         if wanted in entry.tags:
             return entry
-    tags = sorted({t for entry in entries for t in entry.tags})
+    tags = sorted({t for entry in entries for t in entry.tags} - {"default"})
     raise ResnetlabError(
         f"{model} has no weights tagged {tag!r}; choose one of {', '.join(tags)}."
         + close_matches(wanted, tags)

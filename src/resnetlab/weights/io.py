@@ -25,7 +25,11 @@ StateDict = dict[str, torch.Tensor]
 STATE_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "ema")
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 SAFETENSORS_SUFFIXES = (".safetensors",)
-CARRIED = ("classes", "preprocessing")  # pretrained_cfg entries that save_weights keeps
+CARRIED = ("classes", "preprocessing", "licence")  # pretrained_cfg entries save_weights keeps
+
+
+class CorruptFileError(ResnetlabError):
+    """A weights file that is truncated or damaged (as opposed to one refused for its content)."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -35,6 +39,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ResnetlabError(f"checkpoint {path} does not exist; check the path.")
     if path.suffix in SAFETENSORS_SUFFIXES:
         return _load_safetensors(path)
+    return _load_torch(path)
+
+
+def check_weights_file(path: str | Path, name: str) -> None:
+    """Raise CorruptFileError unless ``path`` is a complete weights file of the kind ``name`` has.
+
+    For downloads whose size and hash are unknown: zip-format torch files are checked member by
+    member (CRC), safetensors by their header's extent, legacy torch files by loading them.
+    """
+    path = Path(path)
+    if Path(name).suffix in SAFETENSORS_SUFFIXES:
+        _load_safetensors(path)
+    elif zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+                records = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise CorruptFileError(f"{path} is truncated or corrupt ({exc}).") from None
+        if bad is not None or not records:
+            raise CorruptFileError(
+                f"{path} is truncated or corrupt ({bad or 'no data.pkl'} unreadable)."
+            )
+    else:
+        _load_torch(path)
+
+
+def _load_torch(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -47,10 +79,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 + ", not only tensors, and was refused for safety; re-save it as a plain state "
                 "dict (or .safetensors) where it came from."
             ) from None
-        raise ResnetlabError(f"{path} is truncated or corrupt ({first}); copy it again.") from None
+        raise CorruptFileError(
+            f"{path} is truncated or corrupt ({first}); copy it again."
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ResnetlabError(
+        raise CorruptFileError(
             f"{path} is truncated or corrupt ({first}); download or copy it again."
         ) from None
     if isinstance(obj, Mapping):
@@ -66,7 +100,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ResnetlabError(f"{path} is truncated or corrupt ({exc}); copy it again.") from None
+        raise CorruptFileError(f"{path} is truncated or corrupt ({exc}); copy it again.") from None
     return {"state_dict": tensors, "metadata": _decode_metadata(metadata)}
 
 

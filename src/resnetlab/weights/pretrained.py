@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from ..errors import ResnetlabError
 from . import catalog, hub
-from .io import StateDict, extract_state_dict, load_checkpoint, normalise_state_dict
+from .io import (
+    CorruptFileError,
+    StateDict,
+    extract_state_dict,
+    load_checkpoint,
+    normalise_state_dict,
+)
 
 log = logging.getLogger(__name__)
 SHOWN = 5  # keys shown per list in a mismatch error
@@ -26,15 +33,18 @@ def load_pretrained(
 ) -> nn.Module:
     """Load ``pretrained`` (True, a tag, a path or a URL) and set ``model.pretrained_cfg``.
 
-    ``num_classes=None`` keeps the weights' classes (the head is rebuilt to their size if
-    needed); another value keeps the model's freshly initialised head.
+    ``True`` means the model's default weights (``imagenet``, or ``cifar10`` for the CIFAR
+    ResNets). ``num_classes=None`` keeps the weights' classes (the head is rebuilt to their
+    size if needed); another value keeps the model's freshly initialised head.
     """
     entry = _catalog_entry(model, pretrained)
-    path = hub.fetch(entry.url) if entry is not None else _resolve_source(pretrained)
-    checkpoint = load_checkpoint(path)
     if entry is not None:
+        path, checkpoint = _load_fetched(
+            entry.url, lambda: hub.fetch_named(entry.url, sha256=entry.sha256)
+        )
         cfg = entry.to_cfg()
     else:
+        path, checkpoint = _load_source(pretrained)
         cfg = {"tag": None, "url": _as_url(pretrained, path), "file": str(path)}
         meta = checkpoint.get("metadata")
         if isinstance(meta, dict):
@@ -50,7 +60,7 @@ def load_pretrained(
 def _catalog_entry(model: nn.Module, pretrained: bool | str | Path) -> catalog.WeightsEntry | None:
     """The named weights asked for by ``True`` or a tag; None for paths and URLs."""
     if pretrained is True:
-        tag = "imagenet"
+        tag = None
     elif isinstance(pretrained, str) and _looks_like_tag(pretrained):
         tag = pretrained
     else:
@@ -62,20 +72,40 @@ def _catalog_entry(model: nn.Module, pretrained: bool | str | Path) -> catalog.W
 
 
 def _looks_like_tag(text: str) -> bool:
-    return not any(c in text for c in "/\\.") and not Path(text).exists()
+    return not any(c in text for c in "/\\.") and not Path(text).is_file()
 
 
-def _resolve_source(pretrained: str | Path) -> Path:
+def _load_source(pretrained: str | Path) -> tuple[Path, dict]:
     text = str(pretrained)
     if "://" in text:
-        return hub.fetch(text)
+        return _load_fetched(text, lambda: hub.fetch(text))
     path = Path(text).expanduser()
     if not path.is_file():
         raise ResnetlabError(
             f"pretrained weights {text!r} not found: give an existing checkpoint file, "
-            "a file:// or http(s):// URL, or a tag such as 'imagenet'."
+            "a file:// or http(s):// URL, or a tag such as 'imagenet' or 'cifar10'."
         )
-    return path
+    return path, load_checkpoint(path)
+
+
+def _load_fetched(url: str, fetch: Callable[[], Path]) -> tuple[Path, dict]:
+    """Fetch and load; a cached copy that does not load is moved aside and fetched once more."""
+    path = fetch()
+    try:
+        return path, load_checkpoint(path)
+    except CorruptFileError:
+        if not hub.in_cache(path):
+            raise
+        aside = hub.set_aside(path)
+        log.warning("%s does not load; moved it to %s and fetching %s again.", path, aside, url)
+    path = fetch()
+    try:
+        return path, load_checkpoint(path)
+    except CorruptFileError as exc:
+        raise CorruptFileError(
+            f"{path} does not load even when fetched again ({str(exc)[:160]}); delete it and "
+            f"check the URL {url}."
+        ) from None
 
 
 def _as_url(pretrained: str | Path, path: Path) -> str:
