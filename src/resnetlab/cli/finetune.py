@@ -33,6 +33,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "published for the model, else from scratch)",
     )
     p.add_argument("--out", help="run folder (default runs/<command>-<model>-<time>)")
+    _add_on_bad(p)
     p.add_argument("--head-dropout", type=float, default=0.0, help="dropout before the new head")
     p.add_argument(
         "--freeze",
@@ -88,6 +89,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_on_bad(p: argparse.ArgumentParser, default: str = "error") -> None:
+    p.add_argument(
+        "--on-bad", choices=("skip", "error"), default=default,
+        help=f"unreadable image files: skip them with a warning, or error (default {default})",
+    )  # fmt: skip
+
+
 def _options(args: argparse.Namespace, command: str):
     from ..finetune import FinetuneOptions
 
@@ -115,6 +123,7 @@ def _options(args: argparse.Namespace, command: str):
         device=args.device,
         progress=not args.no_progress,
         activation_checkpointing=args.activation_checkpointing,
+        on_bad=args.on_bad,
         **{
             k: getattr(args, k)
             for k in (
@@ -168,8 +177,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
     predictions, failed = predict_files(
-        loaded, paths, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta
-    )
+        loaded, paths, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta,
+        on_bad=args.on_bad,
+    )  # fmt: skip
     report_failures(failed)
     fmt = "json" if args.json else "csv" if args.csv else "text"
     if predictions:
@@ -191,6 +201,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tta=args.tta,
         device=args.device,
+        on_bad=args.on_bad,
     )
     print(format_metrics(metrics))
     if args.out:
@@ -260,6 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--json", action="store_true", help="JSON output")
     group.add_argument("--csv", action="store_true", help="CSV output")
+    _add_on_bad(p, default="skip")
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser("evaluate", help="all metrics of a fine-tuned model on a split")
@@ -270,4 +282,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
+    _add_on_bad(p)
     p.set_defaults(func=run_evaluate)

@@ -29,6 +29,7 @@ HELP = {
     "pad": "zero padding before the random crop, in pixels",
     "flip": "random horizontal flip (true/false)",
     "num_workers": "decoding processes for large-image folders",
+    "on_bad": "unreadable image files: error, or skip them with a warning",
     "batch_size": "GLOBAL batch size (split over all processes)",
     "eval_batch_size": "batch size for evaluation (default: the training batch)",
     "optimizer": "sgd or adamw",

@@ -19,6 +19,7 @@ SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 WARMUPS = ("linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALISATIONS = ("per-pixel-mean", "mean-std", "imagenet", "none")
+ON_BAD = ("error", "skip")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TrainConfig:
     pad: int = 4
     flip: bool = True
     num_workers: int = 4
+    on_bad: str = "error"  # unreadable image files: "error", or "skip" them with a warning
     # optimisation
     batch_size: int = 128
     eval_batch_size: int | None = None
@@ -99,6 +101,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("warmup", self.warmup, WARMUPS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("on_bad", self.on_bad, ON_BAD)
         for name in ("channels_last", "cuda_graphs", "sync_bn"):
             value = getattr(self, name)
             if value not in (True, False, "auto"):
