@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from resnetlab.cli import build_parser
 from resnetlab.cli.train import parse_overrides
 from resnetlab.data import FileImageSet, FileLoader, archive, folder, open_data
 from resnetlab.errors import ResnetlabError
-from resnetlab.finetune.predict import expand_inputs
+from resnetlab.finetune.card import LoadedModel
+from resnetlab.finetune.predict import expand_inputs, predict_files
 from resnetlab.finetune.prepare import _prepare_split
 from resnetlab.finetune.preprocess import Preprocessing
 from resnetlab.train import TrainConfig, train
@@ -441,3 +443,18 @@ def test_predict_refuses_a_folder_without_images(tmp_path):
             expand_inputs([str(tmp_path / name)])
     Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
     assert expand_inputs([str(tmp_path / "one.png")]) == [tmp_path / "one.png"]
+
+
+def test_predict_names_an_oversized_image_and_honours_on_bad(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    prep = Preprocessing(crop=16, resize=18, mean=[0.5] * 3, std=[0.25] * 3)
+    loaded = LoadedModel(model.eval(), {}, prep, ["a", "b", "c", "d"], tmp_path / "m.pt")
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "ok.png")
+    huge = png_header(tmp_path / "huge.png", 12_000, 12_000)  # 144 MP in a few bytes
+    paths = [tmp_path / "ok.png", huge]
+    predictions, failed = predict_files(loaded, paths)
+    assert [p.path for p in predictions] == [str(tmp_path / "ok.png")]
+    assert failed == [(str(huge), failed[0][1])] and "144 megapixels" in failed[0][1]
+    with pytest.raises(ResnetlabError, match=r"huge\.png: .*144 megapixels.*--on-bad skip"):
+        predict_files(loaded, paths, on_bad="error")

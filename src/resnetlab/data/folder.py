@@ -91,7 +91,10 @@ def opened(source: str | Path | bytes) -> Iterator[Image.Image]:
     ``BadImage`` with a readable reason."""
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(fp) as im:
+        with warnings.catch_warnings():  # Pillow's size warning: the limit here is checked
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+        with im:
             check_pixels(im)
             yield im
     except BAD_ERRORS as exc:
