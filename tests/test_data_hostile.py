@@ -24,7 +24,9 @@ from resnetlab.cli import build_parser
 from resnetlab.cli.train import parse_overrides
 from resnetlab.data import FileImageSet, FileLoader, archive, folder, open_data
 from resnetlab.errors import ResnetlabError
+from resnetlab.finetune import FinetuneOptions
 from resnetlab.finetune.card import LoadedModel
+from resnetlab.finetune.evaluate import _split_images
 from resnetlab.finetune.predict import expand_inputs, predict_files
 from resnetlab.finetune.prepare import _prepare_split
 from resnetlab.finetune.preprocess import Preprocessing
@@ -458,3 +460,17 @@ def test_predict_names_an_oversized_image_and_honours_on_bad(tmp_path):
     assert failed == [(str(huge), failed[0][1])] and "144 megapixels" in failed[0][1]
     with pytest.raises(ResnetlabError, match=r"huge\.png: .*144 megapixels.*--on-bad skip"):
         predict_files(loaded, paths, on_bad="error")
+
+
+def test_evaluate_split_images_error_or_skip(tmp_path):
+    part = _large_set(tmp_path, 4, {1: "junk"})
+    prep = Preprocessing(crop=16, resize=18, mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.raises(ResnetlabError, match=r"1\.png; .*--on-bad skip"):
+        _split_images(part, prep)
+    part.on_bad = "skip"
+    with pytest.warns(UserWarning, match=r"skipped 1 .*1\.png"):
+        images, labels = _split_images(part, prep)
+    assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 0, 1]
+    with pytest.raises(ResnetlabError, match="on-bad"):
+        FinetuneOptions(data="d", out_dir=str(tmp_path / "o"), on_bad="ignore")
+    assert FinetuneOptions(data="d", out_dir=str(tmp_path / "o")).on_bad == "error"
