@@ -195,7 +195,8 @@ def copy_member(member: Member, sink: Callable[[bytes], object], budget: Budget)
     """Stream a regular member's bytes to ``sink``, counting them against ``budget``."""
     read = 0
     with member.open() as handle:
-        while chunk := handle.read(CHUNK):
+        # Ask for about what is left: a 1 MiB request per small member costs a 1 MiB buffer.
+        while chunk := handle.read(min(CHUNK, max(member.size - read, 0) + 2**16)):
             read += len(chunk)
             budget.inflate(member, read, len(chunk))
             sink(chunk)
