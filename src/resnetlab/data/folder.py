@@ -80,9 +80,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can identify"
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text and " object at 0x" not in text else (
-        f"unreadable ({type(exc).__name__})"
-    )
+    if not text or " object at 0x" in text:
+        return f"unreadable ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {text}"
 
 
 @contextmanager
