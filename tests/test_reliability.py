@@ -281,3 +281,11 @@ def test_an_unexpected_error_is_the_recorded_status(tmp_path) -> None:
         train(config(tmp_path), data=bundle(), callbacks=[Crash()])
     status = json.loads((tmp_path / "run" / "run.json").read_text())["status"]
     assert status == "failed: RuntimeError: disk controller on fire"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a GPU-less machine")
+def test_predict_and_evaluate_check_the_device_first(tmp_path, capsys) -> None:
+    for argv in (["predict", str(tmp_path), str(tmp_path), "--device", "gpu"],
+                 ["evaluate", str(tmp_path), str(tmp_path), "--device", "cuda"]):  # fmt: skip
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and "device" in err and len(err.strip().splitlines()) == 1

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import ResnetlabError
 from ..settings import bounded
+from ..train.distributed import check_device
 
 
 def _stages(text: str) -> tuple[str, ...]:
@@ -21,7 +22,6 @@ def _stages(text: str) -> tuple[str, ...]:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags fine-tuning and the lr range test share; a flag not given is absent from the
     parsed arguments, so the defaults live in ``FinetuneOptions`` alone."""
-    p.set_defaults(**dict.fromkeys(FLAG_FIELDS, None))
     p.add_argument(
         "data",
         metavar="DATA",
@@ -36,6 +36,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "published for the model, else from scratch)",
     )
     p.add_argument("--out", help="run folder (default runs/<command>-<model>-<time>)")
+    _add_on_bad(p, default=None)
     p.add_argument("--head-dropout", type=float, help="dropout before the new head")
     p.add_argument(
         "--freeze",
@@ -87,6 +88,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="recompute block activations in backward: less memory, about one more forward",
     )
+    p.set_defaults(**dict.fromkeys(FLAG_FIELDS, None))  # no flag has a default of its own
+
+
+def _add_on_bad(p: argparse.ArgumentParser, default: str | None = "error") -> None:
+    """``--on-bad``; with ``default=None`` the default is FinetuneOptions' (error)."""
+    p.add_argument(
+        "--on-bad", choices=("skip", "error"), default=default,
+        help="unreadable image files: skip them with a warning, or error "
+        f"(default {default or 'error'})",
+    )  # fmt: skip
 
 
 # Flag destinations that are FinetuneOptions fields under the same name.
@@ -94,7 +105,7 @@ FLAG_FIELDS = (
     "model", "pretrained", "head_dropout", "freeze", "bn", "unfreeze_to", "optimizer", "lr",
     "lr_mult", "weight_decay", "batch_size", "image_size", "grey", "val_size", "seed", "device",
     "head_epochs", "epochs", "schedule", "class_weights", "balanced_sampling", "monitor",
-    "patience", "label_smoothing", "tta", "activation_checkpointing",
+    "patience", "label_smoothing", "tta", "activation_checkpointing", "on_bad",
 )  # fmt: skip
 NEGATED = {"no_augment": "augment", "no_flip": "flip", "no_progress": "progress"}
 
@@ -148,13 +159,15 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..finetune import expand_inputs, load_model, predict_files, render
     from ..finetune.predict import report_failures
 
+    check_device(args.device)
     loaded = load_model(args.source, args.device)
     paths = expand_inputs(args.images)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
     predictions, failed = predict_files(
-        loaded, paths, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta
-    )
+        loaded, paths, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta,
+        on_bad=args.on_bad,
+    )  # fmt: skip
     report_failures(failed)
     fmt = "json" if args.json else "csv" if args.csv else "text"
     if predictions:
@@ -168,6 +181,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate_run, format_metrics
 
+    check_device(args.device)
     metrics = evaluate_run(
         args.source,
         args.data,
@@ -176,6 +190,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tta=args.tta,
         device=args.device,
+        on_bad=args.on_bad,
     )
     print(format_metrics(metrics))
     if args.out:
@@ -248,6 +263,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--json", action="store_true", help="JSON output")
     group.add_argument("--csv", action="store_true", help="CSV output")
+    _add_on_bad(p, default="skip")
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser("evaluate", help="all metrics of a fine-tuned model on a split")
@@ -259,4 +275,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
                    help="images per forward pass (default 64)")  # fmt: skip
     p.add_argument("--device", default="cpu")
+    _add_on_bad(p)
     p.set_defaults(func=run_evaluate)

@@ -8,13 +8,16 @@ stay files, listed as (path, label) pairs; an archive of them is extracted safel
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import ResnetlabError
@@ -34,7 +37,70 @@ SPLIT_ALIASES = {
 }
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 BAD_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-SHOW_BAD = 5
+SHOW_BAD = 5  # bad files an error names
+SHOW_SKIPPED = 50  # skipped files a warning names
+MAX_PIXELS = 64_000_000  # larger images are refused; RESNETLAB_MAX_IMAGE_MEGAPIXELS overrides
+
+
+class BadImage(ValueError):
+    """An image file that cannot be used; the message is the reason alone (callers name it)."""
+
+
+def max_pixels() -> int:
+    """The pixel limit: ``MAX_PIXELS`` unless ``RESNETLAB_MAX_IMAGE_MEGAPIXELS`` is set."""
+    text = os.environ.get("RESNETLAB_MAX_IMAGE_MEGAPIXELS", "").strip()
+    try:
+        return int(float(text) * 1e6) if text else MAX_PIXELS
+    except ValueError:
+        raise ResnetlabError(
+            f"RESNETLAB_MAX_IMAGE_MEGAPIXELS={text!r} is not a number; set it to e.g. 200"
+        ) from None
+
+
+def check_pixels(im: Image.Image) -> None:
+    """Refuse an opened (not yet decoded) image above the pixel limit: PIL reads the size
+    from the header, so nothing large has been allocated yet."""
+    w, h = im.size
+    if w * h > max_pixels():
+        raise BadImage(
+            f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
+            f"{max_pixels() / 1e6:g}; shrink it or raise RESNETLAB_MAX_IMAGE_MEGAPIXELS"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    """A PIL error as a short reason without object reprs."""
+    if isinstance(exc, BadImage):
+        return str(exc)
+    if isinstance(exc, Image.DecompressionBombError):
+        return (
+            f"above Pillow's decompression-bomb limit ({' '.join(str(exc).split()[:4])}); "
+            "shrink it"
+        )
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can identify"
+    text = " ".join(str(exc).split())
+    if not text or " object at 0x" in text:
+        return f"unreadable ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {text}"
+
+
+@contextmanager
+def opened(source: str | Path | bytes) -> Iterator[Image.Image]:
+    """``Image.open`` of a path or bytes, checked against the pixel limit; every failure is a
+    ``BadImage`` with a readable reason."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():  # Pillow's size warning: the limit here is checked
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+        with im:
+            check_pixels(im)
+            yield im
+    except BAD_ERRORS as exc:
+        if isinstance(exc, BadImage):
+            raise
+        raise BadImage(_reason(exc)) from exc
 
 
 def is_image_name(name: str) -> bool:
@@ -43,9 +109,15 @@ def is_image_name(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Decode image bytes to a uint8 array (H, W, 1) for grey images or (H, W, 3)."""
-    with Image.open(io.BytesIO(data)) as im:
+def decode(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """Decode image bytes to a uint8 array (H, W, 1) for grey images or (H, W, 3).
+
+    With ``min_side`` a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    both sides at least ``min_side``, which bounds the memory large photos need.
+    """
+    with opened(data) as im:
+        if min_side and im.format == "JPEG":
+            im.draft(im.mode, (min_side, min_side))
         im.load()
         im = im.convert("L" if im.mode in GREY_MODES else "RGB")
         array = np.array(im, dtype=np.uint8)  # a writable copy
@@ -110,7 +182,7 @@ def layout(
 
 def _size(data: bytes) -> tuple[int, int] | None:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with opened(data) as im:
             return im.size[1], im.size[0]
     except BAD_ERRORS:
         return None
@@ -149,18 +221,24 @@ def _scan(
     return files, sorted(set(dirs) | implied), blobs, size
 
 
-def report_bad(source: str, bad: list[str], on_bad: str) -> None:
-    """Raise (on_bad="error") or warn (on_bad="skip") about unreadable images, by path."""
+def report_bad(source: str, bad: list[str], on_bad: str, total: int | None = None) -> None:
+    """Raise (on_bad="error") or warn (on_bad="skip") about unreadable images, by path;
+    ``total`` is how many were skipped in all, when ``bad`` is only the latest of them."""
     if not bad:
         return
-    first = ", ".join(bad[:SHOW_BAD]) + (", ..." if len(bad) > SHOW_BAD else "")
+    bad = list(dict.fromkeys(bad))
+    show = SHOW_BAD if on_bad == "error" else SHOW_SKIPPED
+    more = len(bad) - show
+    first = ", ".join(bad[:show]) + (f" and {more} more" if more > 0 else "")
     if on_bad == "error":
         raise ResnetlabError(
-            f"{source}: {len(bad)} unreadable or truncated image(s): {first}; "
-            "replace them or pass on_bad='skip' to leave them out"
+            f"{source}: {len(bad)} unreadable, truncated or oversized image(s): {first}; "
+            "replace them or pass --on-bad skip (on_bad='skip') to leave them out"
         )
+    count = f" ({total} skipped in all)" if total is not None and total != len(bad) else ""
     warnings.warn(
-        f"{source}: skipped {len(bad)} unreadable or truncated image(s): {first}",
+        f"{source}: skipped {len(bad)} unreadable, truncated or oversized image(s): "
+        f"{first}{count}",
         stacklevel=3,
     )
 
@@ -212,7 +290,7 @@ def _build_small(
 
 def _grey(path: Path) -> bool:
     try:
-        with Image.open(path) as im:
+        with opened(path) as im:
             return im.mode in GREY_MODES
     except BAD_ERRORS:
         return False

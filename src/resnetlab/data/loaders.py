@@ -15,11 +15,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..errors import ResnetlabError
 from .base import FileImageSet, ImageSet
-from .folder import BAD_ERRORS, report_bad
+from .folder import BAD_ERRORS, SMALL_MAX, opened, report_bad
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -37,6 +36,12 @@ def generator(*parts: int) -> torch.Generator:
 
 def pixel_mean_of(data: ImageSet, chunk: int = 4096) -> torch.Tensor:
     """The per-pixel mean image (C, H, W) in [0, 1] units, for per-pixel mean subtraction."""
+    if not isinstance(data, ImageSet):
+        raise ResnetlabError(
+            f"{data.source}: per-pixel mean subtraction (the default normalisation) needs "
+            f"images of at most {SMALL_MAX} px held in memory, and these are larger; pass "
+            "--normalisation imagenet or --normalisation MEAN,.../STD,..."
+        )
     total = torch.zeros(data.images.shape[1:], dtype=torch.float64)
     for start in range(0, len(data), chunk):
         total += data.images[start : start + chunk].to(torch.float64).sum(0)
@@ -237,7 +242,7 @@ class FileDataset(torch.utils.data.Dataset):
         index, seed = item
         path = self.paths[index]
         try:
-            with Image.open(path) as im:
+            with opened(path) as im:
                 im = im.convert(self.mode)
         except BAD_ERRORS:
             return None, int(self.labels[index]), str(path)
@@ -304,6 +309,7 @@ class FileLoader:
         self.shuffle = train if shuffle is None else shuffle
         self.seed, self.num_workers = seed, num_workers
         self.channels_last, self.dtype = channels_last, dtype
+        self.skipped: set[str] = set()  # files already reported as skipped
         channels = out_channels or data.in_channels
         mode = "L" if channels == 1 else "RGB"
         resize = resize or round(size * 256 / 224)
@@ -338,7 +344,9 @@ class FileLoader:
         )
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         for x, y, bad in loader:
-            report_bad(self.data.source, bad, self.data.on_bad)
+            new = [path for path in bad if path not in self.skipped]
+            self.skipped.update(bad)  # each file is reported once, however many epochs
+            report_bad(self.data.source, new, self.data.on_bad, total=len(self.skipped))
             if x is None:
                 continue
             x = x.to(self.device, non_blocking=True)

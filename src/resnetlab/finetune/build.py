@@ -29,7 +29,8 @@ def weights_source(spec: str | None, model: str) -> str | None:
         from ..weights import list_weights
 
         info = model_info(model)
-        published = list_weights(info.torchvision_name or info.name)
+        published = [w for w in list_weights(info.torchvision_name or info.name)
+                     if w.tag.startswith("imagenet")]  # fmt: skip
         choice = "imagenet" if published else f"none ({model} has no ImageNet weights)"
         say(f"--pretrained auto: {choice}")
         return "imagenet" if published else None

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.folder import BAD_ERRORS, report_bad
 from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
 from .metrics import classification_metrics
@@ -64,15 +65,16 @@ def evaluate_run(
     batch_size: int = 64,
     tta: bool = False,
     device: str = "cpu",
+    on_bad: str = "error",
 ) -> dict[str, Any]:
     """All metrics of a fine-tuned model on a labelled split of ``data``; plots and
-    ``metrics_<split>.json`` go to ``out`` when given."""
+    ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``."""
     from ..data import open_data
     from .card import load_model
     from .plots import plot_confusion, plot_roc
 
     loaded = load_model(source, device)
-    bundle = open_data(data)
+    bundle = open_data(data, on_bad=on_bad)
     part = getattr(bundle, split, None) if split in ("train", "val", "test") else None
     if part is None:
         present = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
@@ -82,10 +84,10 @@ def evaluate_run(
             f"the data's classes ({', '.join(bundle.classes[:10])}) differ from the model's "
             f"({', '.join(loaded.classes[:10])}); evaluate on data with the same classes."
         )
-    images = _split_images(part, loaded.preprocessing)
+    images, labels = _split_images(part, loaded.preprocessing)
     model = optimize_for_inference(loaded.model)
     probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size, tta=tta)
-    metrics = classification_metrics(probs.clamp_min(1e-12).log(), part.labels, loaded.classes)
+    metrics = classification_metrics(probs.clamp_min(1e-12).log(), labels, loaded.classes)
     metrics |= {"split": split, "data": str(data), "tta": tta}
     if out is not None:
         from ..files import write_json
@@ -97,20 +99,31 @@ def evaluate_run(
             metrics["confusion_matrix"],
             loaded.classes,
             out / f"confusion_{split}.png",
-            f"{split} ({len(part)} images)",
+            f"{split} ({len(labels)} images)",
         )
-        plot_roc(probs, part.labels, loaded.classes, out / f"roc_{split}.png", split)
+        plot_roc(probs, labels, loaded.classes, out / f"roc_{split}.png", split)
     return metrics
 
 
-def _split_images(part: Any, prep: Preprocessing) -> torch.Tensor:
-    """uint8 images of a split: the in-memory tensor, or each file decoded and preprocessed."""
+def _split_images(part: Any, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images of a split and their labels: the in-memory tensor, or each file decoded
+    and preprocessed (unreadable files raise or are left out, as ``part.on_bad`` says)."""
     from ..data import ImageSet
     from .preprocess import load_image
 
     if isinstance(part, ImageSet):
-        return part.images
-    return torch.cat([prepare_images(load_image(p)[None], prep) for p in part.paths])
+        return part.images, part.labels
+    images, keep, bad = [], [], []
+    for i, path in enumerate(part.paths):
+        try:
+            images.append(prepare_images(load_image(path, prep.resize)[None], prep))
+            keep.append(i)
+        except BAD_ERRORS:
+            bad.append(str(path))
+    report_bad(part.source, bad, part.on_bad)
+    if not images:
+        raise ResnetlabError(f"{part.source}: none of the images could be read; check the files")
+    return torch.cat(images), part.labels[torch.tensor(keep)]
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

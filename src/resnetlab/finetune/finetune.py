@@ -82,6 +82,7 @@ class FinetuneOptions:
     progress: bool = True
     activation_checkpointing: bool = False
     resume: bool = False
+    on_bad: str = "error"  # unreadable image files: "error", or "skip" them with a warning
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)
@@ -89,6 +90,7 @@ class FinetuneOptions:
             ("monitor", self.monitor, MONITORS),
             ("grey", self.grey, GREY),
             ("bn", self.bn, ("frozen", "train")),
+            ("on-bad", self.on_bad, ("error", "skip")),
         ):
             if value not in choices:
                 raise ResnetlabError(
@@ -210,7 +212,9 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     run_dir = Path(options.out_dir)
     options = _settings(options, run_dir)
     options.pretrained = weights_source(options.pretrained, options.model)
-    bundle, notes = prepare.open_finetune_data(options.data, options.val_size, options.seed)
+    bundle, notes = prepare.open_finetune_data(
+        options.data, options.val_size, options.seed, options.on_bad
+    )
     check_classes(bundle)
     counts = prepare.class_counts(bundle)
     for split, by_class in counts.items():

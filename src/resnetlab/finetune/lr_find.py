@@ -103,7 +103,9 @@ def lr_find(
     if (out / "sweep").exists():
         raise ResnetlabError(f"{out} already holds a sweep; choose another --out.")
     options.pretrained = weights_source(options.pretrained, options.model)
-    bundle, _ = prepare.open_finetune_data(options.data, options.val_size, options.seed)
+    bundle, _ = prepare.open_finetune_data(
+        options.data, options.val_size, options.seed, options.on_bad
+    )
     model, prep, _ = build_model(options, bundle)
     data = prepare.prepare_bundle(bundle, prep)
     data.val = data.test = None

@@ -1,5 +1,6 @@
 """``resnetlab predict``: top-k classes for image files, folders or globs, preprocessed as the
-model card says; unreadable files are reported by name and the rest still predicted.
+model card says; unreadable or oversized files are reported by name and the rest still
+predicted (``on_bad="skip"``, the default), or refused (``on_bad="error"``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.folder import BAD_ERRORS, is_image_name
+from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
 from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
 from .card import LoadedModel
@@ -36,7 +37,13 @@ def expand_inputs(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            if not found:
+                raise ResnetlabError(
+                    f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                    "give image files or a folder with some"
+                )
+            paths += found
         elif path.exists():
             paths.append(path)
         elif glob.has_magic(item):
@@ -53,8 +60,10 @@ def predict_files(
     top_k: int = 3,
     batch_size: int = 64,
     tta: bool = False,
+    on_bad: str = "skip",
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Predictions for the readable files and (path, reason) for the others."""
+    """Predictions for the readable files and (path, reason) for the others; with
+    ``on_bad="error"`` the first unreadable file is an error instead."""
     prep, classes = loaded.preprocessing, loaded.classes
     k = max(1, min(top_k, len(classes)))
     predictions: list[Prediction] = []
@@ -64,14 +73,20 @@ def predict_files(
         names, images = [], []
         for path in paths[start : start + batch_size]:
             try:
-                images.append(prepare_images(load_image(path)[None], prep)[0])
+                # Decoded at a reduced scale where the format allows: a large JPEG needs far
+                # less memory; images above the pixel limit are refused before decoding.
+                images.append(prepare_images(load_image(path, prep.resize)[None], prep)[0])
                 names.append(str(path))
             except FileNotFoundError:
                 failed.append((str(path), "no such file"))
             except IsADirectoryError:
                 failed.append((str(path), "a folder with no images"))
             except BAD_ERRORS as exc:
-                failed.append((str(path), f"not a readable image ({type(exc).__name__})"))
+                why = str(exc) if isinstance(exc, BadImage) else type(exc).__name__
+                failed.append((str(path), f"not a readable image ({why})"))
+            if failed and on_bad == "error":
+                path, reason = failed[0]
+                raise ResnetlabError(f"{path}: {reason}; fix it or pass --on-bad skip")
         if not images:
             continue
         probs = image_probabilities(model, torch.stack(images), prep, tta=tta)

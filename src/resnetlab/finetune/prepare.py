@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import DataBundle, FileImageSet, ImageSet, open_data, split_val
+from ..data.folder import BAD_ERRORS, report_bad
 from ..errors import ResnetlabError
 from .preprocess import Preprocessing, load_image, prepare_images
 
@@ -20,9 +21,11 @@ MEMORY_LIMIT = 6 * 2**30  # bytes of uint8 images held in memory at the input si
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
-def open_finetune_data(spec: str, val_size: float, seed: int) -> tuple[DataBundle, list[str]]:
+def open_finetune_data(
+    spec: str, val_size: float, seed: int, on_bad: str = "error"
+) -> tuple[DataBundle, list[str]]:
     """Open the data; hold out a stratified validation split when it has none."""
-    bundle = open_data(spec, seed=seed)
+    bundle = open_data(spec, seed=seed, on_bad=on_bad)
     notes = []
     if bundle.val is None or len(bundle.val) == 0:
         bundle.train, bundle.val = split_val(bundle.train, val_size, seed)
@@ -214,16 +217,13 @@ def _prepare_split(part: ImageSet | FileImageSet, prep: Preprocessing) -> ImageS
         unit="img",
     ):
         try:
-            image = load_image(path)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            if part.on_bad == "error":
-                raise ResnetlabError(
-                    f"{path}: unreadable image ({exc}); fix or remove it."
-                ) from None
+            image = load_image(path, prep.resize)
+        except BAD_ERRORS:
             bad.append(str(path))
             continue
         images.append(prepare_images(image[None], prep)[0])
         labels.append(label)
-    if bad:
-        print(f"skipped {len(bad)} unreadable image(s): {', '.join(bad[:5])}")
+    report_bad(part.source, bad, part.on_bad)  # every bad file named, not just the first
+    if not images:
+        raise ResnetlabError(f"{part.source}: none of the images could be read; check the files")
     return ImageSet(torch.stack(images), torch.tensor(labels), part.classes, part.source)

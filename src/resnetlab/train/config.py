@@ -21,6 +21,7 @@ SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 WARMUPS = ("linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALISATIONS = ("per-pixel-mean", "mean-std", "imagenet", "none")
+ON_BAD = ("error", "skip")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainConfig:
     pad: int = setting(4, "zero padding before the random crop, in pixels", ">= 0")
     flip: bool = setting(True, "random horizontal flip")
     num_workers: int = setting(4, "decoding processes for large-image folders", ">= 0")
+    on_bad: str = setting("error", "unreadable image files: error, or skip them with a warning")
     # optimisation
     batch_size: int = setting(128, "GLOBAL batch size (split over all processes)", ">= 1")
     eval_batch_size: int | None = setting(
@@ -132,6 +134,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("warmup", self.warmup, WARMUPS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("on_bad", self.on_bad, ON_BAD)
         for name in ("channels_last", "cuda_graphs", "sync_bn"):
             value = getattr(self, name)
             if value not in (True, False, "auto"):

@@ -151,7 +151,7 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
         from ..data import open_data
 
         data = open_data(config.data, val_size=config.val_size, seed=config.seed,
-                         root=config.data_root)  # fmt: skip
+                         root=config.data_root, on_bad=config.on_bad)  # fmt: skip
     check_classes(data, config.class_weights)
     if model is None:
         from ..models import create_model
