@@ -13,7 +13,8 @@ import sys
 from ..errors import ResnetlabError
 
 # Modules that define sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "finetune", "demo"]
+COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "studies", "finetune",
+                   "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,7 +57,9 @@ class LandscapeConfig:
     batch: int = 500
 
 
-def filter_normalised_direction(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def filter_normalised_direction(
+    model: nn.Module, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """One random direction per parameter: Gaussian, each filter scaled to the weights' filter
     norm; zero for parameters of one dimension (biases, BatchNorm)."""
     direction = {}
@@ -85,8 +87,15 @@ def loss_and_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return {"loss": loss / len(x), "error": wrong / len(x)}
 
 
-def evaluate_point(model: nn.Module, theta: dict, dirs: list[dict], coords: tuple[float, ...],
-                   x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:  # fmt: skip
+def evaluate_point(
+    model: nn.Module,
+    theta: dict,
+    dirs: list[dict],
+    coords: tuple[float, ...],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+) -> dict:
     """Loss and error at θ + Σ coords_i · d_i (the model's weights are overwritten)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -107,14 +116,27 @@ def _load_directions(path: Path, model: nn.Module, seed: int) -> list[dict]:
     return dirs
 
 
-def sweep(model: nn.Module, theta: dict, dirs: list[dict], points: list[tuple], x, y,
-          batch: int, path: Path, desc: str, progress: bool) -> dict[tuple, dict]:  # fmt: skip
+def sweep(
+    model: nn.Module,
+    theta: dict,
+    dirs: list[dict],
+    points: list[tuple],
+    x,
+    y,
+    batch: int,
+    path: Path,
+    desc: str,
+    progress: bool,
+) -> dict[tuple, dict]:
     """Measure every point (a key and its coordinates) not yet in ``path``; returns all."""
     done = {tuple(r["key"]): r for r in runs.read_jsonl(path)}
     todo = [(k, c) for k, c in points if tuple(k) not in done]
     for key, coords in tqdm(todo, desc=desc, unit="pt", disable=not progress, leave=False):
-        record = {"key": list(key), "coords": list(coords),
-                  **evaluate_point(model, theta, dirs, coords, x, y, batch)}  # fmt: skip
+        record = {
+            "key": list(key),
+            "coords": list(coords),
+            **evaluate_point(model, theta, dirs, coords, x, y, batch),
+        }
         runs.append_jsonl(path, record)
         done[tuple(key)] = record
     return done
@@ -128,14 +150,25 @@ def surface_facts(loss: np.ndarray, step: float) -> dict[str, Any]:
     fxy = (loss[2:, 2:] - loss[2:, :-2] - loss[:-2, 2:] + loss[:-2, :-2]) / (4 * step**2)
     lowest = (fxx + fyy) / 2 - np.sqrt(((fxx - fyy) / 2) ** 2 + fxy**2)
     padded = np.pad(loss, 1, constant_values=np.inf)
-    neighbours = np.stack([padded[1 + di : 1 + di + loss.shape[0], 1 + dj : 1 + dj + loss.shape[1]]
-                           for di in (-1, 0, 1) for dj in (-1, 0, 1) if di or dj])  # fmt: skip
+    neighbours = np.stack(
+        [
+            padded[1 + di : 1 + di + loss.shape[0], 1 + dj : 1 + dj + loss.shape[1]]
+            for di in (-1, 0, 1)
+            for dj in (-1, 0, 1)
+            if di or dj
+        ]
+    )
     minima = int((loss < neighbours.min(0)).sum())
     c = loss.shape[0] // 2
-    return {"nonconvex_fraction": float((lowest < 0).mean()), "local_minima": minima,
-            "centre_loss": float(loss[c, c]), "max_loss": float(loss.max()),
-            "edge_mean_loss": float(np.mean([loss[0].mean(), loss[-1].mean(), loss[:, 0].mean(),
-                                             loss[:, -1].mean()]))}  # fmt: skip
+    return {
+        "nonconvex_fraction": float((lowest < 0).mean()),
+        "local_minima": minima,
+        "centre_loss": float(loss[c, c]),
+        "max_loss": float(loss.max()),
+        "edge_mean_loss": float(
+            np.mean([loss[0].mean(), loss[-1].mean(), loss[:, 0].mean(), loss[:, -1].mean()])
+        ),
+    }
 
 
 def _interpolation_start(spec: str, subject: Any, seed: int) -> dict[str, torch.Tensor]:
@@ -144,20 +177,25 @@ def _interpolation_start(spec: str, subject: Any, seed: int) -> dict[str, torch.
         return create_model(subject.name).state_dict()
     path = run_weights(Path(spec)) if Path(spec).is_dir() else Path(spec)
     if not path.is_file():
-        raise ResnetlabError(f"--interpolate-from {spec}: no such file or run folder. Pass init, "
-                             "a run folder or a weights file.")  # fmt: skip
+        raise ResnetlabError(
+            f"--interpolate-from {spec}: no such file or run folder. Pass init, "
+            "a run folder or a weights file."
+        )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return ckpt.get("model", ckpt)
 
 
-def interpolate(model: nn.Module, start: dict, end: dict, alphas: np.ndarray, x, y, batch: int,
-                progress: bool) -> list[dict]:  # fmt: skip
+def interpolate(
+    model: nn.Module, start: dict, end: dict, alphas: np.ndarray, x, y, batch: int, progress: bool
+) -> list[dict]:
     """Loss and error at (1 - α)·start + α·end, parameters and BN statistics alike."""
     rows = []
     probe = copy.deepcopy(model)
     for alpha in tqdm(alphas, desc="interpolation", disable=not progress, leave=False):
-        state = {k: (1 - alpha) * start[k].float() + alpha * v.float()
-                 if v.is_floating_point() else v for k, v in end.items()}  # fmt: skip
+        state = {
+            k: (1 - alpha) * start[k].float() + alpha * v.float() if v.is_floating_point() else v
+            for k, v in end.items()
+        }
         probe.load_state_dict(state)
         rows.append({"alpha": float(alpha), **loss_and_error(probe, x, y, batch)})
     return rows
@@ -200,43 +238,82 @@ def plot_2d(axis: np.ndarray, loss: np.ndarray, title: str, folder: Path) -> lis
     return paths
 
 
-def run_landscape(config: LandscapeConfig, out: str | Path | None = None, *, resume: bool = False,
-                  command: str | None = None, progress: bool = True) -> tuple[Path, dict]:  # fmt: skip
+def run_landscape(
+    config: LandscapeConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict]:
     """The slices (and interpolation) of one net; returns (run folder, landscape.json)."""
     if config.points_1d < 3 or config.grid == 1 or config.grid < 0 or config.span <= 0:
         raise ResnetlabError("--points-1d must be at least 3, --grid 0 or at least 2, --span > 0.")
     subject = load_subject(config.model, config.pretrained, config.normalisation)
     run_dir = runs.new_run_dir("landscape", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"landscape: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
-          file=sys.stderr, flush=True)  # fmt: skip
-    x, y, source = load_split(config.data, "train", config.train_size, config.seed,
-                              subject.normalisation)  # fmt: skip
+    print(
+        f"landscape: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
+        file=sys.stderr,
+        flush=True,
+    )
+    x, y, source = load_split(
+        config.data, "train", config.train_size, config.seed, subject.normalisation
+    )
     write_text_atomic(run_dir / "data.txt", f"{source} ({len(y):,} images, no augmentation)\n")
     model = copy.deepcopy(subject.model).eval()
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
     dirs = _load_directions(run_dir / "directions.pt", model, config.seed)
     axis_1d = np.linspace(-config.span, config.span, config.points_1d)
-    done = sweep(model, theta, dirs[:1], [((i,), (float(a),)) for i, a in enumerate(axis_1d)],
-                 x, y, config.batch, run_dir / "points_1d.jsonl", "1-D slice", progress)  # fmt: skip
-    line = [{"coord": float(a), **{k: done[(i,)][k] for k in ("loss", "error")}}
-            for i, a in enumerate(axis_1d)]  # fmt: skip
+    done = sweep(
+        model,
+        theta,
+        dirs[:1],
+        [((i,), (float(a),)) for i, a in enumerate(axis_1d)],
+        x,
+        y,
+        config.batch,
+        run_dir / "points_1d.jsonl",
+        "1-D slice",
+        progress,
+    )
+    line = [
+        {"coord": float(a), **{k: done[(i,)][k] for k in ("loss", "error")}}
+        for i, a in enumerate(axis_1d)
+    ]
     label = subject.label
     plot_1d(line, f"{label}: 1-D slice, {len(y):,} training images", run_dir / "landscape_1d.png")
     summary = [CLAIM]
     result: dict[str, Any] = {"model": subject.name, "label": label, "line": line}
     if config.grid:
         axis = np.linspace(-config.span, config.span, config.grid)
-        keys = [((i, j), (float(a), float(b))) for i, a in enumerate(axis)
-                for j, b in enumerate(axis)]  # fmt: skip
-        grid = sweep(model, theta, dirs, keys, x, y, config.batch, run_dir / "points_2d.jsonl",
-                     f"2-D grid {config.grid}x{config.grid}", progress)  # fmt: skip
-        loss = np.array([[grid[(i, j)]["loss"] for j in range(len(axis))]
-                         for i in range(len(axis))])  # fmt: skip
+        keys = [
+            ((i, j), (float(a), float(b))) for i, a in enumerate(axis) for j, b in enumerate(axis)
+        ]
+        grid = sweep(
+            model,
+            theta,
+            dirs,
+            keys,
+            x,
+            y,
+            config.batch,
+            run_dir / "points_2d.jsonl",
+            f"2-D grid {config.grid}x{config.grid}",
+            progress,
+        )
+        loss = np.array(
+            [[grid[(i, j)]["loss"] for j in range(len(axis))] for i in range(len(axis))]
+        )
         facts = surface_facts(loss, float(axis[1] - axis[0]))
         result["surface"] = facts
-        runs.write_csv(run_dir / "landscape_2d.csv", [{"a": r["coords"][0], "b": r["coords"][1],
-                       "loss": r["loss"], "error": r["error"]} for r in grid.values()])  # fmt: skip
+        runs.write_csv(
+            run_dir / "landscape_2d.csv",
+            [
+                {"a": r["coords"][0], "b": r["coords"][1], "loss": r["loss"], "error": r["error"]}
+                for r in grid.values()
+            ],
+        )
         plot_2d(axis, loss, f"{label}: loss on {len(y):,} training images", run_dir)
         summary.append(
             f"Measured on {label}: centre loss {facts['centre_loss']:.3f}, mean loss on the grid's "
@@ -247,18 +324,30 @@ def run_landscape(config: LandscapeConfig, out: str | Path | None = None, *, res
     if config.interpolate_from:
         start = _interpolation_start(config.interpolate_from, subject, config.seed)
         alphas = np.linspace(-0.25, 1.25, config.interpolation_points)
-        rows = interpolate(subject.model, start, subject.model.state_dict(), alphas, x, y,
-                           config.batch, progress)  # fmt: skip
+        rows = interpolate(
+            subject.model, start, subject.model.state_dict(), alphas, x, y, config.batch, progress
+        )
         result["interpolation"] = rows
         runs.write_csv(run_dir / "interpolation.csv", rows)
-        plot_1d(rows, f"{label}: from {config.interpolate_from} (α=0) to these weights (α=1)",
-                run_dir / "interpolation.png", key="alpha")  # fmt: skip
-        bumps = sum(1 for a, b, c in zip(rows, rows[1:], rows[2:], strict=False)
-                    if b["loss"] > max(a["loss"], c["loss"]) and 0 <= b["alpha"] <= 1)  # fmt: skip
-        summary.append(f"Interpolation from {config.interpolate_from}: the loss has {bumps} "
-                       "local maxima between α=0 and α=1.")  # fmt: skip
-    summary.append("Relation: the paper compares nets of one depth with and without skips; read "
-                   "this run next to its twin's (same directions seed, same images).")  # fmt: skip
+        plot_1d(
+            rows,
+            f"{label}: from {config.interpolate_from} (α=0) to these weights (α=1)",
+            run_dir / "interpolation.png",
+            key="alpha",
+        )
+        bumps = sum(
+            1
+            for a, b, c in zip(rows, rows[1:], rows[2:], strict=False)
+            if b["loss"] > max(a["loss"], c["loss"]) and 0 <= b["alpha"] <= 1
+        )
+        summary.append(
+            f"Interpolation from {config.interpolate_from}: the loss has {bumps} "
+            "local maxima between α=0 and α=1."
+        )
+    summary.append(
+        "Relation: the paper compares nets of one depth with and without skips; read "
+        "this run next to its twin's (same directions seed, same images)."
+    )
     result["summary"] = summary
     runs.write_csv(run_dir / "landscape_1d.csv", line)
     write_json(run_dir / "landscape.json", result)

@@ -23,8 +23,15 @@ from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models.inference import optimize_for_inference
 from . import runs
-from .trained import Bypass, Chain, changes_shape, deletable, errors_of_variants, load_split
-from .trained import load_subject
+from .trained import (
+    Bypass,
+    Chain,
+    changes_shape,
+    deletable,
+    errors_of_variants,
+    load_split,
+    load_subject,
+)
 
 CLAIM = (
     "Veit et al. 2016 (§4.1-4.2, Fig. 3-5, published) report that deleting a single block of a "
@@ -64,8 +71,9 @@ def _pretrained_for(config: LesionConfig) -> list[str | None]:
     )
 
 
-def plan_variants(blocks: list[nn.Module], bypass: list[nn.Module], max_k: int, draws: int,
-                  seed: int) -> list[dict[str, Any]]:  # fmt: skip
+def plan_variants(
+    blocks: list[nn.Module], bypass: list[nn.Module], max_k: int, draws: int, seed: int
+) -> list[dict[str, Any]]:
     """Every lesion to evaluate: singles, k random deletions, k random swaps of same-shape
     blocks; each entry has its kind, k, the blocks concerned and the full list of blocks."""
     rng = random.Random(seed)
@@ -80,8 +88,9 @@ def plan_variants(blocks: list[nn.Module], bypass: list[nn.Module], max_k: int, 
         for draw in range(draws):
             chosen = sorted(rng.sample(inner, k))
             variant = [bypass[i] if i in chosen else b for i, b in enumerate(blocks)]
-            plans.append({"kind": "delete", "k": k, "draw": draw, "blocks": chosen,
-                          "variant": variant})  # fmt: skip
+            plans.append(
+                {"kind": "delete", "k": k, "draw": draw, "blocks": chosen, "variant": variant}
+            )
     groups: dict[int, list[int]] = {}
     for i in inner:  # blocks of one stage after its first share one shape
         groups.setdefault(id(_stage_of(blocks, i)), []).append(i)
@@ -96,8 +105,9 @@ def plan_variants(blocks: list[nn.Module], bypass: list[nn.Module], max_k: int, 
                 pool[key] = [i for i in pool[key] if i not in (a, b)]
                 variant[a], variant[b] = blocks[b], blocks[a]
                 swapped.append([a, b])
-            plans.append({"kind": "swap", "k": k, "draw": draw, "blocks": swapped,
-                          "variant": variant})  # fmt: skip
+            plans.append(
+                {"kind": "swap", "k": k, "draw": draw, "blocks": swapped, "variant": variant}
+            )
     return plans
 
 
@@ -114,36 +124,76 @@ def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True) 
     chain = Chain(folded)
     bypass = [Bypass(b) for b in chain.blocks]
     plans = plan_variants(chain.blocks, bypass, config.max_k, config.draws, config.seed)
-    bar = tqdm(total=len(x), desc=f"lesion {subject.name}", unit="img", disable=not progress,
-               leave=False)  # fmt: skip
+    bar = tqdm(
+        total=len(x), desc=f"lesion {subject.name}", unit="img", disable=not progress, leave=False
+    )
     results = errors_of_variants(chain, x, y, [p["variant"] for p in plans], config.batch, bar)
     bar.close()
     base = results[0]
     rows = []
     for i, (name, block) in enumerate(zip(chain.names, chain.blocks, strict=True)):
-        plan = next((p for p, r in zip(plans, results[1:], strict=True)
-                     if p["kind"] == "single" and p["blocks"] == [i]), None)  # fmt: skip
+        plan = next(
+            (
+                p
+                for p, r in zip(plans, results[1:], strict=True)
+                if p["kind"] == "single" and p["blocks"] == [i]
+            ),
+            None,
+        )
         result = results[1 + plans.index(plan)] if plan is not None else None
-        rows.append({
-            "net": subject.name, "block": name, "index": i, "downsampling": changes_shape(block),
-            "deletable": plan is not None,
-            "error": None if result is None else result["error"],
-            "increase": None if result is None else result["error"] - base["error"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "net": subject.name,
+                "block": name,
+                "index": i,
+                "downsampling": changes_shape(block),
+                "deletable": plan is not None,
+                "error": None if result is None else result["error"],
+                "increase": None if result is None else result["error"] - base["error"],
+            }
+        )
     curves: dict[str, list[dict[str, Any]]] = {"delete": [], "swap": []}
     for kind in curves:
         for k in sorted({p["k"] for p in plans if p["kind"] == kind}):
-            errs = [r["error"] for p, r in zip(plans, results[1:], strict=True)
-                    if p["kind"] == kind and p["k"] == k]  # fmt: skip
-            curves[kind].append({"k": k, "mean": float(np.mean(errs)), "std": float(np.std(errs)),
-                                 "min": min(errs), "max": max(errs), "draws": len(errs)})  # fmt: skip
-    draws = [{"net": subject.name, "kind": p["kind"], "k": p["k"], "blocks": str(p["blocks"]),
-              "error": r["error"]} for p, r in zip(plans, results[1:], strict=True)
-             if p["kind"] != "single"]  # fmt: skip
+            errs = [
+                r["error"]
+                for p, r in zip(plans, results[1:], strict=True)
+                if p["kind"] == kind and p["k"] == k
+            ]
+            curves[kind].append(
+                {
+                    "k": k,
+                    "mean": float(np.mean(errs)),
+                    "std": float(np.std(errs)),
+                    "min": min(errs),
+                    "max": max(errs),
+                    "draws": len(errs),
+                }
+            )
+    draws = [
+        {
+            "net": subject.name,
+            "kind": p["kind"],
+            "k": p["k"],
+            "blocks": str(p["blocks"]),
+            "error": r["error"],
+        }
+        for p, r in zip(plans, results[1:], strict=True)
+        if p["kind"] != "single"
+    ]
     skips = any(b.skip for b in chain.blocks)
-    return {"name": subject.name, "label": subject.label, "skips": skips, "weights": subject.weights,
-            "intact_error": base["error"], "intact_loss": base["loss"], "singles": rows,
-            "curves": curves, "draws": draws, "evaluations": len(plans) + 1}  # fmt: skip
+    return {
+        "name": subject.name,
+        "label": subject.label,
+        "skips": skips,
+        "weights": subject.weights,
+        "intact_error": base["error"],
+        "intact_loss": base["loss"],
+        "singles": rows,
+        "curves": curves,
+        "draws": draws,
+        "evaluations": len(plans) + 1,
+    }
 
 
 def net_verdict(net: dict[str, Any]) -> dict[str, Any]:
@@ -151,10 +201,16 @@ def net_verdict(net: dict[str, Any]) -> dict[str, Any]:
     inner = [r["increase"] for r in net["singles"] if r["deletable"] and not r["downsampling"]]
     down = [r["increase"] for r in net["singles"] if r["deletable"] and r["downsampling"]]
     blocked = [r["block"] for r in net["singles"] if not r["deletable"]]
-    facts = {"net": net["name"], "skips": net["skips"], "intact_error": net["intact_error"],
-             "inner_max": max(inner, default=None), "inner_min": min(inner, default=None),
-             "inner_median": float(np.median(inner)) if inner else None,
-             "down_max": max(down, default=None), "not_deletable": blocked}  # fmt: skip
+    facts = {
+        "net": net["name"],
+        "skips": net["skips"],
+        "intact_error": net["intact_error"],
+        "inner_max": max(inner, default=None),
+        "inner_min": min(inner, default=None),
+        "inner_median": float(np.median(inner)) if inner else None,
+        "down_max": max(down, default=None),
+        "not_deletable": blocked,
+    }
     return facts
 
 
@@ -167,9 +223,11 @@ def verdict(nets: list[dict[str, Any]]) -> list[str]:
     lines = [CLAIM]
     facts = [net_verdict(n) for n in nets]
     for f, n in zip(facts, nets, strict=True):
-        text = (f"{n['label']}: intact error {100 * f['intact_error']:.2f} %; deleting one "
-                f"non-downsampling block changes it by {_pts(f['inner_min'])} to "
-                f"{_pts(f['inner_max'])} points (median {_pts(f['inner_median'])})")  # fmt: skip
+        text = (
+            f"{n['label']}: intact error {100 * f['intact_error']:.2f} %; deleting one "
+            f"non-downsampling block changes it by {_pts(f['inner_min'])} to "
+            f"{_pts(f['inner_max'])} points (median {_pts(f['inner_median'])})"
+        )
         if f["down_max"] is not None:
             text += f"; a downsampling block by up to {_pts(f['down_max'])}"
         if f["not_deletable"]:
@@ -182,17 +240,23 @@ def verdict(nets: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"ResNet claim on {r['net']}: deleting one non-downsampling block raises the error by "
             f"at most {100 * r['inner_max']:.1f} points: "
-            + (f"holds (at most {100 * SMALL:.0f} points)." if ok else
-               f"does not hold as stated (more than {100 * SMALL:.0f} points).")
-        )  # fmt: skip
+            + (
+                f"holds (at most {100 * SMALL:.0f} points)."
+                if ok
+                else f"does not hold as stated (more than {100 * SMALL:.0f} points)."
+            )
+        )
         for p in plain:
             lines.append(
                 f"{r['net']} against {p['net']}: the most harmful single deletion of {r['net']} "
                 f"costs {100 * r['inner_max']:.1f} points, the least harmful of {p['net']} "
                 f"{100 * p['inner_min']:.1f} points: "
-                + ("the plain net depends on every block far more." if p["inner_min"] >
-                   r["inner_max"] else "the separation the paper reports does not show here.")
-            )  # fmt: skip
+                + (
+                    "the plain net depends on every block far more."
+                    if p["inner_min"] > r["inner_max"]
+                    else "the separation the paper reports does not show here."
+                )
+            )
     return lines
 
 
@@ -207,8 +271,9 @@ def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
         for r in net["singles"]:
             if not r["deletable"]:
                 ax.text(r["index"], 2, "n/a", rotation=90, ha="center", fontsize=7)
-        ax.axhline(100 * net["intact_error"], color="k", linestyle="--", linewidth=1,
-                   label="intact")  # fmt: skip
+        ax.axhline(
+            100 * net["intact_error"], color="k", linestyle="--", linewidth=1, label="intact"
+        )
         ax.set_title(net["label"], fontsize=9)
         ax.set_xlabel("deleted block (red: downsampling)")
         ax.set_ylabel("test error (%)")
@@ -221,11 +286,13 @@ def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
 def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
     plt = runs.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, kind, title in zip(axes, ("delete", "swap"), ("k random blocks deleted",
-                                                          "k random pairs swapped"), strict=True):
+    for ax, kind, title in zip(
+        axes, ("delete", "swap"), ("k random blocks deleted", "k random pairs swapped"), strict=True
+    ):
         for net in nets:
             pts = [(0, 100 * net["intact_error"], 0.0)] + [
-                (c["k"], 100 * c["mean"], 100 * c["std"]) for c in net["curves"][kind]]
+                (c["k"], 100 * c["mean"], 100 * c["std"]) for c in net["curves"][kind]
+            ]
             k, mean, std = (np.array(v) for v in zip(*pts, strict=True))
             ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=net["label"])
         ax.set_title(title, fontsize=10)
@@ -238,14 +305,22 @@ def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
     return runs.save_figure(fig, path)
 
 
-def run_lesion(config: LesionConfig, out: str | Path | None = None, *, resume: bool = False,
-               command: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+def run_lesion(
+    config: LesionConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Lesion every net of the config on the same images; returns (run folder, lesion.json)."""
     if config.max_k < 0 or config.draws < 1 or config.batch < 1:
         raise ResnetlabError("--draws and --batch must be at least 1, --max-k at least 0.")
     pretrained = _pretrained_for(config)
-    subjects = [load_subject(m, p, config.normalisation)
-                for m, p in zip(config.models, pretrained, strict=True)]  # fmt: skip
+    subjects = [
+        load_subject(m, p, config.normalisation)
+        for m, p in zip(config.models, pretrained, strict=True)
+    ]
     run_dir = runs.new_run_dir("lesion", out, resume=resume)
     runs.start_run(run_dir, config, command)
     print(f"lesion: run folder {run_dir}", file=sys.stderr, flush=True)
@@ -253,8 +328,9 @@ def run_lesion(config: LesionConfig, out: str | Path | None = None, *, resume: b
     for subject in subjects:
         key = repr(subject.normalisation)
         if key not in cache:
-            cache[key] = load_split(config.data, config.split, config.eval_size, config.seed,
-                                    subject.normalisation)  # fmt: skip
+            cache[key] = load_split(
+                config.data, config.split, config.eval_size, config.seed, subject.normalisation
+            )
             data_lines.append(f"{cache[key][2]} ({len(cache[key][1]):,} images)")
         x, y, _ = cache[key]
         nets.append(lesion_net(subject, x, y, config, progress))
@@ -263,9 +339,15 @@ def run_lesion(config: LesionConfig, out: str | Path | None = None, *, resume: b
     result = {"nets": nets, "verdict": [net_verdict(n) for n in nets], "summary": summary}
     write_json(run_dir / "lesion.json", result)
     runs.write_csv(run_dir / "lesion_single.csv", [r for n in nets for r in n["singles"]])
-    runs.write_csv(run_dir / "lesion_k.csv", [{"net": n["name"], "kind": kind, **c}
-                                              for n in nets for kind in ("delete", "swap")
-                                              for c in n["curves"][kind]])  # fmt: skip
+    runs.write_csv(
+        run_dir / "lesion_k.csv",
+        [
+            {"net": n["name"], "kind": kind, **c}
+            for n in nets
+            for kind in ("delete", "swap")
+            for c in n["curves"][kind]
+        ],
+    )
     runs.write_csv(run_dir / "lesion_draws.csv", [d for n in nets for d in n["draws"]])
     plot_singles(nets, run_dir / "lesion_single.png")
     plot_curves(nets, run_dir / "lesion_k.png")

@@ -82,7 +82,9 @@ class MLP(nn.Module):
         return self.last(h)
 
 
-def sweep_gradient(model: nn.Module, x0: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+def sweep_gradient(
+    model: nn.Module, x0: torch.Tensor, v: torch.Tensor, t: torch.Tensor
+) -> np.ndarray:
     """g(t) = ∂f(x0 + t·v)/∂t for output unit 0, BatchNorm frozen at the sweep's statistics."""
     x = x0.unsqueeze(0) + t.view(-1, *[1] * x0.dim()) * v.unsqueeze(0)
     for m in model.modules():
@@ -121,8 +123,11 @@ def fit_decay(depths: list[int], rho: list[float]) -> dict[str, Any]:
         slope, intercept = np.polyfit(xs, r, 1)
         pred = intercept + slope * xs
         ss = float(((r - r.mean()) ** 2).sum())
-        out[name] = {"slope": float(slope), "intercept": float(intercept),
-                     "r2": 1 - float(((r - pred) ** 2).sum()) / ss if ss else 1.0}  # fmt: skip
+        out[name] = {
+            "slope": float(slope),
+            "intercept": float(intercept),
+            "r2": 1 - float(((r - pred) ** 2).sum()) / ss if ss else 1.0,
+        }
     return out
 
 
@@ -137,8 +142,14 @@ def measure(kind: str, depth: int, config: ShatteredConfig, seed: int) -> dict[s
     t = torch.linspace(-2, 2, config.points)
     g = sweep_gradient(model, x0, v, t)
     rho = autocorrelation(g, min(16, config.points // 4))
-    return {"kind": kind, "depth": depth, "seed": seed, "rho1": float(rho[1]),
-            "autocorrelation": rho.tolist(), "gradient": g.tolist()}  # fmt: skip
+    return {
+        "kind": kind,
+        "depth": depth,
+        "seed": seed,
+        "rho1": float(rho[1]),
+        "autocorrelation": rho.tolist(),
+        "gradient": g.tolist(),
+    }
 
 
 def plot(rows: list[dict], fits: dict, path: Path, config: ShatteredConfig) -> Path:
@@ -148,13 +159,20 @@ def plot(rows: list[dict], fits: dict, path: Path, config: ShatteredConfig) -> P
     for i, kind in enumerate(config.kinds):
         mine = [r for r in rows if r["kind"] == kind and r["seed"] == config.seed]
         depths = sorted({r["depth"] for r in rows if r["kind"] == kind})
-        means = [float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
-                 for d in depths]  # fmt: skip
+        means = [
+            float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
+            for d in depths
+        ]
         axes[0].plot(depths, means, "o-", color=colours(i), label=kind)
         deepest = max(mine, key=lambda r: r["depth"])
         g = np.asarray(deepest["gradient"])
-        axes[1].plot(np.linspace(-2, 2, len(g)), g / (np.abs(g).max() or 1), color=colours(i),
-                     linewidth=0.8, label=f"{kind}, depth {deepest['depth']}")  # fmt: skip
+        axes[1].plot(
+            np.linspace(-2, 2, len(g)),
+            g / (np.abs(g).max() or 1),
+            color=colours(i),
+            linewidth=0.8,
+            label=f"{kind}, depth {deepest['depth']}",
+        )
         axes[2].plot(deepest["autocorrelation"], color=colours(i), label=kind)
     axes[0].set_xscale("log")
     axes[0].set_xlabel("depth (layers)")
@@ -171,8 +189,14 @@ def plot(rows: list[dict], fits: dict, path: Path, config: ShatteredConfig) -> P
     return runs.save_figure(fig, path)
 
 
-def run_shattered(config: ShatteredConfig, out: str | Path | None = None, *, resume: bool = False,
-                  command: str | None = None, progress: bool = True) -> tuple[Path, dict]:  # fmt: skip
+def run_shattered(
+    config: ShatteredConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict]:
     """Every kind × depth × seed; writes shattered.json/.csv/.png; resumable per measurement."""
     bad = [k for k in config.kinds if k not in KINDS]
     if bad:
@@ -187,8 +211,12 @@ def run_shattered(config: ShatteredConfig, out: str | Path | None = None, *, res
     print(f"shattered: run folder {run_dir}", file=sys.stderr, flush=True)
     path = run_dir / "measurements.jsonl"
     done = {(r["kind"], r["depth"], r["seed"]): r for r in runs.read_jsonl(path)}
-    jobs = [(k, d, config.seed + s) for k in config.kinds for d in config.depths
-            for s in range(config.seeds)]  # fmt: skip
+    jobs = [
+        (k, d, config.seed + s)
+        for k in config.kinds
+        for d in config.depths
+        for s in range(config.seeds)
+    ]
     for job in tqdm([j for j in jobs if j not in done], desc="shattered", disable=not progress):
         record = measure(*job[:2], config, job[2])
         runs.append_jsonl(path, record)
@@ -197,8 +225,10 @@ def run_shattered(config: ShatteredConfig, out: str | Path | None = None, *, res
     fits, table, summary = {}, [], [CLAIM]
     for kind in config.kinds:
         depths = sorted(config.depths)
-        rho = [float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
-               for d in depths]  # fmt: skip
+        rho = [
+            float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
+            for d in depths
+        ]
         fits[kind] = fit_decay(depths, rho)
         table += [{"kind": kind, "depth": d, "rho1": p} for d, p in zip(depths, rho, strict=True)]
         e, p = fits[kind]["exponential"], fits[kind]["power"]
@@ -217,9 +247,12 @@ def run_shattered(config: ShatteredConfig, out: str | Path | None = None, *, res
         summary.append(
             f"At depth {max(config.depths)} the plain net's lag-1 autocorrelation is "
             f"{plain[-1]:.3f}, the ResNet's {res[-1]:.3f}: "
-            + ("the plain net's gradient is the more shattered, as the paper predicts."
-               if shows else "the effect the paper predicts does not show here.")
-        )  # fmt: skip
+            + (
+                "the plain net's gradient is the more shattered, as the paper predicts."
+                if shows
+                else "the effect the paper predicts does not show here."
+            )
+        )
     runs.write_csv(run_dir / "shattered.csv", table)
     plot(rows, fits, run_dir / "shattered.png", config)
     result = {"rho1": table, "fits": fits, "summary": summary}

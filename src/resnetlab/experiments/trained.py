@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..models import create_model
-from ..models.blocks import BasicBlock, BottleneckBlock, PreActBasicBlock, PreActBottleneckBlock
+from ..models.blocks import BasicBlock, BottleneckBlock
 from ..models.cifar import CifarResNet, PreActResNet
 from ..models.resnet import ResNet
 
@@ -57,7 +57,9 @@ def load_subject(spec: str, pretrained: str | None = None, normalisation: str = 
     ResNets' and the named CIFAR weights'); ``imagenet``; ``none``.
     """
     if normalisation not in NORMALISATIONS:
-        raise ResnetlabError(f"unknown normalisation {normalisation!r}. Use auto, imagenet or none.")
+        raise ResnetlabError(
+            f"unknown normalisation {normalisation!r}. Use auto, imagenet or none."
+        )
     folder = Path(spec)
     if folder.is_dir():
         if pretrained:
@@ -68,10 +70,11 @@ def load_subject(spec: str, pretrained: str | None = None, normalisation: str = 
         weights = run_weights(folder)
         ckpt = torch.load(weights, map_location="cpu", weights_only=True)
         options = config.get("model_options") or {}
-        model = create_model(config["model"], num_classes=len(ckpt.get("classes") or []) or None,
-                             **options)  # fmt: skip
-        model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
-        norm = ckpt.get("preprocess") or {} if normalisation == "auto" else _named(normalisation)
+        model = create_model(
+            config["model"], num_classes=len(ckpt.get("classes") or []) or None, **options
+        )
+        model.load_state_dict(ckpt.get("model", ckpt))
+        norm = (ckpt.get("preprocess") or {}) if normalisation == "auto" else _named(normalisation)
         label = f"{config['model']} ({folder.name})"
         return Subject(model.eval(), config["model"], label, str(weights), dict(norm))
     model = create_model(spec, pretrained=pretrained or False)
@@ -96,8 +99,9 @@ def normalise(images: torch.Tensor, norm: dict[str, Any]) -> torch.Tensor:
     return x
 
 
-def load_split(data: str, split: str, count: int | None, seed: int,
-               norm: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, str]:  # fmt: skip
+def load_split(
+    data: str, split: str, count: int | None, seed: int, norm: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A split of ``data`` (stratified subsample of ``count``), normalised; and its description."""
     from ..data import open_data
     from ..data.synthetic import subsample
@@ -177,9 +181,14 @@ def deletable(block: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def errors_of_variants(chain: Chain, x: torch.Tensor, y: torch.Tensor,
-                       variants: list[list[nn.Module]], batch: int = 500,
-                       progress: Any = None) -> list[dict[str, float]]:  # fmt: skip
+def errors_of_variants(
+    chain: Chain,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    variants: list[list[nn.Module]],
+    batch: int = 500,
+    progress: Any = None,
+) -> list[dict[str, float]]:
     """Test error and loss of each variant (a full list of blocks) plus the intact net first.
 
     Per batch the intact activations before every block are kept, and each variant runs
@@ -188,8 +197,10 @@ def errors_of_variants(chain: Chain, x: torch.Tensor, y: torch.Tensor,
     intact = chain.blocks
     starts = []
     for blocks in variants:
-        first = next((i for i, (a, b) in enumerate(zip(blocks, intact, strict=True))
-                      if a is not b), len(intact))  # fmt: skip
+        first = next(
+            (i for i, (a, b) in enumerate(zip(blocks, intact, strict=True)) if a is not b),
+            len(intact),
+        )
         starts.append(first)
     wrong = torch.zeros(len(variants) + 1)
     loss = torch.zeros(len(variants) + 1, dtype=torch.float64)
@@ -210,5 +221,4 @@ def errors_of_variants(chain: Chain, x: torch.Tensor, y: torch.Tensor,
         if progress is not None:
             progress.update(len(xb))
     n = len(x)
-    return [{"error": float(w) / n, "loss": float(v) / n} for w, v in zip(wrong, loss,
-                                                                          strict=True)]  # fmt: skip
+    return [{"error": float(w) / n, "loss": float(v) / n} for w, v in zip(wrong, loss, strict=True)]

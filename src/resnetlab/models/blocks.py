@@ -3,9 +3,9 @@
 Every block maps ``in_channels`` to ``out_channels`` (the block's output width) and takes
 ``skip`` (False gives the plain twin: same layers, no addition) and ``shortcut``, He et al. 2015
 §3.3: ``"A"`` subsample + zero-pad (no parameters), ``"B"`` 1×1 projection where the shape
-changes, ``"C"`` 1×1 projection in every block. ``residual_scale=True`` multiplies the residual branch by a
-learnable scalar that starts at 0 (SkipInit, De & Smith 2020; ReZero, Bachlechner et al. 2020),
-so the block starts as its shortcut.
+changes, ``"C"`` 1×1 projection in every block. ``residual_scale=True`` multiplies the residual
+branch by a learnable scalar that starts at 0 (SkipInit, De & Smith 2020; ReZero, Bachlechner
+et al. 2020), so the block starts as its shortcut.
 """
 
 from __future__ import annotations
