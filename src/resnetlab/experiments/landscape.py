@@ -249,7 +249,7 @@ def run_landscape(
     """The slices (and interpolation) of one net; returns (run folder, landscape.json)."""
     if config.points_1d < 3 or config.grid == 1 or config.grid < 0 or config.span <= 0:
         raise ResnetlabError("--points-1d must be at least 3, --grid 0 or at least 2, --span > 0.")
-    subject = load_subject(config.model, config.pretrained, config.normalisation)
+    subject = load_subject(config.model, config.pretrained, config.normalisation, config.seed)
     run_dir = runs.new_run_dir("landscape", out, resume=resume)
     runs.start_run(run_dir, config, command)
     print(

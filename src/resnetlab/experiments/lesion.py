@@ -318,7 +318,7 @@ def run_lesion(
         raise ResnetlabError("--draws and --batch must be at least 1, --max-k at least 0.")
     pretrained = _pretrained_for(config)
     subjects = [
-        load_subject(m, p, config.normalisation)
+        load_subject(m, p, config.normalisation, config.seed)
         for m, p in zip(config.models, pretrained, strict=True)
     ]
     run_dir = runs.new_run_dir("lesion", out, resume=resume)

@@ -191,7 +191,7 @@ def run_paths(
     """The trained net (``model``/``pretrained``) and an untrained one of its architecture."""
     if config.images < 1 or config.draws < 1:
         raise ResnetlabError("--images and --draws must be at least 1.")
-    subject = load_subject(config.model, config.pretrained, config.normalisation)
+    subject = load_subject(config.model, config.pretrained, config.normalisation, config.seed)
     run_dir = runs.new_run_dir("paths", out, resume=resume)
     runs.start_run(run_dir, config, command)
     print(f"paths: run folder {run_dir}", file=sys.stderr, flush=True)

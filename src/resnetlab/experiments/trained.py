@@ -50,11 +50,14 @@ def run_weights(folder: Path) -> Path:
     raise ResnetlabError(f"{folder} holds no best.pt or last.pt. Pass a finished training run.")
 
 
-def load_subject(spec: str, pretrained: str | None = None, normalisation: str = "auto") -> Subject:
+def load_subject(
+    spec: str, pretrained: str | None = None, normalisation: str = "auto", seed: int = 0
+) -> Subject:
     """The net named by ``spec`` (model name or run folder), loaded and in eval mode.
 
     ``normalisation`` ``auto``: a run folder's own, else ImageNet mean/std (the peer CIFAR
-    ResNets' and the named CIFAR weights'); ``imagenet``; ``none``.
+    ResNets' and the named CIFAR weights'); ``imagenet``; ``none``. A net without weights is
+    initialised from ``seed``, so a resumed study sees the same one.
     """
     if normalisation not in NORMALISATIONS:
         raise ResnetlabError(
@@ -77,6 +80,7 @@ def load_subject(spec: str, pretrained: str | None = None, normalisation: str = 
         norm = (ckpt.get("preprocess") or {}) if normalisation == "auto" else _named(normalisation)
         label = f"{config['model']} ({folder.name})"
         return Subject(model.eval(), config["model"], label, str(weights), dict(norm))
+    torch.manual_seed(seed)
     model = create_model(spec, pretrained=pretrained or False)
     label = f"{spec} ({Path(str(pretrained)).name if pretrained else 'untrained'})"
     norm = _named("imagenet" if normalisation == "auto" else normalisation)
