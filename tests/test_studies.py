@@ -272,3 +272,40 @@ def test_peer_resnet20_lesion_on_real_data(shared_dir, tmp_path):
     assert subject.normalisation["mean"] == [0.485, 0.456, 0.406]
     assert all(r["deletable"] for r in net["singles"])
     assert [r["downsampling"] for r in net["singles"]].count(True) == 2
+
+
+def test_degradation_arms_build_the_identity_starts():
+    from resnetlab.experiments.degradation import build_net, display, net_name
+    from resnetlab.experiments.variants import check_variants
+
+    dirac = build_net("cifar", "plain-dirac", 8, 10, 3).eval()
+    x = torch.rand(1, 16, 32, 32)
+    torch.testing.assert_close(dirac.layer1[0](x), x, atol=1e-4, rtol=1e-4)
+    scaled = build_net("cifar", "resnet-scale", 20, 10, 3).eval()
+    torch.testing.assert_close(scaled.layer1[0](x), x)
+    assert (net_name("plain-dirac", 20), display("plain-dirac", 20)) == (
+        "plain-dirac20",
+        "plain-dirac-20",
+    )
+    with pytest.raises(ResnetlabError, match="plain-dirac"):
+        check_variants(["plain", "dirac"])
+
+
+def test_demo_trained_part_says_what_it_left_out(tmp_path, tiny_npz, monkeypatch):
+    from resnetlab.experiments.demo import DemoConfig, trained_part
+
+    monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
+    common = {"resume": False, "command": None, "progress": False}
+    dirs, note = trained_part(DemoConfig(data="cifar10", quick=True), tmp_path / "a", common)
+    assert dirs == [] and note.startswith("Left out") and "weights" in note
+    weights = tmp_path / "home" / "weights"
+    weights.mkdir(parents=True)
+    torch.save(create_model("resnet20").state_dict(), weights / "resnet20-test.th")
+    dirs, note = trained_part(DemoConfig(data="synthetic", quick=True), tmp_path / "b", common)
+    assert dirs == [] and "not CIFAR-10" in note
+    data = tmp_path / "cifar10-tiny.npz"
+    data.write_bytes(tiny_npz.read_bytes())
+    config = DemoConfig(data=str(data), quick=True)
+    dirs, note = trained_part(config, tmp_path / "c", common)
+    assert [d.name for d in dirs] == ["lesion", "landscape"] and "resnet20-test.th" in note
+    assert (dirs[0] / "lesion_single.png").is_file() and (dirs[1] / "landscape_1d.png").is_file()
