@@ -188,7 +188,8 @@ def _interpolation_start(spec: str, subject: Any, seed: int) -> dict[str, torch.
 def interpolate(
     model: nn.Module, start: dict, end: dict, alphas: np.ndarray, x, y, batch: int, progress: bool
 ) -> list[dict]:
-    """Loss and error at (1 - α)·start + α·end, parameters and BN statistics alike."""
+    """Loss and error at (1 - α)·start + α·end, parameters and BN statistics alike; a BN
+    variance extrapolated below zero (α outside [0, 1]) is clipped to zero."""
     rows = []
     probe = copy.deepcopy(model)
     for alpha in tqdm(alphas, desc="interpolation", disable=not progress, leave=False):
@@ -196,6 +197,8 @@ def interpolate(
             k: (1 - alpha) * start[k].float() + alpha * v.float() if v.is_floating_point() else v
             for k, v in end.items()
         }
+        for key in [k for k in state if k.endswith("running_var")]:
+            state[key] = state[key].clamp_min(0)
         probe.load_state_dict(state)
         rows.append({"alpha": float(alpha), **loss_and_error(probe, x, y, batch)})
     return rows
