@@ -144,7 +144,8 @@ def sweep(
 
 def surface_facts(loss: np.ndarray, step: float) -> dict[str, Any]:
     """Shape figures of a 2-D loss grid: the fraction of interior points with negative
-    curvature along some direction (finite-difference Hessian), and the local minima."""
+    curvature along some direction (finite-difference Hessian), on the whole grid and on its
+    central half (the far flanks saturate and bend down in any net), and the local minima."""
     fxx = (loss[2:, 1:-1] - 2 * loss[1:-1, 1:-1] + loss[:-2, 1:-1]) / step**2
     fyy = (loss[1:-1, 2:] - 2 * loss[1:-1, 1:-1] + loss[1:-1, :-2]) / step**2
     fxy = (loss[2:, 2:] - loss[2:, :-2] - loss[:-2, 2:] + loss[:-2, :-2]) / (4 * step**2)
@@ -160,8 +161,10 @@ def surface_facts(loss: np.ndarray, step: float) -> dict[str, Any]:
     )
     minima = int((loss < neighbours.min(0)).sum())
     c = loss.shape[0] // 2
+    inner = lowest[c // 2 : lowest.shape[0] - c // 2, c // 2 : lowest.shape[1] - c // 2]
     return {
         "nonconvex_fraction": float((lowest < 0).mean()),
+        "central_nonconvex_fraction": float((inner < 0).mean()),
         "local_minima": minima,
         "centre_loss": float(loss[c, c]),
         "max_loss": float(loss.max()),
@@ -321,7 +324,8 @@ def run_landscape(
         summary.append(
             f"Measured on {label}: centre loss {facts['centre_loss']:.3f}, mean loss on the grid's "
             f"edge {facts['edge_mean_loss']:.3f}; {100 * facts['nonconvex_fraction']:.0f} % of "
-            f"interior grid points have negative curvature along some direction; "
+            f"interior grid points have negative curvature along some direction "
+            f"({100 * facts['central_nonconvex_fraction']:.0f} % in the central half); "
             f"{facts['local_minima']} local minima on the {config.grid}×{config.grid} grid."
         )
     if config.interpolate_from:
