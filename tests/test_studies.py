@@ -309,3 +309,13 @@ def test_demo_trained_part_says_what_it_left_out(tmp_path, tiny_npz, monkeypatch
     dirs, note = trained_part(config, tmp_path / "c", common)
     assert [d.name for d in dirs] == ["lesion", "landscape"] and "resnet20-test.th" in note
     assert (dirs[0] / "lesion_single.png").is_file() and (dirs[1] / "landscape_1d.png").is_file()
+
+
+def test_one_pretrained_value_goes_to_model_names_only(tmp_path):
+    from resnetlab.experiments.lesion import _pretrained_for
+
+    config = LesionConfig(models=["resnet56", str(tmp_path)], pretrained=["cifar10"])
+    assert _pretrained_for(config) == ["cifar10", None]
+    config = LesionConfig(models=["resnet20", "plain20"], pretrained=["a.th", "none"])
+    assert _pretrained_for(config) == ["a.th", None]
+    assert _pretrained_for(LesionConfig(models=["resnet20"])) == [None]

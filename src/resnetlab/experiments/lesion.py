@@ -65,10 +65,11 @@ def _pretrained_for(config: LesionConfig) -> list[str | None]:
             f"{len(given)} --pretrained values for {len(config.models)} models. Give one for all, "
             "or one per model in the same order."
         )
-    values = given if len(given) > 1 else given * len(config.models)
-    return [v if v not in (None, "none", "") else None for v in values] or [None] * len(
-        config.models
-    )
+    if len(given) > 1:
+        values: list[str | None] = list(given)
+    else:  # one value for every model name; run folders bring their own weights
+        values = [None if Path(m).is_dir() else (given or [None])[0] for m in config.models]
+    return [v if v not in ("none", "") else None for v in values]
 
 
 def plan_variants(
