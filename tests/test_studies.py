@@ -145,6 +145,7 @@ def test_surface_facts_on_a_convex_and_a_wavy_bowl():
     assert wavy["nonconvex_fraction"] > 0.2 and wavy["local_minima"] > 1
 
 
+@pytest.mark.slow  # about 10 s on a shared 2-core CPU: three grids of folded nets
 def test_interrupted_grid_resumes_to_the_same_result(tmp_path, tiny_npz, monkeypatch):
     config = LandscapeConfig(
         model="resnet20",
