@@ -26,6 +26,7 @@ from ..models.cifar import CifarResNet, PreActResNet
 from . import runs
 
 KINDS = ("plain", "resnet", "preact", "mlp-plain", "mlp-resnet")
+NOISE_FLOOR = 0.1  # |ρ| of a shattered gradient over a 128-point sweep stays below this
 CLAIM = (
     "Balduzzi et al. 2017 (§3-4, Fig. 1-3, published) show that the correlation between the "
     "gradients at nearby inputs decays exponentially with depth in feedforward rectifier nets "
@@ -110,12 +111,14 @@ def autocorrelation(g: np.ndarray, max_lag: int) -> np.ndarray:
     return np.array([float((g[: len(g) - k] * g[k:]).mean()) / var for k in range(max_lag + 1)])
 
 
-def fit_decay(depths: list[int], rho: list[float]) -> dict[str, Any]:
-    """Least-squares fits of |ρ| against depth: exponential (log ρ = a + b·L) and power law
-    (log ρ = a + b·log L), with the R² of each."""
-    L = np.asarray(depths, dtype=float)
-    r = np.log(np.clip(np.abs(np.asarray(rho)), 1e-6, None))
-    out = {}
+def fit_decay(depths: list[int], rho: list[float], floor: float = 0.0) -> dict[str, Any]:
+    """Least-squares fits of ρ against depth: exponential (log ρ = a + b·L) and power law
+    (log ρ = a + b·log L), with the R² of each, on the depths where ρ is above ``floor`` (below
+    it the autocorrelation of a finite sweep is noise, and so would the fit be)."""
+    keep = [i for i, v in enumerate(rho) if v > max(floor, 1e-6)]
+    L = np.asarray([depths[i] for i in keep], dtype=float)
+    r = np.log(np.asarray([rho[i] for i in keep]))
+    out: dict[str, Any] = {"depths_fitted": [depths[i] for i in keep]}
     for name, xs in (("exponential", L), ("power", np.log(L))):
         if len(L) < 2:
             out[name] = None
@@ -229,16 +232,23 @@ def run_shattered(
             float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
             for d in depths
         ]
-        fits[kind] = fit_decay(depths, rho)
+        fits[kind] = fit_decay(depths, rho, NOISE_FLOOR)
         table += [{"kind": kind, "depth": d, "rho1": p} for d, p in zip(depths, rho, strict=True)]
         e, p = fits[kind]["exponential"], fits[kind]["power"]
+        text = f"{kind}: lag-1 autocorrelation {rho[0]:.3f} at depth {depths[0]} to {rho[-1]:.3f} "
+        text += f"at {depths[-1]}"
+        below = [d for d, v in zip(depths, rho, strict=True) if v <= NOISE_FLOOR]
+        if below:
+            text += f"; at the noise floor (ρ ≤ {NOISE_FLOOR}) from depth {below[0]}"
         if e is None:
+            summary.append(text + "; too few depths above the floor to fit a decay.")
             continue
         better = "exponential" if e["r2"] >= p["r2"] else "power law"
+        fitted = fits[kind]["depths_fitted"]
         summary.append(
-            f"{kind}: lag-1 autocorrelation {rho[0]:.3f} at depth {depths[0]} to {rho[-1]:.3f} "
-            f"at {depths[-1]}; fits: exponential slope {e['slope']:.4f}/layer (R² {e['r2']:.2f}), "
-            f"power exponent {p['slope']:.2f} (R² {p['r2']:.2f}); better fit: {better}."
+            text + f"; fits on depths {fitted[0]}-{fitted[-1]} above the floor: exponential "
+            f"slope {e['slope']:.4f}/layer (R² {e['r2']:.2f}), power exponent {p['slope']:.2f} "
+            f"(R² {p['r2']:.2f}); better fit: {better}."
         )
     plain = [t["rho1"] for t in table if t["kind"] == "plain"]
     res = [t["rho1"] for t in table if t["kind"] == "resnet"]
