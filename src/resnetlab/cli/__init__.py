@@ -15,7 +15,8 @@ from typing import NoReturn
 from ..errors import ResnetlabError
 
 # Modules that define sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "finetune", "demo"]
+COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "studies", "finetune",
+                   "demo"]
 
 
 # OS errors that are the user's to fix (a path, space, permissions): one line, exit 2.

@@ -33,6 +33,7 @@ def run_degradation_command(args: argparse.Namespace) -> int:
         eval_size=args.eval_size,
         eval_every=args.eval_every,
         device=args.device,
+        variants=args.variants.split(","),
     )
     with _threads(args.threads):
         run_dir, result = run_degradation(
@@ -121,6 +122,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="N",
         help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
+    )
+    p.add_argument(
+        "--variants",
+        default="plain,resnet",
+        help="arms: plain, resnet, plain-dirac (Dirac init), resnet-scale (zero residual scale)",
     )
     p.add_argument("--recipe", default="he2015-cifar", help="training recipe (he2015-cifar)")
     p.add_argument(

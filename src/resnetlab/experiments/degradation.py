@@ -24,6 +24,7 @@ from ..files import write_json, write_text_atomic
 from ..models import create_model, list_models, model_info
 from ..models.registry import ModelInfo
 from . import runs
+from .variants import DEFAULT_VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
 DEFAULT_SIZE = {"cifar": 32, "imagenet": 64}
@@ -49,14 +50,17 @@ class DegradationConfig:
     eval_size: int | None = None  # evaluate on a stratified subsample of val and test
     eval_every: int | None = None  # None: 20 evaluations per run
     device: str = "auto"
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
 
 
 def net_name(kind: str, depth: int) -> str:
+    if kind not in LABEL:  # an extra arm, e.g. plain-dirac20
+        return f"{kind}{depth}"
     return f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
 
 
 def display(kind: str, depth: int) -> str:
-    return f"{LABEL[kind]}-{depth}"
+    return f"{LABEL.get(kind, kind)}-{depth}"
 
 
 def registered(family: str, name: str) -> bool:
@@ -69,13 +73,13 @@ def registered(family: str, name: str) -> bool:
 
 def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels: int) -> nn.Module:
     """``plainN``/``resnetN`` from the registry; CIFAR depths it lacks (6n+2) built directly."""
-    name = net_name(kind, depth)
+    name, options = net_name(base_kind(kind), depth), arm_options(kind)
     if registered(family, name) or family == "imagenet":
-        return create_model(name, num_classes=num_classes, in_channels=in_channels)
+        return create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
     from ..models.cifar import CifarResNet
 
-    skip = kind == "residual"
-    model = CifarResNet(depth, num_classes, in_channels=in_channels, skip=skip)
+    skip = base_kind(kind) == "residual"
+    model = CifarResNet(depth, num_classes, in_channels=in_channels, skip=skip, **options)
     model.info = ModelInfo(  # type: ignore[attr-defined]
         name, f"cifar-{'resnet' if skip else 'plain'}", depth, skip, (in_channels, 32, 32),
         num_classes, lambda **o: CifarResNet(depth, skip=skip, **o),
@@ -85,6 +89,7 @@ def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels:
 
 def check_config(config: DegradationConfig, recipe_iters: int | None) -> None:
     """Refuse settings that cannot make the experiment, naming the fix."""
+    check_variants(config.variants)
     if config.family not in FAMILIES:
         raise ResnetlabError(f"unknown family {config.family!r}. Use cifar or imagenet.")
     if len(set(config.depths)) < 2:
@@ -229,9 +234,10 @@ def plot_degradation(curves: dict[str, dict], title: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, kind in zip(axes, ("plain", "residual"), strict=True):
         for c in sorted(
-            (c for c in curves.values() if c["kind"] == kind), key=lambda c: c["depth"]
+            (c for c in curves.values() if base_kind(c["kind"]) == kind),
+            key=lambda c: (c["depth"], c["kind"]),
         ):
-            colour = colours(depths.index(c["depth"]) % 10)
+            colour = colours((depths.index(c["depth"]) + 3 * (c["kind"] not in LABEL)) % 10)
             name = display(kind, c["depth"])
             train, test = c["curves"]["train"], c["curves"]["test"]
             ax.plot(train["step"], [100 * e for e in train["error"]], "--", color=colour,
@@ -291,7 +297,8 @@ def run_degradation(
         "max_iters": iterations, "milestones": tuple(milestones), "eval_every": eval_every,
         "checkpoint_every": eval_every, "log_every": max(1, min(100, iterations // 100)),
     }  # fmt: skip
-    nets = [(kind, d) for kind in ("plain", "residual") for d in sorted(set(config.depths))]
+    kinds = [arm_kind(v) for v in config.variants]
+    nets = [(kind, d) for kind in kinds for d in sorted(set(config.depths))]
     results: dict[str, dict[str, Any]] = {}
     for i, (kind, depth) in enumerate(nets, 1):
         name, folder = net_name(kind, depth), run_dir / net_name(kind, depth)
@@ -316,7 +323,7 @@ def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, sc
     values |= {k: getattr(config, k) for k in ("batch_size", "lr") if getattr(config, k)}
     train_config = (
         recipe_config(config.recipe, model=name, **values)
-        if registered(config.family, name)  # lets the recipe add its warm-up for deep nets
+        if registered(config.family, name) and not arm_options(kind)  # recipe's deep warm-up
         else recipe_config(config.recipe, **values).replace(model=name)
     )
     torch.manual_seed(config.seed)

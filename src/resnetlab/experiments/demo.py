@@ -3,7 +3,9 @@
 It runs the comparison table, the gradient-flow check (the seed's 10/20-block MLPs and conv
 nets at initialisation) and a short degradation run on synthetic shapes made on the spot,
 each into a sub-folder, then renders them as one report. Nothing is downloaded unless
-``data`` names a data set to fetch.
+``data`` names a data set to fetch. With CIFAR-10 data and CIFAR-10 ResNet weights in the
+weights cache (``$RESNETLAB_HOME/weights``), a fourth part studies a trained net: a lesion on a
+test subsample and a 1-D loss landscape; without them the report says what it left out.
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..download import resnetlab_home
 from ..files import write_json
 from . import runs
 from .compare import DEFAULT_MODELS as COMPARE_MODELS
 from .compare import CompareConfig, run_compare
 from .degradation import DegradationConfig, run_degradation
 from .gradient_flow import GradientFlowConfig, run_gradient_flow
+from .landscape import LandscapeConfig, run_landscape
+from .lesion import LesionConfig, run_lesion
 
 DEMO_BUDGET = 300  # iterations per net in the demo's degradation run
 QUICK_BUDGET = 4
+TRAINED_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56")  # CIFAR-10 weights looked for
+WEIGHT_SUFFIXES = (".th", ".pt", ".pth", ".safetensors")
 
 
 @dataclass
@@ -68,8 +75,52 @@ def degradation_config(config: DemoConfig) -> DegradationConfig:
     )
 
 
+def cached_cifar_weights() -> tuple[str, Path] | None:
+    """The first CIFAR-10 ResNet weights file in the weights cache, e.g. ``resnet20-<hash>.th``."""
+    folder = resnetlab_home() / "weights"
+    for model in TRAINED_MODELS:
+        for path in sorted(folder.glob(f"{model}-*")) if folder.is_dir() else []:
+            if path.suffix in WEIGHT_SUFFIXES:
+                return model, path
+    return None
+
+
+def _is_cifar10(data: str) -> bool:
+    return data == "cifar10" or "cifar10" in Path(data).name and "100" not in Path(data).name
+
+
+def trained_part(config: DemoConfig, run_dir: Path, common: dict) -> tuple[list[Path], str]:
+    """Lesion (1,000 test images) and 1-D landscape (500 training images) of a cached CIFAR-10
+    ResNet; or no folders and the reason it was left out."""
+    found = cached_cifar_weights()
+    if found is None:
+        return [], (
+            "Left out: the trained-network studies (lesion, loss landscape). No CIFAR-10 ResNet "
+            f"weights in {resnetlab_home() / 'weights'}; put e.g. resnet20-12fca82f.th there, or "
+            "run 'resnetlab lesion resnet20 --pretrained cifar10' once named weights are served."
+        )
+    if not _is_cifar10(config.data):
+        return [], (
+            f"Left out: the trained-network studies; weights {found[1].name} are cached but the "
+            "demo's data is not CIFAR-10. Run the demo with --data cifar10 (or the JPEG copy)."
+        )
+    model, path = found
+    small = 200 if config.quick else 1000
+    lesion = LesionConfig(models=[model], pretrained=[str(path)], data=config.data,
+                          eval_size=small, max_k=1 if config.quick else 3, draws=2)  # fmt: skip
+    lesion_dir, _ = run_lesion(lesion, run_dir / "lesion", **common)
+    points = 7 if config.quick else 21
+    land = LandscapeConfig(model=model, pretrained=str(path), data=config.data,
+                           train_size=small // 2, points_1d=points, grid=0)  # fmt: skip
+    land_dir, _ = run_landscape(land, run_dir / "landscape", **common)
+    return [lesion_dir, land_dir], (
+        f"Trained networks: {model} from {path.name}, lesion on {small:,} test images, 1-D "
+        f"landscape on {small // 2:,} training images; no 2-D landscape (see loss-landscape)."
+    )
+
+
 def _timed(label: str, step: int, fn, *args, **kwargs) -> tuple[Any, float]:
-    print(f"demo [{step}/3] {label}", file=sys.stderr, flush=True)
+    print(f"demo [{step}/4] {label}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
@@ -104,6 +155,9 @@ def run_demo(
         f"degradation, {degradation.budget} iterations per net on {config.data}", 3,
         run_degradation, degradation, run_dir / "degradation", **common,
     )  # fmt: skip
+    (trained_dirs, trained_note), t_trained = _timed(
+        "trained networks (cached CIFAR-10 weights)", 4, trained_part, config, run_dir, common
+    )
     total = time.perf_counter() - started
     machine = runs.machine_info(command)
     summary = [
@@ -112,7 +166,8 @@ def run_demo(
         f"({machine['cpu_count']} logical CPUs, {machine['torch_threads']} torch threads, "
         f"GPU: {machine['gpu'] or 'none'}).",
         f"Comparison table {t_compare:.0f} s, gradient flow {t_flow:.0f} s, "
-        f"degradation run {t_degradation:.0f} s.",
+        f"degradation run {t_degradation:.0f} s, trained networks {t_trained:.0f} s.",
+        trained_note,
     ]
     if config.data == "synthetic":
         summary.append(
@@ -121,7 +176,9 @@ def run_demo(
             "'resnetlab degradation --data cifar10' for the real experiment."
         )
     timings = {"compare_s": t_compare, "gradient_flow_s": t_flow,
-               "degradation_s": t_degradation, "total_s": total}  # fmt: skip
+               "degradation_s": t_degradation, "trained_s": t_trained,
+               "total_s": total}  # fmt: skip
     write_json(run_dir / "demo.json", {"timings": timings, "summary": summary})
-    html_path, _ = render_report([run_dir, compare_dir, flow_dir, degradation_dir], out=run_dir)
+    parts = [run_dir, compare_dir, flow_dir, degradation_dir, *trained_dirs]
+    html_path, _ = render_report(parts, out=run_dir)
     return run_dir, html_path

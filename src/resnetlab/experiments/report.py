@@ -43,6 +43,19 @@ CAPTIONS = {
     "path.",
     "effective_receptive_field.png": "Effective receptive field (Luo et al. 2016): input-gradient "
     "magnitude of the centre output at initialisation; the box is the theoretical field.",
+    "lesion_single.png": "Test error after deleting one block (Veit et al. 2016): residual branch "
+    "removed, shortcut kept; plain blocks replaced by the identity (n/a: shape changes).",
+    "lesion_k.png": "Test error after deleting k random blocks and swapping k random pairs of "
+    "same-shape blocks, mean ± std over draws.",
+    "landscape_1d.png": "Training loss along one filter-normalised random direction (Li et al. "
+    "2018), BN in eval mode, no augmentation.",
+    "landscape_contour.png": "Training loss on a 2-D slice along two filter-normalised directions.",
+    "landscape_surface.png": "The same 2-D slice as a surface (loss clipped at min + 10).",
+    "interpolation.png": "Loss and error on the line between two sets of weights.",
+    "paths.png": "Veit et al. 2016 §5: share of paths by length, gradient magnitude of paths of "
+    "each length, and each length's share of the total gradient.",
+    "shattered.png": "Balduzzi et al. 2017: lag-1 autocorrelation of the input gradient along a "
+    "1-D input sweep against depth, the gradient of the deepest nets, and its autocorrelation.",
 }
 
 

@@ -3,7 +3,9 @@
 Every block maps ``in_channels`` to ``out_channels`` (the block's output width) and takes
 ``skip`` (False gives the plain twin: same layers, no addition) and ``shortcut``, He et al. 2015
 §3.3: ``"A"`` subsample + zero-pad (no parameters), ``"B"`` 1×1 projection where the shape
-changes, ``"C"`` 1×1 projection in every block.
+changes, ``"C"`` 1×1 projection in every block. ``residual_scale=True`` multiplies the residual
+branch by a learnable scalar that starts at 0 (SkipInit, De & Smith 2020; ReZero, Bachlechner
+et al. 2020), so the block starts as its shortcut.
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ class PadShortcut(nn.Module):
         return f"stride={self.stride}, pad=({self.pad_before}, {self.pad_after})"
 
 
+class ResidualScale(nn.Module):
+    """A learnable scalar on the residual branch, initialised at zero (SkipInit/ReZero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.alpha
+
+
+def residual_scale_for(skip: bool, residual_scale: bool) -> nn.Module | None:
+    """The scale module, or None; a plain block has no residual branch to scale."""
+    if residual_scale and not skip:
+        raise ValueError("residual_scale needs the skip connections (a plain net has none)")
+    return ResidualScale() if residual_scale else None
+
+
 def make_shortcut(
     in_channels: int,
     out_channels: int,
@@ -85,9 +105,11 @@ class BasicBlock(nn.Module):
         skip: bool = True,
         shortcut: str = "B",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        residual_scale: bool = False,
     ) -> None:
         super().__init__()
         self.skip = skip
+        self.scale = residual_scale_for(skip, residual_scale)
         self.conv1 = conv3x3(in_channels, out_channels, stride)
         self.bn1 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -104,6 +126,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.scale is not None:
+            out = self.scale(out)
         if self.skip:
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.relu(out)
@@ -131,9 +155,11 @@ class BottleneckBlock(nn.Module):
         base_width: int = 64,
         stride_in_1x1: bool = False,
         norm_layer: NormLayer = nn.BatchNorm2d,
+        residual_scale: bool = False,
     ) -> None:
         super().__init__()
         self.skip = skip
+        self.scale = residual_scale_for(skip, residual_scale)
         width = int(out_channels // self.expansion * (base_width / 64.0)) * groups
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_channels, width, stride_1x1)
@@ -154,6 +180,8 @@ class BottleneckBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.scale is not None:
+            out = self.scale(out)
         if self.skip:
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.relu(out)
@@ -176,9 +204,11 @@ class PreActBasicBlock(nn.Module):
         skip: bool = True,
         shortcut: str = "B",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        residual_scale: bool = False,
     ) -> None:
         super().__init__()
         self.skip = skip
+        self.scale = residual_scale_for(skip, residual_scale)
         self.bn1 = norm_layer(in_channels)
         self.conv1 = conv3x3(in_channels, out_channels, stride)
         self.bn2 = norm_layer(out_channels)
@@ -197,6 +227,8 @@ class PreActBasicBlock(nn.Module):
         out = self.conv2(self.relu(self.bn2(out)))
         if not self.skip:
             return out
+        if self.scale is not None:
+            out = self.scale(out)
         return out + (x if self.downsample is None else self.downsample(pre))
 
 
@@ -214,9 +246,11 @@ class PreActBottleneckBlock(nn.Module):
         skip: bool = True,
         shortcut: str = "B",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        residual_scale: bool = False,
     ) -> None:
         super().__init__()
         self.skip = skip
+        self.scale = residual_scale_for(skip, residual_scale)
         width = out_channels // self.expansion
         self.bn1 = norm_layer(in_channels)
         self.conv1 = conv1x1(in_channels, width)
@@ -239,4 +273,22 @@ class PreActBottleneckBlock(nn.Module):
         out = self.conv3(self.relu(self.bn3(out)))
         if not self.skip:
             return out
+        if self.scale is not None:
+            out = self.scale(out)
         return out + (x if self.downsample is None else self.downsample(pre))
+
+
+def dirac_init(model: nn.Module) -> None:
+    """Dirac (identity) initialisation of every 3×3 convolution inside a block: output channel
+    i copies input channel i for i < min(in, out), the other filters keep their random start
+    (DiracNets, Zagoruyko & Komodakis 2017; the skip-free CIFAR nets of airbench, Jordan 2024).
+    A plain basic block of equal widths is then the identity on its non-negative input."""
+    for block in model.modules():
+        if not isinstance(block, BasicBlock | BottleneckBlock | PreActBasicBlock
+                          | PreActBottleneckBlock):  # fmt: skip
+            continue
+        for conv in block.modules():
+            if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.groups == 1:
+                keep = min(conv.in_channels, conv.out_channels)
+                with torch.no_grad():
+                    nn.init.dirac_(conv.weight[:keep])

@@ -10,10 +10,16 @@ import torch
 from torch import nn
 
 from .base import Backbone, CheckpointedSequential
-from .blocks import BasicBlock, PreActBasicBlock, PreActBottleneckBlock
+from .blocks import BasicBlock, PreActBasicBlock, PreActBottleneckBlock, dirac_init
 from .resnet import init_weights
 
 CIFAR_WIDTHS = (16, 32, 64)
+INITS = ("he", "dirac")
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
 def _stage(block, in_channels: int, out_channels: int, count: int, stride: int, **options):
@@ -26,6 +32,8 @@ class CifarResNet(Backbone):
     """The paper's CIFAR-10 net: ``conv1``/``bn1``, ``layer1``…``layer3``, ``fc``.
 
     Shortcut ``"A"`` (zero-padding) by default as in the paper; ``skip=False`` is the plain net.
+    ``init="dirac"`` starts the blocks' 3×3 convs as identities (see ``blocks.dirac_init``);
+    ``residual_scale=True`` adds a zero-initialised scale to every residual branch.
     """
 
     stage_names = ("stem", "layer1", "layer2", "layer3", "head")
@@ -39,15 +47,18 @@ class CifarResNet(Backbone):
         skip: bool = True,
         shortcut: str = "A",
         zero_init_residual: bool = False,
+        init: str = "he",
+        residual_scale: bool = False,
     ) -> None:
         super().__init__()
+        _check_init(init)
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
-        options = {"skip": skip, "shortcut": shortcut}
+        options = {"skip": skip, "shortcut": shortcut, "residual_scale": residual_scale}
         self.layer1 = _stage(BasicBlock, 16, 16, n, 1, **options)
         self.layer2 = _stage(BasicBlock, 16, 32, n, 2, **options)
         self.layer3 = _stage(BasicBlock, 32, 64, n, 2, **options)
@@ -55,6 +66,8 @@ class CifarResNet(Backbone):
         self.num_features = 64
         self.fc = nn.Linear(64, num_classes)
         init_weights(self, zero_init_residual)
+        if init == "dirac":
+            dirac_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -92,8 +105,11 @@ class PreActResNet(Backbone):
         in_channels: int = 3,
         skip: bool = True,
         shortcut: str = "B",
+        init: str = "he",
+        residual_scale: bool = False,
     ) -> None:
         super().__init__()
+        _check_init(init)
         block = PreActBottleneckBlock if bottleneck else PreActBasicBlock
         per_block = 3 if bottleneck else 2
         if (depth - 2) % (3 * per_block):
@@ -101,7 +117,7 @@ class PreActResNet(Backbone):
         n = (depth - 2) // (3 * per_block)
         widths = [w * block.expansion for w in CIFAR_WIDTHS]
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        options = {"skip": skip, "shortcut": shortcut}
+        options = {"skip": skip, "shortcut": shortcut, "residual_scale": residual_scale}
         self.layer1 = _stage(block, 16, widths[0], n, 1, **options)
         self.layer2 = _stage(block, widths[0], widths[1], n, 2, **options)
         self.layer3 = _stage(block, widths[1], widths[2], n, 2, **options)
@@ -111,6 +127,8 @@ class PreActResNet(Backbone):
         self.num_features = widths[2]
         self.fc = nn.Linear(widths[2], num_classes)
         init_weights(self)
+        if init == "dirac":
+            dirac_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
