@@ -128,6 +128,9 @@ def _options(args: argparse.Namespace, command: str):
                 "label_smoothing",
                 "tta",
                 "resume",
+                "threshold",
+                "test_size",
+                "folds",
             )
             if hasattr(args, k)
         },
@@ -141,8 +144,14 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ResnetlabError("--resume needs --out RUN_FOLDER (the run to continue).")
     if args.patience is not None and args.patience <= 0:
         args.patience = None
-    result = finetune(_options(args, "finetune"))
-    print(f"run folder: {result.run_dir.resolve()}")
+    options = _options(args, "finetune")
+    if options.folds > 1:
+        from ..finetune.folds import cross_validate
+
+        run_dir = cross_validate(options)
+    else:
+        run_dir = finetune(options).run_dir
+    print(f"run folder: {run_dir.resolve()}")
     return 0
 
 
@@ -222,9 +231,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--monitor",
-        default="balanced_accuracy",
-        choices=("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1"),
-        help="validation metric for the best model and early stopping",
+        default="auto",
+        choices=("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1"),
+        help="validation metric for the best model and early stopping (default auto: "
+        "balanced accuracy; PR-AUC on imbalanced two-class data)",
+    )
+    p.add_argument(
+        "--threshold",
+        default="youden",
+        help="two classes: operating point on the calibrated probability of the second "
+        "class, chosen on validation: youden (default; max sensitivity + specificity), "
+        "sensitivity=0.95, specificity=0.95 or a number",
+    )
+    p.add_argument(
+        "--test-size",
+        type=float,
+        default=0.0,
+        help="fraction held out as test (grouped, stratified) when the data has no test split",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="K > 1: stratified, grouped K-fold cross-validation over train (+ val), one report",
     )
     p.add_argument(
         "--patience",

@@ -40,18 +40,33 @@ def image_probabilities(
     *,
     batch_size: int = 64,
     tta: bool = False,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Class probabilities for uint8 images (N, C, H, W) of any size, preprocessed as ``prep``
-    says; ``tta`` averages the probabilities of each image and its mirror image."""
+    says, of the logits over ``temperature``; ``tta`` averages each image's and its mirror's."""
     device = next(model.parameters()).device
     model.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):
         x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
-        p = torch.softmax(model(x).float(), dim=1)
+        p = torch.softmax(model(x).float() / temperature, dim=1)
         if tta:
-            p = (p + torch.softmax(model(x.flip(-1)).float(), dim=1)) / 2
+            p = (p + torch.softmax(model(x.flip(-1)).float() / temperature, dim=1)) / 2
         out.append(p.cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def image_logits(
+    model: nn.Module, images: torch.Tensor, prep: Preprocessing, *, batch_size: int = 64
+) -> torch.Tensor:
+    """Raw logits for uint8 images (what temperature scaling is fitted on)."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
+        out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 

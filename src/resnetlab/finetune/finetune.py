@@ -26,8 +26,9 @@ from ..files import write_json, write_text_atomic
 from ..train import Callback, TrainConfig, train
 from .build import build_model, say, weights_source
 from .metrics import classification_metrics
+from .operating_point import parse_threshold
 
-MONITORS = ("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1")
+MONITORS = ("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1")
 GREY = ("auto", "repeat", "sum")
 OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
@@ -58,9 +59,13 @@ class FinetuneOptions:
     grey: str = "auto"  # grey images: "repeat" to 3 channels or "sum" (1-channel stem)
     class_weights: bool = False
     balanced_sampling: bool = False
-    monitor: str = "balanced_accuracy"
+    monitor: str = "auto"  # balanced accuracy; PR-AUC on imbalanced two-class data
+    threshold: str = "youden"  # two classes: the operating point, chosen on validation
     patience: int | None = 5  # epochs without improvement before stopping; None: never
     val_size: float = 0.1
+    test_size: float = 0.0  # held out (grouped) when the data has no test split
+    folds: int = 1  # > 1: stratified, grouped k-fold cross-validation (see folds.py)
+    fold: int | None = None  # set by cross-validation: this run's validation fold
     label_smoothing: float = 0.0
     augment: bool = True
     flip: bool = True
@@ -87,6 +92,7 @@ class FinetuneOptions:
             raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
         if self.epochs <= 0 or (self.head_epochs or 0) < 0 or self.batch_size < 1:
             raise ResnetlabError("epochs and batch size must be positive, head epochs >= 0.")
+        parse_threshold(self.threshold)  # a bad --threshold fails before any work
         if self.pretrained in ("", "none", "None", "scratch"):
             self.pretrained = None
 
@@ -192,8 +198,13 @@ def finetune(options: FinetuneOptions, callbacks: Sequence[Callback] = ()) -> Fi
     run_dir = Path(options.out_dir)
     options = _settings(options, run_dir)
     options.pretrained = weights_source(options.pretrained, options.model)
-    bundle, notes = prepare.open_finetune_data(options.data, options.val_size, options.seed)
+    bundle, notes = prepare.open_finetune_data(
+        options.data, options.val_size, options.seed, test_size=options.test_size,
+        folds=options.folds, fold=options.fold,
+    )  # fmt: skip
     counts = prepare.class_counts(bundle)
+    options.monitor, chosen = prepare.auto_monitor(options.monitor, counts["train"])
+    notes += [chosen] if chosen else []
     for split, by_class in counts.items():
         say(f"class counts ({split}): " + ", ".join(f"{c} {n:,}" for c, n in by_class.items()))
     for note in notes:
