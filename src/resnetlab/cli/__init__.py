@@ -13,7 +13,9 @@ import sys
 from ..errors import ResnetlabError
 
 # Modules that define sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "finetune", "demo"]
+COMMAND_MODULES = [
+    "models", "weights", "export", "train", "experiments", "finetune", "explain", "demo",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

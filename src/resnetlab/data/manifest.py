@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ResnetlabError
-from PIL import Image
-
 from . import archive, folder, tensors
 from .base import FileImageSet, ImageSet, data_home
 from .splits import straddling

@@ -44,6 +44,16 @@ CAPTIONS = {
     "effective_receptive_field.png": "Effective receptive field (Luo et al. 2016): input-gradient "
     "magnitude of the centre output at initialisation; the box is the theoretical field.",
 }
+for _split in ("val", "test", "test_fold1"):
+    CAPTIONS[f"reliability_{_split}.png"] = (
+        "Reliability diagram (15 equal-width confidence bins) before and after temperature "
+        "scaling fitted on validation; a calibrated model's bars meet the diagonal."
+    )
+    CAPTIONS[f"gallery_{_split}.png"] = (
+        "Grad-CAM of the predicted class (at the operating threshold): the most confident "
+        "mistakes first (highest loss), then the most confident correct answers."
+    )
+CAPTIONS["pr_test.png"] = "Precision-recall curve on test; the dotted line is the prevalence."
 
 
 @dataclass

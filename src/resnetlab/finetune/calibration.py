@@ -63,7 +63,9 @@ def reliability(
     conf_sum = np.bincount(index, confidence, minlength=bins)
     acc_sum = np.bincount(index, correct.astype(np.float64), minlength=bins)
     safe = np.maximum(count, 1)
-    return {"edges": edges, "count": count, "confidence": conf_sum / safe, "accuracy": acc_sum / safe}
+    return {
+        "edges": edges, "count": count, "confidence": conf_sum / safe, "accuracy": acc_sum / safe
+    }  # fmt: skip
 
 
 def calibration_errors(

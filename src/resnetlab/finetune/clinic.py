@@ -139,7 +139,7 @@ def summary_lines(section: dict[str, Any]) -> list[str]:
     for name, m in section.get("test", {}).items():
         ci = m.get("ci95", {})
 
-        def show(key: str) -> str:
+        def show(key: str, m: dict = m, ci: dict = ci) -> str:
             if key not in ci:
                 return f"{m.get(key, float('nan')):.3f}"
             c = ci[key]

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
+from .clinic import analyse, summary_lines
 from .metrics import classification_metrics
 from .preprocess import Preprocessing, normalise, prepare_images
 
@@ -99,14 +100,25 @@ def evaluate_run(
         )
     images = _split_images(part, loaded.preprocessing)
     model = optimize_for_inference(loaded.model)
-    probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size, tta=tta)
+    temperature = float(loaded.card.get("calibration", {}).get("temperature", 1.0))
+    probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size,
+                                tta=tta, temperature=temperature)  # fmt: skip
     metrics = classification_metrics(probs.clamp_min(1e-12).log(), part.labels, loaded.classes)
-    metrics |= {"split": split, "data": str(data), "tta": tta}
+    metrics |= {"split": split, "data": str(data), "tta": tta, "temperature": temperature}
+    point = loaded.card.get("operating_point")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    if point is not None:
+        logits = image_logits(model, images, loaded.preprocessing, batch_size=batch_size)
+        fit = {"temperature": temperature, "threshold": point, "fitted_on": "val (model card)"}
+        clinical = analyse(fit, {"test": (logits, part.labels)}, loaded.classes,
+                           Path(out) if out is not None else None,
+                           test_probs=probs if tta else None)  # fmt: skip
+        metrics["clinical"] = clinical
     if out is not None:
         from ..files import write_json
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"metrics_{split}.json", metrics)
         plot_confusion(
             metrics["confusion_matrix"],
@@ -129,7 +141,8 @@ def _split_images(part: Any, prep: Preprocessing) -> torch.Tensor:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A short table: the headline numbers, then precision/recall/F1 per class."""
+    """A short table: the headline numbers, precision/recall/F1 per class, and for two
+    classes the rates at the card's threshold and at 0.5 with their intervals."""
     lines = [
         f"{metrics.get('split', 'split')}: n {metrics['n']}, loss {metrics['loss']:.4f}, "
         f"accuracy {metrics['accuracy']:.4f}, "
@@ -143,4 +156,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             f"{row['f1']:>9.4f} {row['support']:>8}"
         )
     lines.append("confusion matrix [true][predicted]: " + json.dumps(metrics["confusion_matrix"]))
+    if "clinical" in metrics:
+        lines += summary_lines(metrics["clinical"])
     return "\n".join(lines)

@@ -99,8 +99,10 @@ def cross_validate(options: FinetuneOptions) -> Path:
 def summarise(root: Path, options, mean, sd, cards) -> dict[str, Any]:
     """Summary lines and figures: mean ± sd per metric, out-of-fold and ensemble test."""
     k = options.folds
-    lines = [f"{k}-fold cross-validation (stratified, grouped where the data has groups, seed "
-             f"{options.seed}) of {options.model}, weights {options.pretrained or 'none'}"]  # fmt: skip
+    lines = [
+        f"{k}-fold cross-validation (stratified, grouped where the data has groups, seed "
+        f"{options.seed}) of {options.model}, weights {options.pretrained or 'none'}"
+    ]
     for key in [c for c in mean if c != "fold"]:
         if key in sd:
             lines.append(f"{key}: {mean[key]:.4f} ± {sd[key]:.4f} (mean ± sd over {k} folds)")

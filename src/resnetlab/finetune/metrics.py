@@ -82,7 +82,9 @@ def classification_metrics(
         per_class = [roc_auc(probabilities[:, c], labels == c) for c in range(num_classes)]
         valid = [a for a in per_class if a == a]
         auc = sum(valid) / len(valid) if valid else float("nan")
-        per_class = [average_precision(probabilities[:, c], labels == c) for c in range(num_classes)]
+        per_class = [
+            average_precision(probabilities[:, c], labels == c) for c in range(num_classes)
+        ]
         valid = [a for a in per_class if a == a]
         pr_auc = sum(valid) / len(valid) if valid else float("nan")
     return {

@@ -15,9 +15,9 @@ from torch import nn
 from ..experiments.runs import read_jsonl
 from ..files import write_json, write_text_atomic
 from ..train.metrics import MetricsWriter
+from . import clinic
 from .build import say
 from .card import build_from_card, write_card
-from . import clinic
 from .evaluate import format_metrics, image_logits, image_probabilities
 from .finetune import PHASES, FinetuneResult
 from .gallery import decisions, draw_gallery

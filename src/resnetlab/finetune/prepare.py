@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import DataBundle, FileImageSet, ImageSet, open_data, split_val
+from ..data import DataBundle, FileImageSet, ImageSet, open_data
 from ..errors import ResnetlabError
 from .preprocess import Preprocessing, load_image, prepare_images
+from .splitting import check_no_leak, fold_split, hold_out
 
 SPLITS = ("train", "val", "test")
 MEMORY_LIMIT = 6 * 2**30  # bytes of uint8 images held in memory at the input size
@@ -32,8 +33,6 @@ def open_finetune_data(
     """Open the data; hold out a test split (``test_size``, when the data has none) and a
     validation split (when it has none), both stratified and grouped; or make ``fold`` of
     ``folds`` the validation split."""
-    from .splitting import check_no_leak, fold_split, hold_out
-
     bundle = open_data(spec, seed=seed)
     notes = []
     if test_size and bundle.test is None:
