@@ -48,7 +48,7 @@ def weighted_metrics(
     first = np.searchsorted(sp, sp, "left")  # positives scored >= each positive (ties too)
     tp = cum_p[:, -1:] - cum_p[:, first]
     fp = cum_n[:, -1:] - neg_below
-    ap = (wp * tp / (tp + fp)).sum(1, dtype=np.float64) / n_pos
+    ap = (wp * tp / np.maximum(tp + fp, 1e-30)).sum(1, dtype=np.float64) / n_pos
     sens = wp @ (sp >= threshold).astype(wp.dtype) / n_pos
     spec = wn @ (sn < threshold).astype(wn.dtype) / n_neg
     return {
