@@ -3,7 +3,8 @@ classifier looks, as a class-weighted map of one layer's activations.
 
 Maps follow the ``grad-cam`` package's conventions, so the two agree numerically: the ReLU of
 the weighted activation sum, scaled to [0, 1] per image, resized bilinearly to the input and
-scaled again. The default layer is the last block of the last stage: ``layer4`` for ImageNet
+scaled again. The activations are the layer's output before any in-place op that follows
+(as ``grad-cam`` sees them on a GPU; on a CPU it sees VGG's conv output after the in-place ReLU). The default layer is the last block of the last stage: ``layer4`` for ImageNet
 ResNets and their plain twins, ``layer3`` for CIFAR nets, and the last conv of a VGG.
 """
 
@@ -46,24 +47,30 @@ def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
 
 
 def _activations_and_grads(model, layer, x, target):
-    """The layer's activations and the gradients of the target logits with respect to them."""
+    """The layer's activations and the gradients of the target logits with respect to them.
+
+    The activations are made a leaf of the graph, so backward runs through the layers after
+    it only (not the whole network, and no parameter gradients)."""
     saved: dict[str, torch.Tensor] = {}
 
     def keep(module, inputs, output):
-        saved["a"] = output
-        output.register_hook(lambda g: saved.__setitem__("g", g))
+        saved["a"] = output.detach().requires_grad_(True)
+        return saved["a"].clone()  # a later in-place op (VGG's ReLU) must not touch the leaf
 
+    flags = [p.requires_grad for p in model.parameters()]
     handle = layer.register_forward_hook(keep)
     try:
+        for p in model.parameters():
+            p.requires_grad_(False)
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            logits = model(x)
+            logits = model(x.detach())
             classes = logits.argmax(1) if target is None else _targets(target, logits)
-            model.zero_grad(set_to_none=True)
             logits.gather(1, classes[:, None]).sum().backward()
     finally:
         handle.remove()
-    return saved["a"].detach(), saved["g"].detach(), logits.detach(), classes
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    return saved["a"].detach(), saved["a"].grad, logits.detach(), classes
 
 
 def _targets(target, logits: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,8 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
     }
     card["metrics"] = {split: _card_metrics(m) for split, m in metrics.items()}
     card["clinical"] = clinical
-    card["summary"] = summary_lines(card) + clinic.summary_lines(clinical)
+    headline = summary_lines(card)  # the model line first, the split lines last
+    card["summary"] = headline[:1] + clinic.summary_lines(clinical) + headline[1:]
     write_card(run_dir, card)
     write_report(run_dir, card, bundle.summary())
     say(f"done in {info['wall_s']:.0f} s: {run_dir / 'model_card.json'}")
