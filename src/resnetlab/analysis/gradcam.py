@@ -5,7 +5,8 @@ Maps follow the ``grad-cam`` package's conventions, so the two agree numerically
 the weighted activation sum, scaled to [0, 1] per image, resized bilinearly to the input and
 scaled again. The activations are the layer's output before any in-place op that follows
 (as ``grad-cam`` sees them on a GPU; on a CPU it sees VGG's conv output after the in-place
-ReLU). The default layer is the last block of the last stage: ``layer4`` for ImageNet ResNets and their plain twins, ``layer3`` for CIFAR nets, and the last conv of a VGG.
+ReLU). The default layer is the last block of the last stage: ``layer4`` for ImageNet ResNets
+and their plain twins, ``layer3`` for CIFAR nets, and the last conv of a VGG.
 """
 
 from __future__ import annotations
