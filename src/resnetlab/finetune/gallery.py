@@ -49,7 +49,7 @@ def draw_gallery(
     plt = pyplot()
     cols = 4
     rows = -(-len(chosen) // cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.5, rows * 1.8), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.7, rows * 2.1), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     shown = []
