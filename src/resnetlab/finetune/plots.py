@@ -128,9 +128,8 @@ def plot_reliability(logits, labels, temperature: float, path: Path, title: str)
         width = table["edges"][1] - table["edges"][0]
         ax.bar(centres[used], table["accuracy"][used], width=width * 0.95, color="#4c72b0",
                edgecolor="white", label="accuracy")  # fmt: skip
-        ax.bar(centres[used], (table["confidence"] - table["accuracy"])[used],
-               bottom=table["accuracy"][used], width=width * 0.95, color="#dd8452", alpha=0.5,
-               label="gap to confidence")  # fmt: skip
+        ax.bar(centres[used], table["confidence"][used], width=width * 0.95, fill=False,
+               edgecolor="#c44e52", linewidth=1.2, label="mean confidence")  # fmt: skip
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("confidence (top class)")
         ax.set_title(f"{name}: ECE {ece:.3f}, MCE {mce:.3f}", fontsize=9)
