@@ -242,8 +242,9 @@ def _machine_rows(machine: dict) -> list[tuple[str, object]]:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#111}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0;display:block;
 overflow-x:auto}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}th{background:#eee}
-pre{background:#f6f6f6;padding:0.6em;overflow-x:auto;font-size:0.85em}img{max-width:100%}figure{margin:1em 0}figcaption{font-size:0.8em;
-color:#555}h2{border-bottom:2px solid #333;margin-top:2em}"""
+pre{background:#f6f6f6;padding:0.6em;overflow-x:auto;font-size:0.85em}img{max-width:100%}
+figure{margin:1em 0}figcaption{font-size:0.8em;color:#555}h2{border-bottom:2px solid #333;
+margin-top:2em}"""
 
 
 def render_html(sections: list[RunSection], title: str) -> str:
