@@ -160,7 +160,7 @@ def test_k_fold_cross_validation_and_delong(run, data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare-runs", str(run), str(out), "--json"]) == 0
     text = capsys.readouterr().out
-    result = json.loads(text[text.index("{"):])
+    result = json.loads(text[text.index("{") :])
     assert 0 <= result["p_value"] <= 1 and result["test"] == "DeLong (1988)"
 
 
@@ -179,3 +179,36 @@ def test_too_many_folds_for_the_patients_is_a_clear_error(tmp_path, home, capsys
     root = write_manifest_folder(tmp_path / "d", patients=6)
     assert main(argv(root, tmp_path / "r", "--folds", "5")) == 2
     assert "fewer than --folds 5" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_cards_threshold_figures(run, data, tmp_path, capsys):
+    from resnetlab.finetune.prepare import open_finetune_data
+
+    bundle, _ = open_finetune_data(str(data), 0.25, 0, test_size=0.25)
+    folder = tmp_path / "held-out-test"  # the run's own test split as an image folder
+    for i, (image, label) in enumerate(zip(bundle.test.images, bundle.test.labels, strict=True)):
+        (folder / "test" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(
+            folder / "test" / CLASSES[label] / f"{i}.png"
+        )
+    for name in CLASSES:  # a train split is required by the folder layout
+        (folder / "train" / name).mkdir(parents=True, exist_ok=True)
+        (folder / "train" / name / "0.png").write_bytes(
+            (folder / "test" / name).glob("*.png").__next__().read_bytes()
+        )
+    assert main(["evaluate", str(run), str(folder), "--out", str(tmp_path / "ev")]) == 0
+    assert "test at threshold" in capsys.readouterr().out
+    figures = json.loads((tmp_path / "ev" / "metrics_test.json").read_text())["clinical"]["test"]
+    card = json.loads((run / "model_card.json").read_text())["clinical"]["test"]
+    for cut in ("at_threshold", "at_0.5"):
+        for key in ("sensitivity", "specificity", "ppv", "npv"):
+            assert figures[cut][key] == pytest.approx(card[cut][key], nan_ok=True)
+
+
+def test_monitor_auto_picks_pr_auc_on_imbalanced_two_class_data():
+    from resnetlab.finetune.prepare import auto_monitor
+
+    assert auto_monitor("auto", {"a": 100, "b": 100})[0] == "balanced_accuracy"
+    monitor, note = auto_monitor("auto", {"a": 900, "b": 100})
+    assert monitor == "pr_auc" and "imbalanced" in note
+    assert auto_monitor("loss", {"a": 900, "b": 100}) == ("loss", None)
