@@ -147,8 +147,9 @@ def test_predict_matches_the_model_on_preprocessed_images(run, capsys):
         torch.stack([prepare_images(load_image(f)[None], loaded.preprocessing)[0] for f in files]),
         loaded.preprocessing,
     )
+    temperature = loaded.card["calibration"]["temperature"]  # predict prints calibrated ones
     with torch.no_grad():
-        expected = torch.softmax(loaded.model(x), 1)
+        expected = torch.softmax(loaded.model(x) / temperature, 1)
     assert (
         main(
             [
@@ -163,9 +164,11 @@ def test_predict_matches_the_model_on_preprocessed_images(run, capsys):
         == 0
     )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "path,class1,probability1" and len(lines) == 1 + len(files)
+    assert lines[0] == "path,class1,probability1,probability,threshold,decision"
+    assert len(lines) == 1 + len(files)
     for line, p in zip(lines[1:], expected, strict=True):
-        _, name, prob = line.split(",")
+        _, name, prob, p1, _, _ = line.split(",")
+        assert abs(float(p1) - float(p[1])) < 1e-5
         assert name == CLASSES[int(p.argmax())] and abs(float(prob) - float(p.max())) < 1e-5
 
 

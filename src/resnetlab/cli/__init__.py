@@ -15,8 +15,10 @@ from typing import NoReturn
 from ..errors import ResnetlabError
 
 # Modules that define sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["models", "weights", "export", "train", "experiments", "studies", "finetune",
-                   "demo"]
+COMMAND_MODULES = [
+    "models", "weights", "export", "train", "experiments", "studies", "finetune", "explain",
+    "demo",
+]  # fmt: skip
 
 
 # OS errors that are the user's to fix (a path, space, permissions): one line, exit 2.

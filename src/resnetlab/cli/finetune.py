@@ -105,7 +105,8 @@ FLAG_FIELDS = (
     "model", "pretrained", "head_dropout", "freeze", "bn", "unfreeze_to", "optimizer", "lr",
     "lr_mult", "weight_decay", "batch_size", "image_size", "grey", "val_size", "seed", "device",
     "head_epochs", "epochs", "schedule", "class_weights", "balanced_sampling", "monitor",
-    "patience", "label_smoothing", "tta", "activation_checkpointing", "on_bad",
+    "patience", "label_smoothing", "tta", "activation_checkpointing", "on_bad", "threshold",
+    "test_size", "folds",
 )  # fmt: skip
 NEGATED = {"no_augment": "augment", "no_flip": "flip", "no_progress": "progress"}
 
@@ -137,8 +138,14 @@ def _options(args: argparse.Namespace, command: str):
 def run_finetune(args: argparse.Namespace) -> int:
     from ..finetune import finetune
 
-    result = finetune(_options(args, "finetune"))
-    print(f"run folder: {result.run_dir.resolve()}")
+    options = _options(args, "finetune")
+    if options.folds > 1:
+        from ..finetune.folds import cross_validate
+
+        run_dir = cross_validate(options)
+    else:
+        run_dir = finetune(options).run_dir
+    print(f"run folder: {run_dir.resolve()}")
     return 0
 
 
@@ -225,8 +232,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--monitor",
-        choices=("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1"),
-        help="validation metric for the best model and early stopping (default balanced_accuracy)",
+        choices=("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1"),
+        help="validation metric for the best model and early stopping (default auto: "
+        "balanced accuracy; PR-AUC on imbalanced two-class data)",
+    )
+    p.add_argument(
+        "--threshold",
+        help="two classes: operating point on the calibrated probability of the second "
+        "class, chosen on validation: youden (default; max sensitivity + specificity), "
+        "sensitivity=0.95, specificity=0.95 or a number",
+    )
+    p.add_argument(
+        "--test-size",
+        type=float,
+        help="fraction held out as test (grouped, stratified) when the data has no test split",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="K > 1: stratified, grouped K-fold cross-validation over train (+ val), one report",
     )
     p.add_argument(
         "--patience",

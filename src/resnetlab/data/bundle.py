@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ResnetlabError, close_matches
-from . import archive, cifar, folder, idx, npz
+from . import archive, cifar, folder, idx, manifest, npz
 from .base import DataBundle, FileImageSet, ImageSet, split_val
 
 NAMES = ["cifar10", "cifar100", "fashion-mnist"]
@@ -76,6 +76,11 @@ def _load(
     if idx.is_idx_folder(path):
         idx_sets, classes = idx.load_idx(path, class_names)
         return dict(idx_sets), classes, str(path), _describe_path(path, "idx")
+    listing = manifest.find_manifest(path) if path.suffix.lower() != ".npz" else None
+    if listing is not None:
+        sets, classes = manifest.open_manifest(path, listing, on_bad=on_bad, root=root)
+        described = _describe_path(path, "folder") + " (CSV manifest)"
+        return sets, _rename(sets, classes, class_names), str(path), described
     if path.is_dir() or archive.is_archive(path):
         sets, classes = folder.open_folder(path, on_bad=on_bad, root=root)
         return sets, _rename(sets, classes, class_names), str(path), _describe_path(path, "folder")

@@ -57,6 +57,16 @@ CAPTIONS = {
     "shattered.png": "Balduzzi et al. 2017: lag-1 autocorrelation of the input gradient along a "
     "1-D input sweep against depth, the gradient of the deepest nets, and its autocorrelation.",
 }
+for _split in ("val", "test", "test_fold1"):
+    CAPTIONS[f"reliability_{_split}.png"] = (
+        "Reliability diagram (15 equal-width confidence bins) before and after temperature "
+        "scaling fitted on validation; a calibrated model's bars meet the diagonal."
+    )
+    CAPTIONS[f"gallery_{_split}.png"] = (
+        "Grad-CAM of the predicted class (at the operating threshold): the most confident "
+        "mistakes first (highest loss), then the most confident correct answers."
+    )
+CAPTIONS["pr_test.png"] = "Precision-recall curve on test; the dotted line is the prevalence."
 
 
 @dataclass
@@ -243,10 +253,11 @@ def _machine_rows(machine: dict) -> list[tuple[str, object]]:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#111}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid
-#bbb;padding:2px 6px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:0.6em;
-overflow-x:auto;font-size:0.85em}img{max-width:100%}figure{margin:1em 0}figcaption{font-size:0.8em;
-color:#555}h2{border-bottom:2px solid #333;margin-top:2em}"""
+color:#111}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0;display:block;
+overflow-x:auto}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}th{background:#eee}
+pre{background:#f6f6f6;padding:0.6em;overflow-x:auto;font-size:0.85em}img{max-width:100%}
+figure{margin:1em 0}figcaption{font-size:0.8em;color:#555}h2{border-bottom:2px solid #333;
+margin-top:2em}"""
 
 
 def render_html(sections: list[RunSection], title: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ResnetlabError
@@ -100,11 +101,25 @@ def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model, card, prep, list(card["classes"]), weights)
 
 
+class Calibrated(nn.Module):
+    """The model's logits over the card's temperature: its softmax is the calibrated one."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
 def export_input_size(source: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
-    """For ``resnetlab export RUN_DIR``: the model and its (C, H, W) input size from the card."""
+    """For ``resnetlab export RUN_DIR``: the model (with the card's temperature, when it has
+    one) and its (C, H, W) input size from the card."""
     loaded = load_model(source)
     prep = loaded.preprocessing
-    return loaded.model, (prep.channels, prep.crop, prep.crop)
+    temperature = loaded.card.get("calibration", {}).get("temperature")
+    model = loaded.model if temperature is None else Calibrated(loaded.model, temperature).eval()
+    return model, (prep.channels, prep.crop, prep.crop)
 
 
 def run_summary(source: str | Path) -> str:

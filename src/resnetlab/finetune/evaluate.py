@@ -14,6 +14,7 @@ from torch import nn
 from ..data.folder import BAD_ERRORS, report_bad
 from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
+from .clinic import analyse, summary_lines
 from .metrics import classification_metrics
 from .preprocess import Preprocessing, normalise, prepare_images
 
@@ -41,18 +42,33 @@ def image_probabilities(
     *,
     batch_size: int = 64,
     tta: bool = False,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Class probabilities for uint8 images (N, C, H, W) of any size, preprocessed as ``prep``
-    says; ``tta`` averages the probabilities of each image and its mirror image."""
+    says, of the logits over ``temperature``; ``tta`` averages each image's and its mirror's."""
     device = next(model.parameters()).device
     model.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):
         x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
-        p = torch.softmax(model(x).float(), dim=1)
+        p = torch.softmax(model(x).float() / temperature, dim=1)
         if tta:
-            p = (p + torch.softmax(model(x.flip(-1)).float(), dim=1)) / 2
+            p = (p + torch.softmax(model(x.flip(-1)).float() / temperature, dim=1)) / 2
         out.append(p.cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def image_logits(
+    model: nn.Module, images: torch.Tensor, prep: Preprocessing, *, batch_size: int = 64
+) -> torch.Tensor:
+    """Raw logits for uint8 images (what temperature scaling is fitted on)."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
+        out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
@@ -86,14 +102,25 @@ def evaluate_run(
         )
     images, labels = _split_images(part, loaded.preprocessing)
     model = optimize_for_inference(loaded.model)
-    probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size, tta=tta)
+    temperature = float(loaded.card.get("calibration", {}).get("temperature", 1.0))
+    probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size,
+                                tta=tta, temperature=temperature)  # fmt: skip
     metrics = classification_metrics(probs.clamp_min(1e-12).log(), labels, loaded.classes)
-    metrics |= {"split": split, "data": str(data), "tta": tta}
+    metrics |= {"split": split, "data": str(data), "tta": tta, "temperature": temperature}
+    point = loaded.card.get("operating_point")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    if point is not None:
+        logits = image_logits(model, images, loaded.preprocessing, batch_size=batch_size)
+        fit = {"temperature": temperature, "threshold": point, "fitted_on": "val (model card)"}
+        clinical = analyse(fit, {"test": (logits, labels)}, loaded.classes,
+                           Path(out) if out is not None else None,
+                           test_probs=probs if tta else None)  # fmt: skip
+        metrics["clinical"] = clinical
     if out is not None:
         from ..files import write_json
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"metrics_{split}.json", metrics)
         plot_confusion(
             metrics["confusion_matrix"],
@@ -127,7 +154,8 @@ def _split_images(part: Any, prep: Preprocessing) -> tuple[torch.Tensor, torch.T
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A short table: the headline numbers, then precision/recall/F1 per class."""
+    """A short table: the headline numbers, precision/recall/F1 per class, and for two
+    classes the rates at the card's threshold and at 0.5 with their intervals."""
     lines = [
         f"{metrics.get('split', 'split')}: n {metrics['n']}, loss {metrics['loss']:.4f}, "
         f"accuracy {metrics['accuracy']:.4f}, "
@@ -141,4 +169,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             f"{row['f1']:>9.4f} {row['support']:>8}"
         )
     lines.append("confusion matrix [true][predicted]: " + json.dumps(metrics["confusion_matrix"]))
+    if "clinical" in metrics:
+        lines += summary_lines(metrics["clinical"])
     return "\n".join(lines)

@@ -29,8 +29,9 @@ from ..train.distributed import check_device
 from ..train.prepare import check_classes
 from .build import build_model, say, weights_source
 from .metrics import classification_metrics
+from .operating_point import parse_threshold
 
-MONITORS = ("balanced_accuracy", "roc_auc", "loss", "accuracy", "macro_f1")
+MONITORS = ("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1")
 GREY = ("auto", "repeat", "sum")
 OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
@@ -67,12 +68,18 @@ class FinetuneOptions:
     grey: str = "auto"  # grey images: "repeat" to 3 channels or "sum" (1-channel stem)
     class_weights: bool = False
     balanced_sampling: bool = False
-    monitor: str = "balanced_accuracy"
+    monitor: str = "auto"  # balanced accuracy; PR-AUC on imbalanced two-class data
+    threshold: str = "youden"  # two classes: the operating point, chosen on validation
     patience: int | None = setting(
         5, "epochs without improvement before stopping; None: never", ">= 1"
     )
-    val_size: float = setting(0.1, "", "(0, 1)")
-    label_smoothing: float = setting(0.0, "", "[0, 1)")
+    val_size: float = setting(0.1, "fraction held out for validation", "(0, 1)")
+    test_size: float = setting(
+        0.0, "held out (grouped) as test when the data has no test split", "[0, 1)"
+    )
+    folds: int = setting(1, "> 1: stratified, grouped k-fold cross-validation", ">= 1")
+    fold: int | None = setting(None, "set by cross-validation: this run's validation fold", ">= 0")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", "[0, 1)")
     augment: bool = True
     flip: bool = True
     pad: int | None = setting(None, "random-crop padding; None: crop / 8", ">= 0")
@@ -100,6 +107,7 @@ class FinetuneOptions:
             raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
         check_settings(self)
         check_device(self.device)
+        parse_threshold(self.threshold)  # a bad --threshold fails before any work
         if self.pretrained in ("", "none", "None", "scratch"):
             self.pretrained = None
 
@@ -213,10 +221,13 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     options = _settings(options, run_dir)
     options.pretrained = weights_source(options.pretrained, options.model)
     bundle, notes = prepare.open_finetune_data(
-        options.data, options.val_size, options.seed, options.on_bad
-    )
+        options.data, options.val_size, options.seed, options.on_bad,
+        test_size=options.test_size, folds=options.folds, fold=options.fold,
+    )  # fmt: skip
     check_classes(bundle)
     counts = prepare.class_counts(bundle)
+    options.monitor, chosen = prepare.auto_monitor(options.monitor, counts["train"])
+    notes += [chosen] if chosen else []
     for split, by_class in counts.items():
         say(f"class counts ({split}): " + ", ".join(f"{c} {n:,}" for c, n in by_class.items()))
     for note in notes:

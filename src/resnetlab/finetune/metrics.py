@@ -1,5 +1,5 @@
 """Classification metrics practitioners report: accuracy, balanced accuracy, per-class
-precision/recall/F1, the confusion matrix and ROC-AUC (binary, or macro one-vs-rest).
+precision/recall/F1, the confusion matrix, ROC-AUC and PR-AUC (binary, or macro one-vs-rest).
 
 Computed from logits and labels with torch alone, so they run wherever the model does.
 """
@@ -41,6 +41,21 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float(torch.trapezoid(tpr, fpr))
 
 
+def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """PR-AUC as scikit-learn's ``average_precision_score``; NaN without positives."""
+    positive = positive.bool()
+    if not positive.any():
+        return float("nan")
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    s, y = scores.double()[order], positive[order]
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    tp = torch.cumsum(y.double(), 0)[last]
+    fp = torch.cumsum((~y).double(), 0)[last]
+    gained = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), tp]))
+    return float((gained * tp / (tp + fp)).sum() / tp[-1])
+
+
 def classification_metrics(
     logits: torch.Tensor, labels: torch.Tensor, classes: list[str] | None = None
 ) -> dict:
@@ -62,16 +77,23 @@ def classification_metrics(
     loss = torch.nn.functional.cross_entropy(logits, labels).item() if len(labels) else float("nan")
     if num_classes == 2:
         auc = roc_auc(probabilities[:, 1], labels == 1)
+        pr_auc = average_precision(probabilities[:, 1], labels == 1)
     else:
         per_class = [roc_auc(probabilities[:, c], labels == c) for c in range(num_classes)]
         valid = [a for a in per_class if a == a]
         auc = sum(valid) / len(valid) if valid else float("nan")
+        per_class = [
+            average_precision(probabilities[:, c], labels == c) for c in range(num_classes)
+        ]
+        valid = [a for a in per_class if a == a]
+        pr_auc = sum(valid) / len(valid) if valid else float("nan")
     return {
         "n": len(labels),
         "loss": loss,
         "accuracy": float(true_positive.sum() / max(len(labels), 1)),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
         "roc_auc": auc,
+        "pr_auc": pr_auc,
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
         "per_class": {
             name: {

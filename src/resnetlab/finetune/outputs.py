@@ -15,14 +15,16 @@ from torch import nn
 from ..experiments.runs import read_jsonl
 from ..files import write_json, write_text_atomic
 from ..train.metrics import MetricsWriter
+from . import clinic
 from .build import say
 from .card import build_from_card, write_card
-from .evaluate import format_metrics, image_probabilities
+from .evaluate import format_metrics, image_logits, image_probabilities
 from .finetune import PHASES, FinetuneResult
+from .gallery import decisions, draw_gallery
 from .metrics import classification_metrics
 from .plots import plot_confusion, plot_history, plot_roc
 
-HEADLINE = ("loss", "accuracy", "balanced_accuracy", "roc_auc", "macro_f1")
+HEADLINE = ("loss", "accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1")
 
 
 def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -> FinetuneResult:
@@ -57,30 +59,10 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
     save_weights(model, run_dir / "model.safetensors", metadata=meta)
     save_weights(model, run_dir / "model.pt", metadata=meta)
     _check_reload(card, model, run_dir)
-    metrics: dict[str, dict[str, Any]] = {}
-    for split, part in (("val", data.val), ("test", data.test)):
-        if part is None:
-            continue
-        tta = options.tta and split == "test"
-        probs = image_probabilities(model, part.images, prep, tta=tta)
-        m = classification_metrics(probs.clamp_min(1e-12).log(), part.labels, classes)
-        where = (
-            f"val, best epoch {best_row['epoch']:g} ({best_row['phase']}) by {options.monitor}"
-            if split == "val" and best_row
-            else split
-        )
-        m |= {"measured_on": where + (", mirror-averaged" if tta else ""), "split": split}
-        if split == "val" and best_row:
-            m |= {"epoch": best_row["epoch"], "phase": best_row["phase"], "step": best_row["step"]}
-        metrics[split] = m
-        plot_confusion(
-            m["confusion_matrix"],
-            classes,
-            run_dir / f"confusion_{split}.png",
-            f"{split} ({len(part)} images)",
-        )
-        plot_roc(probs, part.labels, classes, run_dir / f"roc_{split}.png", split)
-        print(format_metrics(m))
+    metrics, clinical = split_metrics(options, run_dir, model, prep, data, best_row)
+    card["calibration"] = {"temperature": clinical["temperature"], "fitted_on": "val"}
+    if "threshold" in clinical:
+        card["operating_point"] = clinical["threshold"]
     records = merge_metrics(run_dir)
     plot_history(records, options.monitor, run_dir / "history.png")
     card["training"] = {
@@ -107,11 +89,62 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
         "wall_time_s": round(info["wall_s"], 1),
     }
     card["metrics"] = {split: _card_metrics(m) for split, m in metrics.items()}
-    card["summary"] = summary_lines(card)
+    card["clinical"] = clinical
+    headline = summary_lines(card)  # the model line first, the split lines last
+    card["summary"] = headline[:1] + clinic.summary_lines(clinical) + headline[1:]
     write_card(run_dir, card)
     write_report(run_dir, card, bundle.summary())
     say(f"done in {info['wall_s']:.0f} s: {run_dir / 'model_card.json'}")
     return FinetuneResult(run_dir, card, metrics)
+
+
+def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row):
+    """Metrics, plots and the clinical section (temperature and threshold fitted on val, test
+    figures with intervals, calibration, gallery) of the best model on val and test."""
+    classes = list(data.classes)
+    logits = {
+        split: (image_logits(model, part.images, prep), part.labels)
+        for split, part in (("val", data.val), ("test", data.test))
+        if part is not None
+    }
+    fit = clinic.fit_on_val(*logits["val"], options.threshold, classes)
+    test_probs = None
+    if options.tta and data.test is not None:
+        test_probs = image_probabilities(
+            model, data.test.images, prep, tta=True, temperature=fit["temperature"]
+        )
+    clinical = clinic.analyse(fit, logits, classes, run_dir, seed=options.seed,
+                              test_probs=test_probs)  # fmt: skip
+    metrics: dict[str, dict[str, Any]] = {}
+    for split, (raw, labels) in logits.items():
+        tta = options.tta and split == "test"
+        probs = test_probs if tta else torch.softmax(raw / fit["temperature"], 1)
+        m = classification_metrics(probs.clamp_min(1e-12).log(), labels, classes)
+        where = (
+            f"val, best epoch {best_row['epoch']:g} ({best_row['phase']}) by {options.monitor}"
+            if split == "val" and best_row
+            else split
+        )
+        m |= {"measured_on": where + (", mirror-averaged" if tta else ""), "split": split}
+        if split == "val" and best_row:
+            m |= {"epoch": best_row["epoch"], "phase": best_row["phase"], "step": best_row["step"]}
+        metrics[split] = m
+        plot_confusion(m["confusion_matrix"], classes, run_dir / f"confusion_{split}.png",
+                       f"{split} ({len(labels)} images, argmax)")  # fmt: skip
+        plot_roc(probs, labels, classes, run_dir / f"roc_{split}.png", split)
+        print(format_metrics(m))
+    split = "test" if data.test is not None else "val"
+    part = data.test if data.test is not None else data.val
+    probs = test_probs if split == "test" and test_probs is not None else None
+    if probs is None:
+        probs = torch.softmax(logits[split][0] / fit["temperature"], 1)
+    cut = fit.get("threshold", {}).get("threshold")
+    shown = draw_gallery(model, part.images, part.labels, probs, decisions(probs, cut), prep,
+                         classes, run_dir / f"gallery_{split}.png")  # fmt: skip
+    clinical["gallery"] = shown | {"split": split} if shown else None
+    for line in clinic.summary_lines(clinical):
+        say(line)
+    return metrics, clinical
 
 
 def _best_row(rows: list[dict[str, Any]], monitor: str) -> dict[str, Any] | None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..experiments.runs import pyplot, save_figure
+from .calibration import calibration_errors, reliability
 from .metrics import roc_auc, roc_curve
+from .uncertainty import weighted_metrics
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
@@ -85,4 +88,52 @@ def plot_history(records: list[dict[str, Any]], monitor: str, path: Path) -> Pat
     ax.set_xlabel("epoch")
     ax.set_title("validation per epoch")
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_pr(scores, positive, name: str, path: Path, title: str) -> Path:
+    """Precision against recall (the positive class), with the prevalence as the chance line."""
+    plt = pyplot()
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], positive[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    recall = np.r_[0.0, tp / max(y.sum(), 1)]
+    precision = np.r_[1.0, tp / np.maximum(tp + fp, 1)]
+    ap = float(weighted_metrics(scores, positive, 0.5)["pr_auc"][0])
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.step(recall, precision, where="post", label=f"{name} (PR-AUC {ap:.3f})")
+    ax.axhline(y.mean(), color="grey", linestyle=":", linewidth=1, label="prevalence")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision (PPV)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"precision-recall, {title}")
+    ax.legend(loc="lower left", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_reliability(logits, labels, temperature: float, path: Path, title: str) -> Path:
+    """Reliability diagrams before and after temperature scaling (15 equal-width bins)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), sharey=True)
+    y = labels.long().numpy()
+    cases = (("before", 1.0), (f"after (T = {temperature:.2f})", temperature))
+    for ax, (name, t) in zip(axes, cases, strict=True):
+        probs = torch.softmax(logits.double() / t, 1).numpy()
+        table = reliability(probs, y)
+        ece, mce = calibration_errors(probs, y)
+        used = table["count"] > 0
+        centres = (table["edges"][:-1] + table["edges"][1:]) / 2
+        width = table["edges"][1] - table["edges"][0]
+        ax.bar(centres[used], table["accuracy"][used], width=width * 0.95, color="#4c72b0",
+               edgecolor="white", label="accuracy")  # fmt: skip
+        ax.bar(centres[used], table["confidence"][used], width=width * 0.95, fill=False,
+               edgecolor="#c44e52", linewidth=1.2, label="mean confidence")  # fmt: skip
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("confidence (top class)")
+        ax.set_title(f"{name}: ECE {ece:.3f}, MCE {mce:.3f}", fontsize=9)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"reliability, {title}", fontsize=10)
     return save_figure(fig, path)

@@ -25,10 +25,21 @@ from .preprocess import load_image, prepare_images
 
 @dataclass
 class Prediction:
-    """One file's top-k (class, probability) pairs, most likely first."""
+    """One file's top-k (class, calibrated probability) pairs, most likely first; for two
+    classes also the positive class's probability and the decision at the card's threshold."""
 
     path: str
     top: list[tuple[str, float]]
+    probability: float | None = None
+    threshold: float | None = None
+    decision: str | None = None
+
+
+def card_calibration(card: dict) -> tuple[float, float | None, str | None]:
+    """(temperature, threshold, positive class) from a model card (1, None, None if absent)."""
+    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+    point = card.get("operating_point") or {}
+    return temperature, point.get("threshold"), point.get("positive_class")
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -69,6 +80,7 @@ def predict_files(
     predictions: list[Prediction] = []
     failed: list[tuple[str, str]] = []
     model = optimize_for_inference(loaded.model)
+    temperature, threshold, _ = card_calibration(loaded.card)
     for start in range(0, len(paths), batch_size):
         names, images = [], []
         for path in paths[start : start + batch_size]:
@@ -89,38 +101,52 @@ def predict_files(
                 raise ResnetlabError(f"{path}: {reason}; fix it or pass --on-bad skip")
         if not images:
             continue
-        probs = image_probabilities(model, torch.stack(images), prep, tta=tta)
+        probs = image_probabilities(
+            model, torch.stack(images), prep, tta=tta, temperature=temperature
+        )
         values, index = probs.topk(k, dim=1)
-        for name, v, i in zip(names, values.tolist(), index.tolist(), strict=True):
-            predictions.append(
-                Prediction(name, [(classes[c], p) for c, p in zip(i, v, strict=True)])
-            )
+        for n, (name, v, i) in enumerate(zip(names, values.tolist(), index.tolist(), strict=True)):
+            top = [(classes[c], p) for c, p in zip(i, v, strict=True)]
+            if threshold is None or len(classes) != 2:
+                predictions.append(Prediction(name, top))
+                continue
+            p1 = float(probs[n, 1])
+            decision = classes[1] if p1 >= threshold else classes[0]
+            predictions.append(Prediction(name, top, p1, float(threshold), decision))
     return predictions, failed
 
 
 def render(predictions: list[Prediction], fmt: str) -> str:
     """A table (``text``), JSON lines' worth as one JSON list (``json``) or CSV (``csv``)."""
     if fmt == "json":
-        rows = [
-            {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
-            for p in predictions
-        ]
+        rows = []
+        for p in predictions:
+            row = {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+            if p.decision is not None:
+                row |= {"probability": p.probability, "threshold": p.threshold,
+                        "decision": p.decision}  # fmt: skip
+            rows.append(row)
         return json.dumps(rows, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         k = max((len(p.top) for p in predictions), default=0)
         header = ["path"] + [f"{w}{i + 1}" for i in range(k) for w in ("class", "probability")]
-        writer.writerow(header)
+        binary = any(p.decision is not None for p in predictions)
+        writer.writerow(header + (["probability", "threshold", "decision"] if binary else []))
         for p in predictions:
-            writer.writerow([p.path] + [x for c, v in p.top for x in (c, f"{v:.6f}")])
+            extra = [f"{p.probability:.6f}", f"{p.threshold:.6f}", p.decision] if binary else []
+            writer.writerow([p.path] + [x for c, v in p.top for x in (c, f"{v:.6f}")] + extra)
         return buffer.getvalue().rstrip("\n")
     if fmt != "text":
         raise ResnetlabError(f"unknown output format {fmt!r}; use text, json or csv.")
     width = max((len(p.path) for p in predictions), default=4)
-    lines = [f"{'file':<{width}}  top classes (probability)"]
+    lines = [f"{'file':<{width}}  top classes (calibrated probability)"]
     for p in predictions:
-        lines.append(f"{p.path:<{width}}  " + ", ".join(f"{c} {v:.3f}" for c, v in p.top))
+        line = f"{p.path:<{width}}  " + ", ".join(f"{c} {v:.3f}" for c, v in p.top)
+        if p.decision is not None:
+            line += f"  -> {p.decision} (p {p.probability:.3f}, threshold {p.threshold:.3f})"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import DataBundle, FileImageSet, ImageSet, open_data, split_val
+from ..data import DataBundle, FileImageSet, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..errors import ResnetlabError
 from .preprocess import Preprocessing, load_image, prepare_images
+from .splitting import check_no_leak, fold_split, hold_out
 
 SPLITS = ("train", "val", "test")
 MEMORY_LIMIT = 6 * 2**30  # bytes of uint8 images held in memory at the input size
@@ -22,19 +23,54 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 def open_finetune_data(
-    spec: str, val_size: float, seed: int, on_bad: str = "error"
+    spec: str,
+    val_size: float,
+    seed: int,
+    on_bad: str = "error",
+    *,
+    test_size: float = 0.0,
+    folds: int = 1,
+    fold: int | None = None,
 ) -> tuple[DataBundle, list[str]]:
-    """Open the data; hold out a stratified validation split when it has none."""
+    """Open the data; hold out a test split (``test_size``, when the data has none) and a
+    validation split (when it has none), both stratified and grouped; or make ``fold`` of
+    ``folds`` the validation split. ``on_bad`` as for ``open_data``."""
     bundle = open_data(spec, seed=seed, on_bad=on_bad)
     notes = []
-    if bundle.val is None or len(bundle.val) == 0:
-        bundle.train, bundle.val = split_val(bundle.train, val_size, seed)
+    if test_size and bundle.test is None:
+        bundle.train, bundle.test = hold_out(bundle.train, test_size, seed + 1, "test")
+        bundle.description += f"; test = {len(bundle.test):,} held out of train (seed {seed})"
+        notes.append(
+            f"no test split in the data: held out {len(bundle.test):,} images ({test_size:g}, "
+            "stratified, grouped when the data has groups)"
+        )
+    if fold is not None:
+        notes += fold_split(bundle, folds, fold, seed)
+    elif bundle.val is None or len(bundle.val) == 0:
+        bundle.train, bundle.val = hold_out(bundle.train, val_size, seed, "val")
         bundle.description += f"; val = {len(bundle.val):,} held out of train (seed {seed})"
         notes.append(
             f"no validation split in the data: held out {len(bundle.val):,} training "
-            f"images ({val_size:g}, stratified, seed {seed})"
+            f"images ({val_size:g}, stratified, grouped when the data has groups, seed {seed})"
         )
+    leak = check_no_leak(bundle)
+    notes += [leak] if leak else []
     return bundle, notes
+
+
+def auto_monitor(monitor: str, counts: dict[str, int]) -> tuple[str, str | None]:
+    """``auto``: balanced accuracy, or on imbalanced two-class data (largest class over 1.5
+    times the smallest) PR-AUC, which a majority-class guesser cannot score well on."""
+    if monitor != "auto":
+        return monitor, None
+    values = list(counts.values())
+    imbalanced = min(values) == 0 or max(values) / min(values) > 1.5
+    if imbalanced and len(values) == 2:
+        return "pr_auc", (
+            f"--monitor auto: the training classes are imbalanced ({', '.join(map(str, values))}"
+            "), so the best model is chosen by validation PR-AUC, not accuracy"
+        )
+    return "balanced_accuracy", "--monitor auto: validation balanced accuracy"
 
 
 def class_counts(bundle: DataBundle) -> dict[str, dict[str, int]]:

@@ -1,0 +1,194 @@
+"""CSV manifests ``path,label[,group][,split]`` for image folders and archives.
+
+A folder or archive with ``manifest.csv`` at its root (or a ``.csv`` file given as the data)
+is opened from the manifest instead of the folder layout: paths are relative to the root,
+``group`` (e.g. a patient id) keeps images together, and ``split`` (train/val/test) assigns
+them; a group found in two splits is an error. Images are decoded as ``folder`` decodes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import ResnetlabError
+from . import archive, folder, tensors
+from .base import FileImageSet, ImageSet, data_home
+from .splits import straddling
+
+MANIFEST_NAME = "manifest.csv"
+REQUIRED = ("path", "label")
+
+
+@dataclass
+class GroupedImageSet(ImageSet):
+    """An in-memory split whose images carry a group id each (kept through ``subset``)."""
+
+    groups: list[str] = field(default_factory=list)
+
+    def subset(self, index: torch.Tensor, source: str) -> GroupedImageSet:
+        picked = [self.groups[i] for i in index.tolist()]
+        return GroupedImageSet(self.images[index], self.labels[index], self.classes, source, picked)
+
+
+@dataclass
+class GroupedFileImageSet(FileImageSet):
+    """A split of image files whose images carry a group id each."""
+
+    groups: list[str] = field(default_factory=list)
+
+    def subset(self, index: torch.Tensor, source: str) -> GroupedFileImageSet:
+        picked = [self.groups[i] for i in index.tolist()]
+        paths = [self.paths[i] for i in index.tolist()]
+        return GroupedFileImageSet(
+            paths, self.labels[index], self.classes, source, self.in_channels, self.on_bad, picked
+        )
+
+
+def groups_of(part: object) -> list[str] | None:
+    """The group of each image of a split, or ``None`` when the data has no groups."""
+    groups = getattr(part, "groups", None)
+    return list(groups) if groups else None
+
+
+def find_manifest(path: Path) -> Path | str | None:
+    """The manifest for a data path: the .csv itself, ``manifest.csv`` in a folder, or the
+    member name of one at an archive's root; ``None`` when there is none."""
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return path
+    if path.is_dir():
+        return path / MANIFEST_NAME if (path / MANIFEST_NAME).is_file() else None
+    if archive.is_archive(path):
+        for name, read in archive.iter_files(path):
+            top = name.count("/") <= 1  # at the root, or in the archive's one top folder
+            if read is not None and top and name.rsplit("/", 1)[-1] == MANIFEST_NAME:
+                return name
+    return None
+
+
+def read_rows(text: str, where: str) -> list[dict[str, str]]:
+    """The manifest's rows, checked: the columns, no empty path or label."""
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [c.strip().lower() for c in reader.fieldnames or []]
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ResnetlabError(
+            f"{where}: manifest lacks column(s) {', '.join(missing)}; the header must be "
+            "path,label[,group][,split]"
+        )
+    rows = []
+    for number, raw in enumerate(reader, start=2):
+        row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+        if not row.get("path") or not row.get("label"):
+            raise ResnetlabError(f"{where}, line {number}: empty path or label; fill it in.")
+        split = row.get("split", "") or "train"
+        if split.lower() not in folder.SPLIT_ALIASES:
+            raise ResnetlabError(
+                f"{where}, line {number}: split {split!r} is unknown; use train, val or test."
+            )
+        row["split"] = folder.SPLIT_ALIASES[split.lower()]
+        row["group"] = row.get("group") or f"image:{row['path']}"
+        rows.append(row)
+    if not rows:
+        raise ResnetlabError(f"{where}: the manifest lists no images; add rows.")
+    return rows
+
+
+def check_rows(rows: list[dict[str, str]], where: str) -> list[str]:
+    """The sorted classes; a group in two splits or a class missing from train is an error."""
+    by_split: dict[str, list[str]] = {}
+    for r in rows:
+        by_split.setdefault(r["split"], []).append(r["group"])
+    bad = straddling(by_split)
+    if bad:
+        raise ResnetlabError(
+            f"{where}: group {bad[0]!r} is in more than one split ({len(bad)} such groups); "
+            "give all images of a group the same split, or leave the split column empty."
+        )
+    classes = sorted({r["label"] for r in rows if r["split"] == "train"})
+    extra = sorted({r["label"] for r in rows} - set(classes))
+    if not classes:
+        raise ResnetlabError(f"{where}: no train rows; mark some rows split=train.")
+    if extra:
+        raise ResnetlabError(
+            f"{where}: class {extra[0]!r} has no training images; every class needs some."
+        )
+    return classes
+
+
+def open_manifest(
+    source: Path, manifest: Path | str, *, on_bad: str = "error", root: Path | None = None
+) -> tuple[dict[str, ImageSet | FileImageSet], list[str]]:
+    """{split: set with groups} and the classes, from a manifest in a folder or an archive."""
+    source = Path(source)
+    if isinstance(manifest, Path):
+        where, base = str(manifest), manifest.parent
+        text = manifest.read_text(encoding="utf-8-sig")
+    else:  # a member of an archive: extract safely once, then read files
+        key = tensors.fingerprint(source)[:16]
+        base = archive.extract(source, data_home(root) / "extracted" / f"{source.name}-{key}")
+        base = base / manifest.rsplit("/", 1)[0] if "/" in manifest else base
+        where = f"{source}:{manifest}"
+        text = (base / Path(manifest).name).read_text(encoding="utf-8-sig")
+    rows = read_rows(text, where)
+    classes = check_rows(rows, where)
+    for r in rows:
+        member = archive.safe_member_name(Path(where), r["path"])  # no escaping the root
+        r["file"] = str(base / member)
+    return _load_sets(rows, classes, where, on_bad), classes
+
+
+def _load_sets(rows, classes, where, on_bad) -> dict[str, ImageSet | FileImageSet]:
+    """Small images decoded into tensors; large ones kept as files."""
+    index = {c: i for i, c in enumerate(classes)}
+    first = Path(rows[0]["file"])
+    if not first.is_file():
+        raise ResnetlabError(f"{where}: {rows[0]['path']} does not exist; fix the path.")
+    try:
+        with Image.open(first) as im:
+            small, grey = max(im.size) <= folder.SMALL_MAX, im.mode in folder.GREY_MODES
+    except folder.BAD_ERRORS:
+        raise ResnetlabError(f"{where}: {rows[0]['path']} is not a readable image.") from None
+    sets: dict[str, ImageSet | FileImageSet] = {}
+    for split in ("train", "val", "test"):
+        chosen = [r for r in rows if r["split"] == split]
+        if not chosen:
+            continue
+        labels = torch.tensor([index[r["label"]] for r in chosen], dtype=torch.int64)
+        groups = [r["group"] for r in chosen]
+        name = f"{where} [{split}]"
+        if not small:
+            channels = 1 if grey else 3
+            paths = [Path(r["file"]) for r in chosen]
+            sets[split] = GroupedFileImageSet(
+                paths, labels, classes, name, channels, on_bad, groups
+            )
+            continue
+        arrays, keep, bad = [], [], []
+        for i, r in enumerate(tqdm(chosen, desc=f"decoding {split}", unit="img", leave=False)):
+            try:
+                arrays.append(folder.decode(Path(r["file"]).read_bytes()))
+                keep.append(i)
+            except folder.BAD_ERRORS:
+                bad.append(r["path"])
+        folder.report_bad(name, bad, on_bad)
+        shapes = {a.shape[:2] for a in arrays}
+        if len(shapes) > 1:
+            raise ResnetlabError(
+                f"{where}: images differ in size ({sorted(shapes)[:2]}); resize them to one size."
+            )
+        channels = max(a.shape[2] for a in arrays)
+        stack = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a in arrays])
+        images = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
+        kept = torch.tensor(keep, dtype=torch.int64)
+        sets[split] = GroupedImageSet(
+            images, labels[kept], classes, name, [groups[i] for i in keep]
+        )
+    return sets

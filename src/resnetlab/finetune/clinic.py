@@ -1,0 +1,169 @@
+"""The figures a clinician needs beside accuracy: a temperature fitted on validation, the
+operating threshold chosen on validation (never on test), test metrics at that threshold and
+at 0.5 with stratified bootstrap 95 % intervals, calibration before and after, and the plots.
+
+``analyse`` returns the card's ``clinical`` section; it is the one place fine-tuning,
+``evaluate`` and cross-validation compute these, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ResnetlabError
+from ..experiments.runs import write_csv
+from .calibration import calibration_summary, fit_temperature
+from .operating_point import binary_rates, choose_threshold
+from .plots import plot_pr, plot_reliability
+from .uncertainty import bootstrap_intervals
+
+RESAMPLES = 2000
+DEFAULT_CUT = 0.5  # MedMNIST's convention, reported for comparison
+
+
+def fit_on_val(
+    val_logits: torch.Tensor, val_labels: torch.Tensor, threshold_spec: str | None, classes
+) -> dict[str, Any]:
+    """Temperature (NLL, L-BFGS) and, for two classes, the threshold, both from validation."""
+    temperature = fit_temperature(val_logits, val_labels)
+    out: dict[str, Any] = {"temperature": temperature, "fitted_on": "val"}
+    if len(classes) == 2:
+        probs = torch.softmax(val_logits.double() / temperature, 1)[:, 1].numpy()
+        out["threshold"] = choose_threshold(probs, val_labels.numpy() == 1, threshold_spec)
+        out["threshold"]["positive_class"] = classes[1]
+    return out
+
+
+def test_figures(
+    probs: np.ndarray, labels: np.ndarray, threshold: float, seed: int, resamples: int = RESAMPLES
+) -> dict[str, Any]:
+    """Rates at the threshold and at 0.5, each with bootstrap intervals of ROC-AUC, PR-AUC,
+    accuracy, sensitivity and specificity (the same resamples for both cuts)."""
+    positive = labels == 1
+    out = {}
+    for name, cut in (("at_threshold", threshold), ("at_0.5", DEFAULT_CUT)):
+        rates = binary_rates(probs, positive, cut)
+        if positive.all() or not positive.any():
+            out[name] = rates
+            continue
+        rates["ci95"] = bootstrap_intervals(probs, positive, cut, n_resamples=resamples, seed=seed)
+        out[name] = rates
+    return out
+
+
+def analyse(
+    fit: dict[str, Any],
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    classes: list[str],
+    out_dir: Path | None,
+    *,
+    seed: int = 0,
+    test_probs: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The ``clinical`` section for {split: (logits, labels)}; plots and the test predictions
+    (``predictions_test.csv``) go to ``out_dir``. ``test_probs`` overrides the calibrated test
+    probabilities (mirror averaging)."""
+    temperature = fit["temperature"]
+    section: dict[str, Any] = {**fit, "calibration": {}}
+    for split, (logits, labels) in splits.items():
+        section["calibration"][split] = calibration_summary(logits, labels, temperature)
+        if out_dir is not None:
+            path = out_dir / f"reliability_{split}.png"
+            plot_reliability(logits, labels, temperature, path, split)
+    if len(classes) != 2:
+        return section
+    if out_dir is not None and "val" in splits:
+        val_p1 = torch.softmax(splits["val"][0].double() / temperature, 1)[:, 1].numpy()
+        write_predictions(out_dir / "predictions_val.csv", *splits["val"], val_p1, fit, classes)
+    if "test" not in splits:
+        return section
+    logits, labels = splits["test"]
+    probs = torch.softmax(logits.double() / temperature, 1)
+    if test_probs is not None:
+        probs = test_probs.double()
+    p1, y = probs[:, 1].numpy(), labels.numpy()
+    section["test"] = test_figures(p1, y, fit["threshold"]["threshold"], seed)
+    if out_dir is not None:
+        plot_pr(p1, y == 1, classes[1], out_dir / "pr_test.png", "test")
+        write_predictions(out_dir / "predictions_test.csv", logits, labels, p1, fit, classes)
+    return section
+
+
+def write_predictions(path: Path, logits, labels, p1: np.ndarray, fit, classes) -> Path:
+    """One row per image: label, raw and calibrated probability, decision at the threshold."""
+    raw = torch.softmax(logits.double(), 1)[:, 1].numpy()
+    cut = fit["threshold"]["threshold"]
+    rows = [
+        {
+            "index": i,
+            "label": int(labels[i]),
+            "probability_raw": f"{raw[i]:.6f}",
+            "probability": f"{p1[i]:.6f}",
+            "decision": classes[1] if p1[i] >= cut else classes[0],
+        }
+        for i in range(len(p1))
+    ]
+    return write_csv(path, rows)
+
+
+def read_predictions(run_dir: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated positive probability, label) per image of a split from a run folder."""
+    path = Path(run_dir) / f"predictions_{split}.csv"
+    if not path.is_file():
+        raise ResnetlabError(
+            f"{run_dir} has no {path.name}; give two-class fine-tuning runs with a test "
+            "split (or run `resnetlab evaluate RUN DATA --out RUN`)."
+        )
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    probs = np.array([float(r["probability"]) for r in rows])
+    return probs, np.array([int(r["label"]) for r in rows])
+
+
+def summary_lines(section: dict[str, Any]) -> list[str]:
+    """Findings lines: threshold, test rates with intervals, calibration before/after."""
+    lines = []
+    th = section.get("threshold")
+    if th:
+        target = f" {th['target']:g}" if th.get("target") is not None else ""
+        lines.append(
+            f"operating threshold {th['threshold']:.4f} on the calibrated probability of "
+            f"{th['positive_class']!r} (rule {th['rule']}{target}, chosen on validation); "
+            f"temperature {section['temperature']:.3f} (fitted on validation)"
+        )
+    for name, m in section.get("test", {}).items():
+        ci = m.get("ci95", {})
+
+        def show(key: str, m: dict = m, ci: dict = ci) -> str:
+            if key not in ci:
+                return f"{m.get(key, float('nan')):.3f}"
+            c = ci[key]
+            return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+        lines.append(
+            f"test {name.replace('_', ' ')} ({m['threshold']:.3f}): sensitivity "
+            f"{show('sensitivity')}, specificity {show('specificity')}, PPV {m['ppv']:.3f}, "
+            f"NPV {m['npv']:.3f}, F1 {m['f1']:.3f}, balanced accuracy "
+            f"{m['balanced_accuracy']:.3f}, accuracy {show('accuracy')}"
+        )
+    test = section.get("test", {}).get("at_threshold", {}).get("ci95")
+    if test:
+        lines.append(
+            f"test ROC-AUC {test['roc_auc']['value']:.4f} [{test['roc_auc']['low']:.4f}, "
+            f"{test['roc_auc']['high']:.4f}], PR-AUC {test['pr_auc']['value']:.4f} "
+            f"[{test['pr_auc']['low']:.4f}, {test['pr_auc']['high']:.4f}] (95 % stratified "
+            f"bootstrap, {test['bootstrap']['resamples']} resamples)"
+        )
+    for split, cal in section.get("calibration", {}).items():
+        b, a = cal["before"], cal["after"]
+        lines.append(
+            f"{split} calibration: ECE {b['ece']:.4f} -> {a['ece']:.4f} (equal-mass "
+            f"{b['ece_equal_mass']:.4f} -> {a['ece_equal_mass']:.4f}), MCE {b['mce']:.4f} -> "
+            f"{a['mce']:.4f}, Brier {b['brier']:.4f} -> {a['brier']:.4f} after temperature scaling"
+        )
+    return lines

@@ -1,0 +1,55 @@
+"""Grad-CAM and Grad-CAM++ against the ``grad-cam`` package on the same model, layer and
+images, for each family's default layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from resnetlab import create_model
+from resnetlab.analysis.gradcam import cam_maps, default_layer, find_layer, overlay
+from resnetlab.errors import ResnetlabError
+
+REFERENCE = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "layer"),
+    [("resnet20", 32, "layer3.2"), ("resnet18", 64, "layer4.1"), ("plain18", 64, "layer4.1"),
+     ("vgg11", 64, "features.18")],
+)  # fmt: skip
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_maps_match_grad_cam(name, size, layer, method):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3).eval()
+    assert default_layer(model) == layer
+    x = torch.randn(3, 3, size, size)
+    ours = cam_maps(model, x, method=method, target=[0, 1, 2])
+    for m in model.modules():  # grad-cam on a CPU would see VGG's conv output after ReLU_
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    with REFERENCE[method](model=model, target_layers=[model.get_submodule(layer)]) as cam:
+        expected = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (0, 1, 2)])
+    assert ours["layer"] == layer and ours["maps"].shape == (3, size, size)
+    assert np.abs(ours["maps"].numpy() - expected).max() < 1e-4
+    assert ours["classes"].tolist() == [0, 1, 2]
+
+
+def test_predicted_class_by_default_and_parameters_untouched():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = cam_maps(model, x)
+    assert result["classes"].tolist() == model(x).argmax(1).tolist()
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    picture = overlay((torch.rand(1, 32, 32) * 255).byte(), result["maps"][0])
+    assert picture.shape == (32, 32, 3) and picture.dtype == np.uint8
+
+
+def test_unknown_layer_names_known_ones():
+    model = create_model("resnet20", num_classes=2)
+    with pytest.raises(ResnetlabError, match="layer3"):
+        find_layer(model, "layer9")
