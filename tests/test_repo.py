@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +25,11 @@ def test_readme_starts_with_setup_and_test_commands() -> None:
 def test_ci_runs_readme_commands() -> None:
     script = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in script and 'eval "$install"' in script and 'eval "$tests"' in script
+
+
+def test_the_package_has_no_import_cycle(shared_dir) -> None:
+    """``../shared/tools/import_cycles.py`` counts imports inside functions too."""
+    tool = shared_dir / "tools" / "import_cycles.py"
+    done = subprocess.run([sys.executable, str(tool), "src", "resnetlab"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -298,6 +298,7 @@ def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
             ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=net["label"])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("k")
+        ax.set_xticks(range(int(k.max()) + 1))
         ax.set_ylabel("test error (%), mean ± std over draws")
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)

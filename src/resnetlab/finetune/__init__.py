@@ -4,9 +4,10 @@ evaluation with the practitioner's metric set, and the learning-rate range test.
 
 from .card import LoadedModel, export_input_size, load_model, read_card, run_summary, write_card
 from .evaluate import evaluate_run, format_metrics, image_probabilities
-from .finetune import FinetuneOptions, FinetuneResult, finetune, saved_options
+from .finetune import finetune
 from .lr_find import LrFindResult, lr_find
 from .metrics import classification_metrics, roc_curve
+from .options import FinetuneOptions, FinetuneResult, saved_options
 from .predict import Prediction, expand_inputs, predict_files, render
 from .preprocess import Preprocessing, prepare_images
 

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import ResnetlabError
 
 if TYPE_CHECKING:
-    from .finetune import FinetuneOptions
+    from .options import FinetuneOptions
 
 
 def say(message: str) -> None:

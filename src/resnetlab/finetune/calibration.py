@@ -25,7 +25,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         raise ResnetlabError("temperature scaling needs validation images; give a val split.")
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS(
-        [log_t], lr=0.5, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
+        [log_t],
+        lr=0.5,
+        max_iter=max_iter,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
         line_search_fn="strong_wolfe",
     )
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,113 +22,22 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
-from ..files import LOCK_NAME, RunLock, write_json, write_text_atomic
-from ..settings import check_settings, setting
+from ..files import RunLock, write_json, write_text_atomic
 from ..train import Callback, TrainConfig, train
-from ..train.distributed import check_device
 from ..train.prepare import check_classes
+from . import outputs, prepare
 from .build import build_model, say, weights_source
 from .metrics import classification_metrics
-from .operating_point import parse_threshold
+from .options import (
+    OPTIONS_FILE,
+    PHASES,
+    FinetuneOptions,
+    FinetuneResult,
+    resume_settings,
+    saved_options,
+)
 
-MONITORS = ("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1")
-GREY = ("auto", "repeat", "sum")
-OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
-PHASES = ("phase1-head", "phase2-full")
-# Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir"}
-
-
-@dataclass
-class FinetuneOptions:
-    """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default"."""
-
-    data: str
-    out_dir: str
-    model: str = "resnet18"
-    pretrained: str | None = "auto"  # tag, URL, file or run folder; "auto": ImageNet if published
-    model_options: dict[str, Any] = field(default_factory=dict)
-    head_dropout: float = setting(0.0, "", "[0, 1)")
-    freeze: tuple[str, ...] = ()  # stages kept frozen in both phases
-    bn: str = "frozen"  # BatchNorm of frozen stages: "frozen" (eval statistics) or "train"
-    unfreeze_to: str | None = None  # phase 2 trains this stage and everything after it
-    head_epochs: float | None = setting(
-        None, "None: 2 with pretrained weights, 0 from scratch", ">= 0"
-    )
-    epochs: float = setting(5.0, "phase 2", "> 0")
-    optimizer: str = "adamw"
-    lr: float | None = setting(None, "the head's lr; None: 1e-3 (AdamW) or 0.01 (SGD)", "> 0")
-    lr_mult: float | None = setting(
-        None, "per-stage lr factor in phase 2; None: 0.4 pretrained, 1 scratch", "> 0"
-    )
-    weight_decay: float | None = setting(None, "None: 0.01 (AdamW) or 5e-4 (SGD)", ">= 0")
-    schedule: str = "onecycle"
-    batch_size: int = setting(64, "", ">= 1")
-    image_size: int | None = setting(None, "", ">= 8")
-    grey: str = "auto"  # grey images: "repeat" to 3 channels or "sum" (1-channel stem)
-    class_weights: bool = False
-    balanced_sampling: bool = False
-    monitor: str = "auto"  # balanced accuracy; PR-AUC on imbalanced two-class data
-    threshold: str = "youden"  # two classes: the operating point, chosen on validation
-    patience: int | None = setting(
-        5, "epochs without improvement before stopping; None: never", ">= 1"
-    )
-    val_size: float = setting(0.1, "fraction held out for validation", "(0, 1)")
-    test_size: float = setting(
-        0.0, "held out (grouped) as test when the data has no test split", "[0, 1)"
-    )
-    folds: int = setting(1, "> 1: stratified, grouped k-fold cross-validation", ">= 1")
-    fold: int | None = setting(None, "set by cross-validation: this run's validation fold", ">= 0")
-    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", "[0, 1)")
-    augment: bool = True
-    flip: bool = True
-    pad: int | None = setting(None, "random-crop padding; None: crop / 8", ">= 0")
-    tta: bool = False  # mirror averaging for the final test metrics
-    seed: int = setting(0, "", ">= 0")
-    device: str = "auto"
-    progress: bool = True
-    activation_checkpointing: bool = False
-    resume: bool = False
-    on_bad: str = "error"  # unreadable image files: "error", or "skip" them with a warning
-
-    def __post_init__(self) -> None:
-        self.freeze = tuple(self.freeze)
-        for name, value, choices in (
-            ("monitor", self.monitor, MONITORS),
-            ("grey", self.grey, GREY),
-            ("bn", self.bn, ("frozen", "train")),
-            ("on-bad", self.on_bad, ("error", "skip")),
-        ):
-            if value not in choices:
-                raise ResnetlabError(
-                    f"--{name} {value!r} is unknown; use one of {', '.join(choices)}."
-                )
-        if self.class_weights and self.balanced_sampling:
-            raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
-        check_settings(self)
-        check_device(self.device)
-        parse_threshold(self.threshold)  # a bad --threshold fails before any work
-        if self.pretrained in ("", "none", "None", "scratch"):
-            self.pretrained = None
-
-    @property
-    def head_lr(self) -> float:
-        return self.lr or (1e-3 if self.optimizer == "adamw" else 0.01)
-
-    @property
-    def decay(self) -> float:
-        if self.weight_decay is not None:
-            return self.weight_decay
-        return 0.01 if self.optimizer == "adamw" else 5e-4
-
-
-@dataclass
-class FinetuneResult:
-    """The run folder, its card and the headline metrics (val at the best epoch, test)."""
-
-    run_dir: Path
-    card: dict[str, Any]
-    metrics: dict[str, dict[str, Any]]
+__all__ = ["FinetuneOptions", "FinetuneResult", "finetune", "phase_plan", "saved_options"]
 
 
 class Tracker(Callback):
@@ -214,11 +123,9 @@ def finetune(options: FinetuneOptions, callbacks: Sequence[Callback] = ()) -> Fi
 
 
 def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> FinetuneResult:
-    from . import outputs, prepare
-
     start = time.perf_counter()
     run_dir = Path(options.out_dir)
-    options = _settings(options, run_dir)
+    options = resume_settings(options, run_dir)
     options.pretrained = weights_source(options.pretrained, options.model)
     bundle, notes = prepare.open_finetune_data(
         options.data, options.val_size, options.seed, options.on_bad,
@@ -253,7 +160,7 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / OPTIONS_FILE, dataclasses.asdict(options))
     for phase in plan:
-        config = _engine_config(
+        config = engine_config(
             options, phase.lr, phase.epochs, bpe, batch, prep, weights, run_dir / phase.name
         )
         tracker = Tracker(
@@ -338,42 +245,6 @@ def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks)
     write_json(done, {"steps": result.steps, "trainable": trainable})
 
 
-def saved_options(run_dir: Path) -> dict[str, Any]:
-    """The settings a fine-tuning run was started with, to resume it."""
-    saved = Path(run_dir) / OPTIONS_FILE
-    if not saved.is_file():
-        raise ResnetlabError(f"{run_dir} holds no fine-tuning run to resume; drop --resume.")
-    return json.loads(saved.read_text())
-
-
-def _settings(options: FinetuneOptions, run_dir: Path) -> FinetuneOptions:
-    """A fresh run needs an empty folder. ``resume`` continues with the run's own settings: a
-    field left at its default takes the saved value, any other change is refused unless it is
-    in ``RESUMABLE`` (the command line passes the saved settings with the given flags on top)."""
-    if options.resume:
-        saved, now = saved_options(run_dir), dataclasses.asdict(options)
-        defaults = {f.name: f.default for f in dataclasses.fields(FinetuneOptions)}
-        for key in sorted(saved.keys() - RESUMABLE):
-            if _same(now.get(key), saved[key]):
-                continue
-            if _same(now.get(key), defaults.get(key)):
-                now[key] = saved[key]
-                continue
-            raise ResnetlabError(
-                f"resume: {key} is {now.get(key)!r} but the run at {run_dir} used "
-                f"{saved[key]!r}; drop that setting or start a new --out."
-            )
-        say(f"resuming {run_dir} with its saved settings ({OPTIONS_FILE})")
-        return FinetuneOptions(**now)
-    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-        raise ResnetlabError(f"run folder {run_dir} is not empty; pass --resume or another --out.")
-    return options
-
-
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, default=str) == json.dumps(b, default=str)
-
-
 def _val_loader(data: Any, prep: Any, batch: int, device: str) -> Any:
     from ..data import make_loader
 
@@ -383,7 +254,7 @@ def _val_loader(data: Any, prep: Any, batch: int, device: str) -> Any:
     )
 
 
-def _engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) -> TrainConfig:
+def engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) -> TrainConfig:
     """One phase as an engine run: epochs, evaluation and checkpoints once per epoch."""
     return TrainConfig(
         model=options.model,

@@ -24,7 +24,8 @@ from ..files import write_json, write_text_atomic
 from .build import say
 from .card import read_card
 from .clinic import read_predictions
-from .finetune import OPTIONS_FILE, FinetuneOptions, finetune
+from .finetune import finetune
+from .options import OPTIONS_FILE, FinetuneOptions
 from .uncertainty import bootstrap_intervals
 
 KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1", "loss")

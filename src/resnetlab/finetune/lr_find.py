@@ -19,7 +19,8 @@ from ..errors import ResnetlabError
 from ..files import write_json
 from ..train import Callback, TrainingDiverged, train
 from .build import build_model, say, weights_source
-from .finetune import FinetuneOptions, _engine_config
+from .finetune import engine_config
+from .options import FinetuneOptions
 
 BETA = 0.98  # smoothing of the loss, as fastai
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
@@ -116,7 +117,7 @@ def lr_find(
     mult = options.lr_mult if options.lr_mult is not None else (0.4 if options.pretrained else 1.0)
     groups = param_groups(model, 1.0, decay=options.decay, lr_mult=1.0 if phase == "head" else mult)
     batch = min(options.batch_size, len(data.train))
-    config = _engine_config(
+    config = engine_config(
         options, 1.0, 1, len(data.train) // batch, batch, prep, None, out / "sweep"
     )
     config = config.replace(

@@ -19,9 +19,9 @@ from . import clinic
 from .build import say
 from .card import build_from_card, write_card
 from .evaluate import format_metrics, image_logits, image_probabilities
-from .finetune import PHASES, FinetuneResult
 from .gallery import decisions, draw_gallery
 from .metrics import classification_metrics
+from .options import PHASES, FinetuneResult
 from .plots import plot_confusion, plot_history, plot_roc
 
 HEADLINE = ("loss", "accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1")
