@@ -19,3 +19,10 @@ def shared_dir() -> Path:
             pytest.fail(message + " (required when CI=true)")
         pytest.skip(message)
     return SHARED
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh ``$RESNETLAB_HOME`` for the test (caches never touch the user's)."""
+    monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"

@@ -32,24 +32,10 @@ from resnetlab.finetune.predict import expand_inputs, predict_files
 from resnetlab.finetune.prepare import _prepare_split
 from resnetlab.finetune.preprocess import Preprocessing
 from resnetlab.train import TrainConfig, train
+from test_data_safety import write_folder  # the same small image folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DEBIAN_PYTHON = Path("/usr/bin/python3")
-
-
-def write_folder(root: Path, classes=("a", "b"), per_class: int = 3, size: int = 8) -> None:
-    for split in ("train", "test"):
-        for c, cls in enumerate(classes):
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                img = Image.new("RGB", (size, size), (60 * c, 30 * i, 9))
-                img.save(root / split / cls / f"{i}.jpg", quality=90)
-
-
-@pytest.fixture()
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def listing(root: Path) -> list[str]:

@@ -25,12 +25,6 @@ def write_folder(root: Path, classes=("a", "b"), per_class: int = 3, size: int =
                 img.save(root / split / cls / f"{i}.jpg", quality=90)
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 # --- hostile archives ----------------------------------------------------------------------
 
 

@@ -26,12 +26,11 @@ def setting(
     bounds: str | None = None,
     *,
     factory: Callable[[], Any] | None = None,
-    metavar: str | None = None,
 ) -> Any:
     """A dataclass field with its help text and optional numeric bounds in its metadata."""
     if bounds is not None:
         parse_bounds(bounds)  # a malformed rule fails at import, not at the user
-    metadata = {"help": help, "bounds": bounds, "metavar": metavar}
+    metadata = {"help": help, "bounds": bounds}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
