@@ -176,6 +176,9 @@ def test_bad_requests_are_clear_json_errors_and_the_server_keeps_serving(
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
     wrong_field = httpx.post(f"{server.url}/predict", files={"image": ("a.png", png)}, timeout=30)
     assert wrong_field.status_code == 400 and "'file'" in wrong_field.json()["error"]
+    for query in ("top_k=0", "top_k=two"):
+        bad = httpx.post(f"{server.url}/predict?{query}", content=png, timeout=30)
+        assert bad.status_code == 400 and "top_k" in bad.json()["error"]
     big = bytes(2 * 2**20)  # the test server allows 1 MiB
     over = httpx.post(f"{server.url}/predict", content=big, timeout=30)
     assert over.status_code == 413 and "limit of 1 MiB" in over.json()["error"]

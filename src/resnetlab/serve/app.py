@@ -11,12 +11,14 @@ from __future__ import annotations
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from ..data.folder import BAD_ERRORS, BadImage
+from ..errors import ResnetlabError
 from .model import ServedModel
 
 PAGE = files(__package__).joinpath("page.html")
@@ -88,6 +90,11 @@ def create_app(served: ServedModel, max_upload_mb: float = 20) -> FastAPI:
     app = FastAPI(title="resnetlab serve", docs_url=None, redoc_url=None)
     page = PAGE.read_text(encoding="utf-8")
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+        return error(400, f"bad query parameter ({where})")
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
@@ -105,6 +112,8 @@ def create_app(served: ServedModel, max_upload_mb: float = 20) -> FastAPI:
             return await run_in_threadpool(served.predict, data, top_k, gradcam)
         except RequestError as exc:
             return error(exc.status, str(exc))
+        except ResnetlabError as exc:
+            return error(400, str(exc))
         except BAD_ERRORS as exc:
             why = str(exc) if isinstance(exc, BadImage) else type(exc).__name__
             return error(400, f"not a readable image ({why}); send a JPEG, PNG, BMP or TIFF")
