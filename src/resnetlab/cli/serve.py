@@ -27,7 +27,7 @@ def run_serve(args: argparse.Namespace) -> int:
     check_device(args.device)
     served = load_served(args.source, args.pretrained, args.device, top_k=args.top_k)
     app = create_app(served, max_upload_mb=args.max_upload_mb)
-    print(f"serving {served.name} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    print(f"serving {served.name} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
