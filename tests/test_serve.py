@@ -13,21 +13,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx  # the dev extra brings httpx, playwright and the serve extra's packages
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.finetune.card import build_from_card, write_card
 from resnetlab.finetune.preprocess import Preprocessing, normalise, prepare_images
 from resnetlab.serve import load_served
+from resnetlab.serve.app import create_app
 from resnetlab.weights import save_weights
-
-httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("fastapi")
-from resnetlab.serve.app import create_app  # noqa: E402  (needs fastapi)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -209,8 +209,6 @@ def test_fifty_concurrent_requests_get_the_same_answer(server, images) -> None:
 
 def test_a_train_run_folder_and_a_model_name_are_served(tmp_path, images) -> None:
     torch.manual_seed(1)
-    from resnetlab import create_model
-
     model = create_model("resnet20", num_classes=3).eval()
     folder = tmp_path / "trainrun"
     folder.mkdir()
@@ -240,10 +238,9 @@ def test_the_page_shows_what_the_api_returns(server, images, tmp_path) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing (the browser test must run in CI)")
         pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium to run the browser test")
-    playwright = pytest.importorskip("playwright.sync_api")
     expected = httpx.post(f"{server.url}/predict", content=images[0].read_bytes(),
                           timeout=30).json()  # fmt: skip
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM))
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 640})
