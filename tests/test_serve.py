@@ -279,3 +279,11 @@ def test_serve_without_its_dependencies_says_what_to_install(monkeypatch, run, c
     monkeypatch.setattr(builtins, "__import__", no_uvicorn)
     assert main(["serve", str(run)]) == 2
     assert "install resnetlab[serve]" in capsys.readouterr().err
+
+
+def test_an_image_above_the_pixel_limit_is_refused(server, images, monkeypatch) -> None:
+    monkeypatch.setenv("RESNETLAB_MAX_IMAGE_MEGAPIXELS", "0.005")  # 96x80 is 0.0077
+    refused = httpx.post(f"{server.url}/predict", content=images[1].read_bytes(), timeout=30)
+    assert refused.status_code == 400 and "above the limit" in refused.json()["error"]
+    monkeypatch.delenv("RESNETLAB_MAX_IMAGE_MEGAPIXELS")
+    assert httpx.post(f"{server.url}/predict", content=images[1].read_bytes()).status_code == 200
