@@ -26,7 +26,7 @@ from ..finetune.uncertainty import delong_test
 from .export import build_model, is_fine_tuned
 
 
-def _load(source: str, pretrained: str | None, device: str):
+def load_source(source: str, pretrained: str | None, device: str):
     """(model, preprocessing, class names, temperature) of a run/model file or a model name."""
     if is_fine_tuned(source):
         loaded = load_model(source, device)
@@ -70,7 +70,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    model, prep, classes, temperature = _load(args.source, args.pretrained, args.device)
+    model, prep, classes, temperature = load_source(args.source, args.pretrained, args.device)
     paths = expand_inputs(args.images)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
