@@ -258,15 +258,19 @@ def _fetch(source: HubSource, filename: str) -> Path:
             f"{source.spec}: the repository has no revision {source.revision!r}; give a branch, "
             "tag or commit hash it has."
         ) from None
-    except errors.RemoteEntryNotFoundError:
-        raise _NoSuchFile(filename) from None
     except errors.LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE=1 forbids downloading" if offline() else "the Hub cannot be reached"
+        why, fix = (
+            ("HF_HUB_OFFLINE=1 forbids downloading", "unset HF_HUB_OFFLINE and connect once")
+            if offline()
+            else ("the Hub cannot be reached", "connect to the network once")
+        )
         raise ResnetlabError(
             f"{source.spec}: {filename} is not in the Hugging Face cache {hf_cache_dir()} and "
-            f"{why}; connect once (unset HF_HUB_OFFLINE) to download it, or copy the repo's "
-            "snapshot into that cache (HF_HOME / HF_HUB_CACHE)."
+            f"{why}; {fix} to download it, or copy the repo's snapshot into that cache "
+            "(set by HF_HOME or HF_HUB_CACHE)."
         ) from None
+    except errors.EntryNotFoundError:  # on the Hub (a local miss is caught above)
+        raise _NoSuchFile(filename) from None
     except errors.HfHubHTTPError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ResnetlabError(f"{source.spec}: the Hub refused {filename} ({first}).") from None
