@@ -122,7 +122,8 @@ def read_config(path: Path, where: str) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         raise ResnetlabError(
             f"{where}: {CONFIG} names no architecture; give a timm image model repo (e.g. "
-            "hf-hub:timm/resnet50.a1_in1k) or a folder written by resnetlab export --format hub."
+            "hf-hub:timm/resnet50.a1_in1k) or a folder written by resnetlab export --format hub "
+            "(for a fine-tuning run folder, its model.safetensors)."
         )
     return config
 
