@@ -70,7 +70,7 @@ def model_essentials(model: nn.Module, source: str, licence: str | None) -> dict
     info = getattr(model, "info", None)
     out: dict[str, Any] = {
         "architecture": info.name if info is not None else type(model).__name__,
-        "source_run": source,
+        "source": source,
         "license": licence or cfg.get("licence") or UNKNOWN_LICENCE,
     }
     if cfg.get("classes"):
@@ -96,6 +96,7 @@ def deploy_metadata(essentials: dict[str, Any], input_size: tuple[int, ...], io:
         "preprocessing": prep or None,
         "io": io,
         "source_run": essentials.get("source_run"),
+        "source": essentials.get("source"),
         "temperature": essentials.get("temperature"),
         "threshold": essentials.get("threshold"),
         "positive_class": essentials.get("positive_class"),
