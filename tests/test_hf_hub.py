@@ -201,3 +201,17 @@ def test_bad_spec_and_missing_package_are_one_line(monkeypatch, hf_home):
     with pytest.raises(ResnetlabError) as exc:
         create_model("resnet50", pretrained="hf-hub:timm/resnet50.a1_in1k")
     assert "pip install 'resnetlab[hub]'" in one_line(exc)
+
+
+def test_a_repo_with_only_pytorch_model_bin_loads_offline(tmp_path, hf_home, resnet18_repo):
+    reference, files = resnet18_repo
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").symlink_to(files / "config.json")
+    torch.save(reference.state_dict(), legacy / "pytorch_model.bin")
+    fill_cache(hf_home, "timm/resnet18.tv_in1k", legacy)
+    model = create_model("resnet18", pretrained="hf-hub:timm/resnet18.tv_in1k").eval()
+    assert model.pretrained_cfg["file"].endswith("pytorch_model.bin")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert relative_diff(model(x), reference(x)) <= 1e-5
