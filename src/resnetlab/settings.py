@@ -90,7 +90,8 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...] | None) -> None
         if not any(item == c and type(item) is type(c) for c in choices):
             words = [str(c) for c in choices]
             hint = close_matches(str(item), words) or f" Choose from {', '.join(words)}."
-            raise ResnetlabError(f"unknown {name} {item!r}.{hint}")
+            flag = "--" + name.replace("_", "-")
+            raise ResnetlabError(f"unknown {name} {item!r} ({flag}).{hint}")
 
 
 def check_settings(obj: Any) -> None:

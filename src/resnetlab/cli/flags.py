@@ -68,7 +68,8 @@ def add_settings(
             element = _element(kind)
             parser.add_argument(flag_name(f.name), action=_Items, nargs="+",
                                 type=_split(_converter(element, f.name)),
-                                metavar=metavar(element), **options)  # fmt: skip
+                                metavar=metavar(element, f.metadata.get("choices")),
+                                **options)  # fmt: skip
         else:
             # choices are checked with the bounds (a one-line error with a close match)
             options["metavar"] = metavar(kind, f.metadata.get("choices"))
