@@ -38,37 +38,27 @@ SPLITS = ("train", "val", "test")
 class DegradationConfig:
     """Settings of one degradation experiment (written to config.json)."""
 
-    data: str = setting(
-        "cifar10", "cifar10, an image folder or archive, or synthetic"
-    )
-    family: str = setting(
-        "cifar", "CIFAR nets (6n+2 layers) or ImageNet-style 18/34", choices=tuple(FAMILIES)
-    )
+    data: str = setting("cifar10", "cifar10, an image folder or archive, or synthetic")
+    family: str = setting("cifar", "CIFAR nets (6n+2 layers) or ImageNet-style 18/34",
+                          choices=tuple(FAMILIES))  # fmt: skip
     depths: list[int] = setting(
         help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
         bounds=">= 1", factory=lambda: list(FAMILIES["cifar"]),
     )  # fmt: skip
     recipe: str = setting("he2015-cifar", "training recipe")
-    budget: int | None = setting(
-        None, "iterations per net; the recipe's lr milestones are scaled to it", ">= 1"
-    )
+    budget: int | None = setting(None, "iterations per net; the recipe's lr milestones are "
+                                 "scaled to it", ">= 1")  # fmt: skip
     seed: int = setting(0, "seed of data split, init and order", ">= 0")
     batch_size: int | None = setting(None, "batch size (default: the recipe's)", ">= 1")
     lr: float | None = setting(None, "learning rate (default: the recipe's)", "> 0")
-    input_size: int | None = setting(
-        None, "resize images to this many px (default: as stored; 64 for --family imagenet)",
-        ">= 8",
-    )  # fmt: skip
-    train_size: int | None = setting(
-        None, "train on a stratified subsample of this many images (synthetic: images made)",
-        ">= 1",
-    )  # fmt: skip
-    eval_size: int | None = setting(
-        None, "evaluate on stratified subsamples of val and test of this size (speed)", ">= 1"
-    )
-    eval_every: int | None = setting(
-        None, "iterations between test evaluations (default: budget / 20)", ">= 1"
-    )
+    input_size: int | None = setting(None, "resize images to this many px (default: as "
+                                     "stored; 64 for --family imagenet)", ">= 8")  # fmt: skip
+    train_size: int | None = setting(None, "train on a stratified subsample of this many "
+                                     "images (synthetic: images made)", ">= 1")  # fmt: skip
+    eval_size: int | None = setting(None, "evaluate on stratified subsamples of val and test "
+                                    "of this size (speed)", ">= 1")  # fmt: skip
+    eval_every: int | None = setting(None, "iterations between test evaluations (default: "
+                                     "budget / 20)", ">= 1")  # fmt: skip
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     variants: list[str] = setting(
         help="arms: plain, resnet, plain-dirac (Dirac init), resnet-scale (zero residual "

@@ -1,6 +1,6 @@
 """The settings of a fine-tuning run and the rules for resuming one. A leaf of ``finetune/``
-(it imports only the small helpers ``build.say`` and ``parse_threshold``), so every module of
-the package may import it without a cycle."""
+(it imports only ``TrainConfig`` and the small helpers ``build.say`` and ``parse_threshold``),
+so every module of the package may import it without a cycle."""
 
 from __future__ import annotations
 
