@@ -48,8 +48,8 @@ def add_settings(
             nargs = ("*" if has_default else "+") if many else ("?" if has_default else None)
             parser.add_argument(
                 f.name, metavar=positional[f.name], nargs=nargs, default=argparse.SUPPRESS,
-                type=_split(_converter(_element(kind), f.name)) if many
-                else _converter(kind, f.name), action=_Items if many else "store", help=text,
+                type=_split(_converter(_element(kind))) if many
+                else _converter(kind), action=_Items if many else "store", help=text,
             )  # fmt: skip
             continue
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
@@ -67,13 +67,13 @@ def add_settings(
         elif kind.startswith("list["):
             element = _element(kind)
             parser.add_argument(flag_name(f.name), action=_Items, nargs="+",
-                                type=_split(_converter(element, f.name)),
+                                type=_split(_converter(element)),
                                 metavar=metavar(element, f.metadata.get("choices")),
                                 **options)  # fmt: skip
         else:
             # choices are checked with the bounds (a one-line error with a close match)
             options["metavar"] = metavar(kind, f.metadata.get("choices"))
-            parser.add_argument(flag_name(f.name), type=_converter(kind, f.name), **options)
+            parser.add_argument(flag_name(f.name), type=_converter(kind), **options)
 
 
 def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -126,14 +126,14 @@ def _element(kind: str) -> str:
     return kind[kind.index("[") + 1 :].split(",")[0].rstrip("]").strip()
 
 
-def _converter(kind: str, name: str) -> Callable[[str], Any]:
+def _converter(kind: str) -> Callable[[str], Any]:
     """An argparse ``type=``: text to the field's type (``none`` to None where it is optional)."""
 
     def convert(text: str) -> Any:
         if text.strip().lower() in NONE_WORDS:
             return None
         if kind.startswith("tuple["):
-            element = _converter(_element(kind), name)
+            element = _converter(_element(kind))
             return tuple(element(v.strip()) for v in text.split(",") if v.strip())
         if kind == "int":
             return int(text)
