@@ -67,6 +67,7 @@ def test_parsed_flags_round_trip_into_the_dataclass():
     assert given_settings(p.parse_args([]), Toy) == {}, "a flag not given is absent"
     assert settings_from_args(Toy, p.parse_args([])) == Toy()
     assert settings_from_args(Toy, p.parse_args(["--rate", "none"])).rate is None
+    assert p.parse_args(["--colour", "none"]).colour == "none", "a plain str is never None"
 
 
 @pytest.mark.parametrize(

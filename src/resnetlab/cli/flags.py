@@ -40,7 +40,7 @@ def add_settings(
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
-        kind = _base(str(f.type))
+        kind, optional = _base(str(f.type)), "None" in str(f.type)
         text = _help(f)
         if f.name in positional:
             many = kind.startswith("list[")
@@ -49,7 +49,7 @@ def add_settings(
             parser.add_argument(
                 f.name, metavar=positional[f.name], nargs=nargs, default=argparse.SUPPRESS,
                 type=_split(_converter(_element(kind))) if many
-                else _converter(kind), action=_Items if many else "store", help=text,
+                else _converter(kind, optional), action=_Items if many else "store", help=text,
             )  # fmt: skip
             continue
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
@@ -73,7 +73,7 @@ def add_settings(
         else:
             # choices are checked with the bounds (a one-line error with a close match)
             options["metavar"] = metavar(kind, f.metadata.get("choices"))
-            parser.add_argument(flag_name(f.name), type=_converter(kind), **options)
+            parser.add_argument(flag_name(f.name), type=_converter(kind, optional), **options)
 
 
 def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -126,11 +126,11 @@ def _element(kind: str) -> str:
     return kind[kind.index("[") + 1 :].split(",")[0].rstrip("]").strip()
 
 
-def _converter(kind: str) -> Callable[[str], Any]:
+def _converter(kind: str, optional: bool = False) -> Callable[[str], Any]:
     """An argparse ``type=``: text to the field's type (``none`` to None where it is optional)."""
 
     def convert(text: str) -> Any:
-        if text.strip().lower() in NONE_WORDS:
+        if optional and text.strip().lower() in NONE_WORDS:
             return None
         if kind.startswith("tuple["):
             element = _converter(_element(kind))
