@@ -88,5 +88,5 @@ def test_cli_rejects_unknown_model_and_bad_settings(capsys, tmp_path):
     assert main(["compare", "resnet5O", "--no-speed"]) == 2
     assert re.search(r"unknown model 'resnet5O'.*resnet50", capsys.readouterr().err)
     assert main(["compare", "resnet18", "--batch", "1", "--out", str(tmp_path / "x")]) == 2
-    assert "--batch must be at least 2" in capsys.readouterr().err
+    assert "batch (--batch) must be >= 2, got 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

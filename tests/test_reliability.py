@@ -85,7 +85,7 @@ def test_every_bound_comes_from_the_field_declaration(tmp_path, field, value, ru
         (["--momentum", "-0.5"], "momentum (--momentum) must be in [0, 1)"),
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--normalisation", "0.5,0.5,0.5/0,1,1"], "every std must be a positive number"),
-        (["--batch-size", "x"], "--batch-size: cannot read 'x'"),
+        (["--batch-size", "x"], "argument --batch-size: invalid INT value: 'x'"),
     ],
 )
 def test_train_flags_fail_in_one_line(tmp_path, capsys, argv, expected) -> None:

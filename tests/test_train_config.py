@@ -142,7 +142,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_bad_values_are_one_line_and_exit_2(tmp_path):
     out = str(tmp_path / "r")
     for args, word in [(("--lr", "fast"), "--lr"), (("--schedule", "cosin"), "cosine"),
-                       (("--recipe", "he2014"), "recipe"), (("--cuda-graphs", "maybe"), "graphs"),
+                       (("--recipe", "he2014"), "recipe"), (("--precision", "fp8"), "bf16"),
+                       (("--ema", "1.5"), "--ema"), (("--augment", "true"), "true"),
                        (("--model", "resnet21"), "resnet2")]:  # fmt: skip
         proc = cli("--out", out, "--data", str(tmp_path / "missing.npz"), *args)
         assert proc.returncode == 2, proc.stderr
@@ -158,7 +159,7 @@ def test_cli_overrides_apply_on_top_of_the_recipe():
     args = build_parser().parse_args(
         ["train", "--out", "x", "--recipe", "he2015-cifar", "--max-iters", "500",
          "--milestones", "200,400", "--normalisation", "0.5,0.5,0.5/0.2,0.2,0.2",
-         "--cuda-graphs", "off", "--model-option", "shortcut=B", "--val-size", "0.1"]
+         "--no-cuda-graphs", "--model-option", "shortcut=B", "--val-size", "0.1"]
     )  # fmt: skip
     values = parse_overrides(args)
     c = recipe_config(args.recipe, **values)

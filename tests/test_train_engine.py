@@ -234,7 +234,7 @@ def test_activation_checkpointing_turns_auto_cuda_graphs_off_and_refuses_explici
     from resnetlab.train.distributed import Dist
     from resnetlab.train.prepare import make_plan
 
-    args = build_parser().parse_args(["train", "--out", "x", "--activation-checkpointing", "true"])
+    args = build_parser().parse_args(["train", "--out", "x", "--activation-checkpointing"])
     assert parse_overrides(args) == {"activation_checkpointing": True}
     cuda = Dist(device=torch.device("cuda"))  # planning only: nothing runs on it
     model = create_model("resnet20")

@@ -1,9 +1,11 @@
 """Settings declared once: a dataclass field carries its default, its help and its bounds.
 
 ``setting(4, "zero padding before the random crop", ">= 0")`` is a field whose metadata the
-command line reads for ``--help`` and :func:`check_settings` reads to refuse a bad value with
-one line that names the setting, the rule and the value. Bounds are ``"> 0"``, ``">= 1"`` or an
-interval such as ``"[0, 1)"``; they apply to each element of a tuple and skip ``None``.
+command line reads for its flag (``cli/flags.py``) and :func:`check_settings` reads to refuse a
+bad value with one line that names the setting, the rule and the value. Bounds are ``"> 0"``,
+``">= 1"`` or an interval such as ``"[0, 1)"``; they apply to each element of a tuple and skip
+``None``. ``choices`` are the fixed values a setting (or each element of a sequence) may take.
+:func:`compose` adds another settings class's fields to a class, so a setting is written once.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .errors import ResnetlabError
+from .errors import ResnetlabError, close_matches
 
 _RULE = re.compile(r"^\s*(>=|>|<=|<)\s*(\S+)\s*$")
 _INTERVAL = re.compile(r"^\s*([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])\s*$")
@@ -25,12 +27,13 @@ def setting(
     help: str = "",
     bounds: str | None = None,
     *,
+    choices: Iterable[Any] | None = None,
     factory: Callable[[], Any] | None = None,
 ) -> Any:
-    """A dataclass field with its help text and optional numeric bounds in its metadata."""
+    """A dataclass field with its help text, optional numeric bounds and fixed choices."""
     if bounds is not None:
         parse_bounds(bounds)  # a malformed rule fails at import, not at the user
-    metadata = {"help": help, "bounds": bounds}
+    metadata = {"help": help, "bounds": bounds, "choices": tuple(choices) if choices else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -79,10 +82,56 @@ def check_value(name: str, value: Any, rule: str | None) -> None:
             )
 
 
+def check_choice(name: str, value: Any, choices: tuple[Any, ...] | None) -> None:
+    """Refuse a value (or a sequence element) outside ``choices``; ``None`` and dicts pass."""
+    if choices is None or value is None or isinstance(value, dict):
+        return
+    for item in value if isinstance(value, tuple | list) else (value,):
+        if not any(item == c and type(item) is type(c) for c in choices):
+            words = [str(c) for c in choices]
+            hint = close_matches(str(item), words) or f" Choose from {', '.join(words)}."
+            flag = "--" + name.replace("_", "-")
+            raise ResnetlabError(f"unknown {name} {item!r} ({flag}).{hint}")
+
+
 def check_settings(obj: Any) -> None:
-    """Check every field of a settings dataclass against the bounds it declares."""
+    """Check every field of a settings dataclass against the bounds and choices it declares."""
     for f in dataclasses.fields(obj):
         check_value(f.name, getattr(obj, f.name), f.metadata.get("bounds"))
+        check_choice(f.name, getattr(obj, f.name), f.metadata.get("choices"))
+
+
+def compose(
+    source: type, *, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+) -> Callable[[type], type]:
+    """A class decorator (put it under ``@dataclass``) that adds ``source``'s fields, with their
+    help, bounds and choices, to the class: all but ``exclude`` and those the class declares
+    itself, with ``defaults`` replacing source's defaults. The names added are kept in the
+    class's ``__composed__``, so a field added to ``source`` reaches the class with no edit."""
+    skip, new = set(exclude), dict(defaults or {})
+
+    def decorate(cls: type) -> type:
+        own = cls.__dict__.get("__annotations__", {})
+        added = []
+        for f in dataclasses.fields(source):
+            if f.name in skip or f.name in own:
+                continue
+            own[f.name] = f.type
+            if f.name in new:
+                value = dataclasses.field(default=new.pop(f.name), metadata=f.metadata)
+            elif f.default_factory is not dataclasses.MISSING:
+                value = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+            else:
+                value = dataclasses.field(default=f.default, metadata=f.metadata)
+            setattr(cls, f.name, value)
+            added.append(f.name)
+        if new:
+            raise TypeError(f"{cls.__name__}: defaults for fields it does not take: {sorted(new)}")
+        cls.__annotations__ = own
+        cls.__composed__ = tuple(added)
+        return cls
+
+    return decorate
 
 
 def help_of(f: dataclasses.Field) -> str:
@@ -90,7 +139,13 @@ def help_of(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
     if f.default in (None, dataclasses.MISSING, (), "") or "default" in text:
         return text
-    return f"{text} (default {f.default})"
+    if isinstance(f.default, bool):
+        shown = "on" if f.default else "off"
+    elif isinstance(f.default, tuple):
+        shown = ",".join(map(str, f.default))
+    else:
+        shown = f.default
+    return f"{text} (default {shown})"
 
 
 def bounded(kind: Callable[[str], Any], rule: str) -> Callable[[str], Any]:

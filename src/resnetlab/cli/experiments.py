@@ -12,23 +12,37 @@ import shlex
 import sys
 
 from ..errors import ResnetlabError
+from ..experiments.compare import CompareConfig
+from ..experiments.gradient_flow import GradientFlowConfig
+from ..experiments.receptive_field import ReceptiveFieldConfig
+from .flags import add_settings, given_settings, settings_from_args
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command as typed, rebuilt from the parsed options that differ from their defaults."""
+    """The command as typed, rebuilt from the parsed options that differ from their defaults
+    (a settings flag not given is absent, see ``cli/flags.py``)."""
     parts = ["resnetlab", args.command]
     for action in args._parser._actions:
-        if action.dest in ("help", "func", "_parser"):
+        if action.dest in ("help", "func", "_parser") or not hasattr(args, action.dest):
             continue
-        value = getattr(args, action.dest, None)
+        value = getattr(args, action.dest)
+        values = value if isinstance(value, list) else [value]
         if not action.option_strings:
-            parts += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        elif value != action.default:
-            flag = action.option_strings[-1]
-            if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-                parts.append(flag)
+            parts += [str(v) for v in values]
+        elif value != action.default and action.help != argparse.SUPPRESS:
+            if isinstance(action, argparse.BooleanOptionalAction):
+                parts.append(action.option_strings[0 if value else 1])
+            elif isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+                parts.append(action.option_strings[-1])
+            elif isinstance(action, argparse._StoreConstAction):
+                parts.append(action.option_strings[-1] if value else "--" + action.dest[3:])
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    parts += [action.option_strings[-1], f"{key}={item}"]
+            elif isinstance(value, tuple):
+                parts += [action.option_strings[-1], ",".join(map(str, value))]
             else:
-                parts += [flag, *map(str, value if isinstance(value, list) else [value])]
+                parts += [action.option_strings[-1], *map(str, values)]
     return shlex.join(parts)
 
 
@@ -42,22 +56,15 @@ def _done(run_dir, report: bool) -> None:
 
 
 def run_gradient_flow_command(args: argparse.Namespace) -> int:
-    from ..experiments.gradient_flow import DEFAULT_MODELS, GradientFlowConfig, run_gradient_flow
+    from ..experiments.gradient_flow import GradientFlowConfig, run_gradient_flow
 
-    if args.mlp and args.models:
+    given = given_settings(args, GradientFlowConfig)
+    if args.mlp and "models" in given:
         raise ResnetlabError("--mlp runs the MLP stacks only. Drop --mlp or --models.")
-    models = ["mlp10", "mlp20"] if args.mlp else (args.models or list(DEFAULT_MODELS))
-    if args.checkpoint and not args.models:
+    if given.get("checkpoint") and "models" not in given:
         raise ResnetlabError("--checkpoint needs the model's name. Add --models NAME.")
-    config = GradientFlowConfig(
-        models=models,
-        seeds=args.seeds,
-        seed=args.seed,
-        batch=args.batch,
-        imagenet_size=args.imagenet_size,
-        checkpoint=args.checkpoint,
-        data=args.data,
-    )
+    fixed = {"models": ["mlp10", "mlp20"]} if args.mlp else {}
+    config = settings_from_args(GradientFlowConfig, args, **fixed)
     run_dir = run_gradient_flow(config, args.out, resume=args.resume, command=command_line(args))
     result = json.loads((run_dir / "gradient_flow.json").read_text())
     if args.mlp:
@@ -80,14 +87,7 @@ def run_receptive_field_command(args: argparse.Namespace) -> int:
         run_receptive_field,
     )
 
-    config = ReceptiveFieldConfig(
-        model=args.name,
-        input_size=args.input_size,
-        measure=not args.no_measure,
-        erf=not args.no_erf,
-        max_stack=args.max_stack,
-        channels=args.channels,
-    )
+    config = settings_from_args(ReceptiveFieldConfig, args)
     run_dir, result = run_receptive_field(
         config, args.out, resume=args.resume, command=command_line(args)
     )
@@ -106,17 +106,9 @@ def run_receptive_field_command(args: argparse.Namespace) -> int:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
-    from ..experiments.compare import DEFAULT_MODELS, CompareConfig, format_table, run_compare
+    from ..experiments.compare import CompareConfig, format_table, run_compare
 
-    config = CompareConfig(
-        models=args.models or list(DEFAULT_MODELS),
-        speed=not args.no_speed,
-        batch=args.batch,
-        input_size=args.input_size,
-        iters=args.iters,
-        warmup=args.warmup,
-        device=args.device,
-    )
+    config = settings_from_args(CompareConfig, args)
     run_dir, rows, claims = run_compare(
         config, args.out, resume=args.resume, command=command_line(args)
     )
@@ -156,23 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "residual, averaged over seeds; --mlp runs the 10/20-block MLP experiment alone.",
     )
     p.add_argument("--mlp", action="store_true", help="only the MLP stacks of 10 and 20 blocks")
-    p.add_argument(
-        "--models",
-        nargs="+",
-        metavar="NAME",
-        help="registry names and mlpN (default: MLPs, CIFAR 20/56/110, ImageNet 18/34)",
-    )
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds to average (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--batch", type=int, default=16, help="batch for the conv nets (default 16)")
-    p.add_argument(
-        "--imagenet-size",
-        type=int,
-        default=64,
-        help="input size for ImageNet nets (default 64, to stay cheap)",
-    )
-    p.add_argument("--checkpoint", metavar="PATH", help="measure at these weights (one model)")
-    p.add_argument("--data", metavar="SPEC", help="use a batch of this data set, not random input")
+    add_settings(p, GradientFlowConfig)
     _common(p)
     p.set_defaults(func=run_gradient_flow_command, _parser=p)
 
@@ -183,14 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " j_out = j_in·s), its gradient-measured check, the effective receptive field at init, "
         "and the stacked-3×3 arithmetic.",
     )
-    p.add_argument("name", help="registered model name, e.g. vgg16 or resnet50")
-    p.add_argument("--input-size", type=int, help="input size in px (default: the model's)")
-    p.add_argument("--no-measure", action="store_true", help="skip the gradient-measured check")
-    p.add_argument("--no-erf", action="store_true", help="skip the effective receptive field")
-    p.add_argument(
-        "--max-stack", type=int, default=3, help="stacked 3×3 convs from 2 up to k (default 3)"
-    )
-    p.add_argument("--channels", type=int, help="C for the weight counts (default: per C²)")
+    add_settings(p, ReceptiveFieldConfig, positional={"model": "MODEL"})
     _common(p)
     p.set_defaults(func=run_receptive_field_command, _parser=p)
 
@@ -200,18 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The comparison table of VGG and ResNet models; counts computed, accuracy "
         "and file size published (with source), throughput measured here.",
     )
-    p.add_argument(
-        "models",
-        nargs="*",
-        metavar="MODEL",
-        help="models (default: vgg16 vgg19 resnet18 resnet34 resnet50 resnet101 resnet152)",
-    )
-    p.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
-    p.add_argument("--batch", type=int, default=8, help="batch for throughput (default 8)")
-    p.add_argument("--input-size", type=int, default=224, help="input px for throughput (224)")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
-    p.add_argument("--device", default="cpu", help="device for throughput (default cpu)")
+    add_settings(p, CompareConfig, positional={"models": "MODEL"})
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")

@@ -7,7 +7,7 @@ sources; throughput is measured on this machine with the settings stated next to
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -20,6 +20,7 @@ from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
 from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
+from ..settings import setting
 from . import runs
 
 DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -31,14 +32,17 @@ MIB = 2**20
 class CompareConfig:
     """Settings of one comparison (written to config.json)."""
 
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
-    mac_size: int = 224
-    speed: bool = True
-    batch: int = 8
-    input_size: int = 224
-    iters: int = 3
-    warmup: int = 1
-    device: str = "cpu"
+    models: list[str] = setting(
+        help="models (default: vgg16 vgg19 resnet18 resnet34 resnet50 resnet101 resnet152)",
+        factory=lambda: list(DEFAULT_MODELS),
+    )
+    mac_size: int = setting(224, "input px for the MAC counts", ">= 1")
+    speed: bool = setting(True, "measure throughput")
+    batch: int = setting(8, "batch for throughput", ">= 2")
+    input_size: int = setting(224, "input px for throughput", ">= 1")
+    iters: int = setting(3, "timed iterations", ">= 1")
+    warmup: int = setting(1, "untimed iterations first", ">= 0")
+    device: str = setting("cpu", "device for throughput: cpu, cuda or cuda:N")
 
 
 def display_name(name: str) -> str:

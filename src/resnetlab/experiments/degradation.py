@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import create_model, list_models, model_info
 from ..models.registry import ModelInfo
+from ..settings import setting
 from . import runs
-from .variants import DEFAULT_VARIANTS, arm_kind, arm_options, base_kind, check_variants
+from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
 DEFAULT_SIZE = {"cifar": 32, "imagenet": 64}
@@ -37,20 +38,33 @@ SPLITS = ("train", "val", "test")
 class DegradationConfig:
     """Settings of one degradation experiment (written to config.json)."""
 
-    data: str = "cifar10"
-    family: str = "cifar"
-    depths: list[int] = field(default_factory=lambda: list(FAMILIES["cifar"]))
-    recipe: str = "he2015-cifar"
-    budget: int | None = None  # iterations; None: the recipe's own
-    seed: int = 0
-    batch_size: int | None = None  # None: the recipe's
-    lr: float | None = None  # None: the recipe's
-    input_size: int | None = None  # images are resized to this (ImageNet family: 64)
-    train_size: int | None = None  # synthetic: images made; real data: stratified subsample
-    eval_size: int | None = None  # evaluate on a stratified subsample of val and test
-    eval_every: int | None = None  # None: 20 evaluations per run
-    device: str = "auto"
-    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
+    data: str = setting("cifar10", "cifar10, an image folder or archive, or synthetic")
+    family: str = setting("cifar", "CIFAR nets (6n+2 layers) or ImageNet-style 18/34",
+                          choices=tuple(FAMILIES))  # fmt: skip
+    depths: list[int] = setting(
+        help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
+        bounds=">= 1", factory=lambda: list(FAMILIES["cifar"]),
+    )  # fmt: skip
+    recipe: str = setting("he2015-cifar", "training recipe")
+    budget: int | None = setting(None, "iterations per net; the recipe's lr milestones are "
+                                 "scaled to it", ">= 1")  # fmt: skip
+    seed: int = setting(0, "seed of data split, init and order", ">= 0")
+    batch_size: int | None = setting(None, "batch size (default: the recipe's)", ">= 1")
+    lr: float | None = setting(None, "learning rate (default: the recipe's)", "> 0")
+    input_size: int | None = setting(None, "resize images to this many px (default: as "
+                                     "stored; 64 for --family imagenet)", ">= 8")  # fmt: skip
+    train_size: int | None = setting(None, "train on a stratified subsample of this many "
+                                     "images (synthetic: images made)", ">= 1")  # fmt: skip
+    eval_size: int | None = setting(None, "evaluate on stratified subsamples of val and test "
+                                    "of this size (speed)", ">= 1")  # fmt: skip
+    eval_every: int | None = setting(None, "iterations between test evaluations (default: "
+                                     "budget / 20)", ">= 1")  # fmt: skip
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    variants: list[str] = setting(
+        help="arms: plain, resnet, plain-dirac (Dirac init), resnet-scale (zero residual "
+        "scale); default plain,resnet", choices=tuple(VARIANTS),
+        factory=lambda: list(DEFAULT_VARIANTS),
+    )  # fmt: skip
 
 
 def net_name(kind: str, depth: int) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..download import resnetlab_home
 from ..files import write_json
+from ..settings import setting
 from . import runs
 from .compare import DEFAULT_MODELS as COMPARE_MODELS
 from .compare import CompareConfig, run_compare
@@ -36,11 +37,17 @@ WEIGHT_SUFFIXES = (".th", ".pt", ".pth", ".safetensors")
 class DemoConfig:
     """Settings of one demo (written to config.json); the parts' settings follow from them."""
 
-    data: str = "synthetic"
-    budget: int | None = None  # None: DEMO_BUDGET (QUICK_BUDGET with quick)
-    seed: int = 0
-    quick: bool = False
-    speed: bool = False
+    data: str = setting(
+        "synthetic", "synthetic (no download), cifar10 (downloads) or a local path such as the "
+        "CIFAR-10 JPEG archive",
+    )  # fmt: skip
+    budget: int | None = setting(
+        None, "iterations per net in the degradation run (default: the demo's short one)",
+        ">= 1",
+    )  # fmt: skip
+    seed: int = setting(0, "seed of data split, init and order", ">= 0")
+    quick: bool = setting(False, "tiny settings (a smoke test)")
+    speed: bool = setting(False, "also time each model in the table")
 
 
 def compare_config(config: DemoConfig) -> CompareConfig:

@@ -8,7 +8,7 @@ layer's response (He et al. 2015, Fig. 7). Results are averaged over seeds, with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..analysis.gradients import (
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
+from ..settings import setting
 from . import runs
 
 DEFAULT_MODELS = [
@@ -42,15 +43,18 @@ COLOURS = {"plain": "tab:red", "residual": "tab:blue"}
 class GradientFlowConfig:
     """Settings of one gradient-flow run (written to config.json)."""
 
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
-    seeds: int = 3
-    seed: int = 0
-    batch: int = 16
-    imagenet_size: int = 64
-    mlp_width: int = 64
-    mlp_batch: int = 32
-    checkpoint: str | None = None
-    data: str | None = None
+    models: list[str] = setting(
+        help="registry names and mlpN (default: MLPs, CIFAR 20/56/110, ImageNet 18/34)",
+        factory=lambda: list(DEFAULT_MODELS),
+    )
+    seeds: int = setting(3, "number of seeds to average", ">= 1")
+    seed: int = setting(0, "first seed", ">= 0")
+    batch: int = setting(16, "batch for the conv nets", ">= 2")
+    imagenet_size: int = setting(64, "input size for ImageNet nets (small, to stay cheap)", ">= 32")
+    mlp_width: int = setting(64, "width of the MLP stacks", ">= 1")
+    mlp_batch: int = setting(32, "batch for the MLP stacks", ">= 1")
+    checkpoint: str | None = setting(None, "measure at these weights (one model)")
+    data: str | None = setting(None, "use a batch of this data set, not random input")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ..errors import ResnetlabError
 from ..files import atomic_write, write_json, write_text_atomic
 from ..models import create_model
 from ..models.inference import optimize_for_inference
+from ..settings import setting
 from . import runs
 from .trained import load_split, load_subject, run_weights
 
@@ -43,18 +44,27 @@ CLAIM = (
 class LandscapeConfig:
     """Settings of one landscape study (written to config.json)."""
 
-    model: str = "resnet20"
-    pretrained: str | None = None
-    data: str = "cifar10"
-    train_size: int = 2000  # fixed stratified subsample of the training split
-    normalisation: str = "auto"
-    seed: int = 0
-    span: float = 1.0  # coordinates from -span to span
-    points_1d: int = 41
-    grid: int = 21  # points per axis of the 2-D slice; 0: no 2-D slice
-    interpolate_from: str | None = None  # "init", a run folder or a weights file
-    interpolation_points: int = 25
-    batch: int = 500
+    model: str = setting("resnet20", "model name or run folder")
+    pretrained: str | None = setting(
+        None, "weights for a model name: file, URL or tag (e.g. cifar10)"
+    )
+    data: str = setting("cifar10", "data set name or path")
+    train_size: int = setting(
+        2000, "training images (a fixed stratified subsample of the training split)", ">= 1"
+    )
+    normalisation: str = setting(
+        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
+        choices=("auto", "imagenet", "none"),
+    )  # fmt: skip
+    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
+    span: float = setting(1.0, "coordinates in [-span, span]", "> 0")
+    points_1d: int = setting(41, "points of the 1-D slice", ">= 3")
+    grid: int = setting(21, "points per 2-D axis; 0: no 2-D slice", ">= 0")
+    interpolate_from: str | None = setting(
+        None, "also interpolate from these weights: init, a run folder or a file"
+    )
+    interpolation_points: int = setting(25, "points of the interpolation", ">= 2")
+    batch: int = setting(500, "evaluation batch", ">= 1")
 
 
 def filter_normalised_direction(

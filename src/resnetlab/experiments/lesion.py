@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models.inference import optimize_for_inference
+from ..settings import setting
 from . import runs
 from .trained import (
     Bypass,
@@ -47,16 +48,28 @@ SMALL = 0.05  # "barely changes": at most 5 points of test error
 class LesionConfig:
     """Settings of one lesion study (written to config.json)."""
 
-    models: list[str] = field(default_factory=lambda: ["resnet20", "plain20"])
-    pretrained: list[str] = field(default_factory=list)  # one for all names, or one per model
-    data: str = "cifar10"
-    split: str = "test"
-    eval_size: int | None = None  # stratified subsample; None: the whole split
-    normalisation: str = "auto"
-    max_k: int = 6  # deletions / swaps from 1 to max_k; 0: single blocks only
-    draws: int = 4  # random draws per k
-    seed: int = 0
-    batch: int = 500
+    models: list[str] = setting(
+        help="model names or run folders", factory=lambda: ["resnet20", "plain20"]
+    )
+    pretrained: list[str] = setting(
+        help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
+        "or once per model in order (none for untrained)", factory=list,
+    )  # fmt: skip
+    data: str = setting("cifar10", "data set name or path")
+    split: str = setting("test", "split to evaluate on")
+    eval_size: int | None = setting(
+        None, "stratified subsample (default: whole split)", ">= 1"
+    )
+    normalisation: str = setting(
+        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
+        choices=("auto", "imagenet", "none"),
+    )  # fmt: skip
+    max_k: int = setting(
+        6, "deletions / swaps of k = 1..max-k blocks; 0: single blocks only", ">= 0"
+    )
+    draws: int = setting(4, "random draws per k", ">= 1")
+    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
+    batch: int = setting(500, "evaluation batch", ">= 1")
 
 
 def _pretrained_for(config: LesionConfig) -> list[str | None]:

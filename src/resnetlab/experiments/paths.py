@@ -28,6 +28,7 @@ from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import create_model
 from ..models.inference import optimize_for_inference
+from ..settings import setting
 from . import runs
 from .trained import POST_ACTIVATION, Chain, load_split, load_subject
 
@@ -43,13 +44,18 @@ CLAIM = (
 class PathsConfig:
     """Settings of one path-length study (written to config.json)."""
 
-    model: str = "resnet56"
-    pretrained: str | None = None
-    data: str = "cifar10"
-    images: int = 32  # test images in the batch
-    draws: int = 4  # random sets of k blocks per length k
-    normalisation: str = "auto"
-    seed: int = 0
+    model: str = setting("resnet56", "model name or run folder")
+    pretrained: str | None = setting(
+        None, "weights for a model name: file, URL or tag (e.g. cifar10)"
+    )
+    data: str = setting("cifar10", "data set name or path")
+    images: int = setting(32, "test images in the batch", ">= 1")
+    draws: int = setting(4, "random sets of k blocks per length k", ">= 1")
+    normalisation: str = setting(
+        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
+        choices=("auto", "imagenet", "none"),
+    )  # fmt: skip
+    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
 
 
 class Routed(nn.Module):

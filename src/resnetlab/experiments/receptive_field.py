@@ -21,6 +21,7 @@ from ..analysis.receptive_field import (
 from ..errors import ResnetlabError
 from ..files import write_json
 from ..models import create_model, model_info
+from ..settings import setting
 from . import runs
 
 
@@ -28,14 +29,14 @@ from . import runs
 class ReceptiveFieldConfig:
     """Settings of one receptive-field run (written to config.json)."""
 
-    model: str = "resnet50"
-    input_size: int | None = None  # default: the model's own input size
-    measure: bool = True
-    erf: bool = True
-    erf_samples: int = 4
-    max_stack: int = 3
-    channels: int | None = None
-    seed: int = 0
+    model: str = setting("resnet50", "registered model name, e.g. vgg16 or resnet50")
+    input_size: int | None = setting(None, "input size in px (default: the model's)", ">= 8")
+    measure: bool = setting(True, "the gradient-measured check")
+    erf: bool = setting(True, "the effective receptive field at initialisation")
+    erf_samples: int = setting(4, "random inputs averaged for the effective field", ">= 1")
+    max_stack: int = setting(3, "stacked 3x3 convs from 2 up to k", ">= 2")
+    channels: int | None = setting(None, "C for the weight counts (default: per C²)", ">= 1")
+    seed: int = setting(0, "seed of the random inputs", ">= 0")
 
 
 def measure_final(model, rf: int, jump: int, layer: str) -> tuple[int, int]:

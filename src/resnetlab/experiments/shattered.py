@@ -11,7 +11,7 @@ the sweep itself, held fixed, so that each point's gradient is its own.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..errors import ResnetlabError
 from ..files import write_json
 from ..models.cifar import CifarResNet, PreActResNet
+from ..settings import setting
 from . import runs
 
 KINDS = ("plain", "resnet", "preact", "mlp-plain", "mlp-resnet")
@@ -38,13 +39,17 @@ CLAIM = (
 class ShatteredConfig:
     """Settings of one shattered-gradients study (written to config.json)."""
 
-    depths: list[int] = field(default_factory=lambda: [8, 14, 20, 32, 44, 56, 110])
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))
-    points: int = 128
-    image_size: int = 32
-    mlp_width: int = 200
-    seeds: int = 2
-    seed: int = 0
+    depths: list[int] = setting(
+        help="depths (6n+2 for the conv nets)", bounds=">= 1",
+        factory=lambda: [8, 14, 20, 32, 44, 56, 110],
+    )  # fmt: skip
+    kinds: list[str] = setting(help="kinds of net (default all)", choices=KINDS,
+                               factory=lambda: list(KINDS))  # fmt: skip
+    points: int = setting(128, "points of the sweep", ">= 16")
+    image_size: int = setting(32, "input px of the conv nets", ">= 8")
+    mlp_width: int = setting(200, "width of the MLP stacks", ">= 1")
+    seeds: int = setting(2, "seeds to average", ">= 1")
+    seed: int = setting(0, "first seed", ">= 0")
 
 
 def build(kind: str, depth: int, width: int) -> nn.Module:

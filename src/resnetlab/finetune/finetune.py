@@ -33,6 +33,7 @@ from .options import (
     PHASES,
     FinetuneOptions,
     FinetuneResult,
+    engine_settings,
     resume_settings,
     saved_options,
 )
@@ -255,36 +256,26 @@ def _val_loader(data: Any, prep: Any, batch: int, device: str) -> Any:
 
 
 def engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) -> TrainConfig:
-    """One phase as an engine run: epochs, evaluation and checkpoints once per epoch."""
-    return TrainConfig(
-        model=options.model,
+    """One phase as an engine run: the engine settings as given (``engine_settings``), with the
+    phase's lr and length, the prepared data, and evaluation and checkpoints once per epoch."""
+    return TrainConfig(**engine_settings(options) | dict(
         model_options=dict(options.model_options),
         data=options.data,
         normalisation={"mean": list(prep.mean), "std": list(prep.std)},
-        augment=options.augment,
-        flip=options.flip,
         pad=options.pad if options.pad is not None else max(1, round(prep.crop / 8)),
         batch_size=batch,
-        optimizer=options.optimizer,
         lr=lr,
         weight_decay=options.decay,
-        schedule=options.schedule,
         max_iters=None,
         epochs=epochs,
-        label_smoothing=options.label_smoothing,
         class_weights=tuple(weights) if weights else None,
-        device=options.device,
-        seed=options.seed,
         eval_every=bpe,
         eval_splits=("val",),
         checkpoint_every=bpe,
         log_every=max(1, min(bpe, 20)),
         out_dir=str(phase_dir),
-        resume=options.resume,
-        progress=options.progress,
-        activation_checkpointing=options.activation_checkpointing,
         num_workers=0,
-    )
+    ))  # fmt: skip
 
 
 def _load_last(model: nn.Module, phase_dir: Path) -> None:

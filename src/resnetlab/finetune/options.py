@@ -1,18 +1,19 @@
 """The settings of a fine-tuning run and the rules for resuming one. A leaf of ``finetune/``
-(it imports only the small helpers ``build.say`` and ``parse_threshold``), so every module of
-the package may import it without a cycle."""
+(it imports only ``TrainConfig`` and the small helpers ``build.say`` and ``parse_threshold``),
+so every module of the package may import it without a cycle."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError
 from ..files import LOCK_NAME
-from ..settings import check_settings, setting
+from ..settings import check_settings, compose, setting
+from ..train.config import TrainConfig
 from ..train.distributed import check_device
 from .build import say
 from .operating_point import parse_threshold
@@ -23,74 +24,94 @@ OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
 # Settings that may change when a run is resumed; any other difference is refused.
 RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir"}
+# Engine settings the recipe sets per phase (below: fine-tuning's own, or in engine_config).
+DERIVED = ("data_root", "normalisation", "num_workers", "max_iters", "eval_every", "eval_splits",
+           "checkpoint_every", "log_every")  # fmt: skip
+# Fine-tuning's defaults where they differ from the training engine's.
+ENGINE_DEFAULTS = {"model": "resnet18", "optimizer": "adamw", "schedule": "onecycle",
+                   "batch_size": 64}  # fmt: skip
 
 
 @dataclass
+@compose(TrainConfig, exclude=DERIVED, defaults=ENGINE_DEFAULTS)
 class FinetuneOptions:
-    """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default"."""
+    """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default".
 
-    data: str
-    out_dir: str
-    model: str = "resnet18"
-    pretrained: str | None = "auto"  # tag, URL, file or run folder; "auto": ImageNet if published
-    model_options: dict[str, Any] = field(default_factory=dict)
+    The fields below are fine-tuning's own: the recipe's choices, and the settings it turns into
+    per-phase engine values. Every other ``TrainConfig`` field (``ema``, ``grad_clip``,
+    ``precision``, ``label_smoothing``, ...) is added by ``compose`` with its help and bounds
+    and passed to each phase's engine run unchanged (``engine_settings``).
+    """
+
+    data: str = setting(help="image folder or archive (train/, optional val/ test/), MedMNIST "
+                        ".npz, or cifar10/cifar100")  # fmt: skip
+    out_dir: str = setting(help="run folder")
+    pretrained: str | None = setting(
+        "auto", "weights: a tag (imagenet, imagenet-v1), URL, checkpoint file or run folder; "
+        "none trains from scratch; auto: ImageNet weights where published for the model, else "
+        "from scratch",
+    )  # fmt: skip
     head_dropout: float = setting(0.0, "dropout before the new head", "[0, 1)")
-    freeze: tuple[str, ...] = ()  # stages kept frozen in both phases
-    bn: str = "frozen"  # BatchNorm of frozen stages: "frozen" (eval statistics) or "train"
-    unfreeze_to: str | None = None  # phase 2 trains this stage and everything after it
+    freeze: tuple[str, ...] = setting((), "stages kept frozen throughout, e.g. layer1,layer2")
+    bn: str = setting(
+        "frozen", "BatchNorm in frozen stages: fixed statistics or updated",
+        choices=("frozen", "train"),
+    )  # fmt: skip
+    unfreeze_to: str | None = setting(None, "phase 2 trains this stage onwards, e.g. layer3")
     head_epochs: float | None = setting(
-        None, "None: 2 with pretrained weights, 0 from scratch", ">= 0"
+        None, "phase 1 epochs (default 2 with pretrained weights, 0 from scratch)", ">= 0"
     )
-    epochs: float = setting(5.0, "phase 2", "> 0")
-    optimizer: str = "adamw"
-    lr: float | None = setting(None, "the head's lr; None: 1e-3 (AdamW) or 0.01 (SGD)", "> 0")
+    epochs: float = setting(5.0, "phase 2 epochs", "> 0")
+    lr: float | None = setting(None, "head lr (default 1e-3 AdamW, 0.01 SGD)", "> 0")
     lr_mult: float | None = setting(
-        None, "per-stage lr factor in phase 2; None: 0.4 pretrained, 1 scratch", "> 0"
+        None, "phase-2 lr factor per stage towards the stem (default 0.4 with pretrained "
+        "weights, 1 from scratch)", "> 0",
+    )  # fmt: skip
+    weight_decay: float | None = setting(
+        None, "weight decay (default 0.01 AdamW, 5e-4 SGD)", ">= 0"
     )
-    weight_decay: float | None = setting(None, "None: 0.01 (AdamW) or 5e-4 (SGD)", ">= 0")
-    schedule: str = "onecycle"
-    batch_size: int = setting(64, "training batch size", ">= 1")
     image_size: int | None = setting(
-        None, "input size; None: the weights' crop size, native from scratch", ">= 8"
+        None, "input size (default: the weights' crop size; native from scratch)", ">= 8"
     )
-    grey: str = "auto"  # grey images: "repeat" to 3 channels or "sum" (1-channel stem)
-    class_weights: bool = False
-    balanced_sampling: bool = False
-    monitor: str = "auto"  # balanced accuracy; PR-AUC on imbalanced two-class data
-    threshold: str = "youden"  # two classes: the operating point, chosen on validation
+    grey: str = setting(
+        "auto", "greyscale images: repeat to 3 channels, or sum the stem weights to 1 channel "
+        "(default auto: repeat with weights, 1 channel from scratch)", choices=GREY,
+    )  # fmt: skip
+    class_weights: bool = setting(False, "inverse-frequency loss weights")
+    balanced_sampling: bool = setting(
+        False, "oversample smaller classes to the largest class's count"
+    )
+    monitor: str = setting(
+        "auto", "validation metric for the best model and early stopping (default auto: "
+        "balanced accuracy; PR-AUC on imbalanced two-class data)", choices=MONITORS,
+    )  # fmt: skip
+    threshold: str = setting(
+        "youden", "two classes: operating point on the calibrated probability of the second "
+        "class, chosen on validation: youden (default; max sensitivity + specificity), "
+        "sensitivity=0.95, specificity=0.95 or a number",
+    )  # fmt: skip
     patience: int | None = setting(
-        5, "epochs without improvement before stopping; None: never", ">= 1"
+        5, "epochs without improvement before stopping (0 or none: never stop early)", ">= 0"
     )
-    val_size: float = setting(0.1, "fraction held out for validation", "(0, 1)")
+    val_size: float = setting(
+        0.1, "fraction held out for validation when the data has no val split", "(0, 1)"
+    )
     test_size: float = setting(
-        0.0, "held out (grouped) as test when the data has no test split", "[0, 1)"
-    )
-    folds: int = setting(1, "> 1: stratified, grouped k-fold cross-validation", ">= 1")
+        0.0, "fraction held out as test (grouped, stratified) when the data has no test split",
+        "[0, 1)",
+    )  # fmt: skip
+    folds: int = setting(
+        1, "K > 1: stratified, grouped K-fold cross-validation over train (+ val), one report",
+        ">= 1",
+    )  # fmt: skip
     fold: int | None = setting(None, "set by cross-validation: this run's validation fold", ">= 0")
-    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", "[0, 1)")
-    augment: bool = True
-    flip: bool = True
-    pad: int | None = setting(None, "random-crop padding; None: crop / 8", ">= 0")
-    tta: bool = False  # mirror averaging for the final test metrics
-    seed: int = setting(0, "seed of the split, initialisation and order", ">= 0")
-    device: str = "auto"
-    progress: bool = True
-    activation_checkpointing: bool = False
-    resume: bool = False
-    on_bad: str = "error"  # unreadable image files: "error", or "skip" them with a warning
+    pad: int | None = setting(None, "random-crop padding (default: crop / 8)", ">= 0")
+    tta: bool = setting(False, "mirror-averaged final test metrics")
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)
-        for name, value, choices in (
-            ("monitor", self.monitor, MONITORS),
-            ("grey", self.grey, GREY),
-            ("bn", self.bn, ("frozen", "train")),
-            ("on-bad", self.on_bad, ("error", "skip")),
-        ):
-            if value not in choices:
-                raise ResnetlabError(
-                    f"--{name} {value!r} is unknown; use one of {', '.join(choices)}."
-                )
+        if self.patience == 0:  # "--patience 0": never stop early
+            self.patience = None
         if self.class_weights and self.balanced_sampling:
             raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
         check_settings(self)
@@ -108,6 +129,11 @@ class FinetuneOptions:
         if self.weight_decay is not None:
             return self.weight_decay
         return 0.01 if self.optimizer == "adamw" else 5e-4
+
+
+def engine_settings(options: FinetuneOptions) -> dict[str, Any]:
+    """The ``TrainConfig`` settings fine-tuning passes to each phase's engine run as given."""
+    return {name: getattr(options, name) for name in FinetuneOptions.__composed__}
 
 
 @dataclass

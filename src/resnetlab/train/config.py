@@ -22,6 +22,7 @@ WARMUPS = ("linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALISATIONS = ("per-pixel-mean", "mean-std", "imagenet", "none")
 ON_BAD = ("error", "skip")
+AUTO_BOOL = (True, False, "auto")
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TrainConfig:
     # model and data
     model: str = setting("resnet20", "registered model name, e.g. resnet20, plain56, resnet18")
     model_options: dict[str, Any] = setting(
-        help="model options, e.g. {'shortcut': 'B'}", factory=dict
+        help="a model option, e.g. shortcut=B (repeatable)", factory=dict
     )
     pretrained: str | None = setting(
         None, "initial weights: a tag (imagenet), URL or checkpoint file"
@@ -49,26 +50,29 @@ class TrainConfig:
         None, "images (or a fraction) held out of train for validation", ">= 0"
     )
     normalisation: str | dict[str, list[float]] = setting(
-        "per-pixel-mean", "per-pixel-mean, mean-std, imagenet, none, or MEAN,.../STD,..."
-    )
+        "per-pixel-mean", "a named normalisation, or mean and std per channel, e.g. "
+        "0.5,0.5,0.5/0.25,0.25,0.25", choices=NORMALISATIONS,
+    )  # fmt: skip
     augment: bool = setting(True, "random crop + flip on training batches")
     pad: int = setting(4, "zero padding before the random crop, in pixels", ">= 0")
     flip: bool = setting(True, "random horizontal flip")
     num_workers: int = setting(4, "decoding processes for large-image folders", ">= 0")
-    on_bad: str = setting("error", "unreadable image files: error, or skip them with a warning")
+    on_bad: str = setting(
+        "error", "unreadable image files: error, or skip them with a warning", choices=ON_BAD
+    )
     # optimisation
     batch_size: int = setting(128, "GLOBAL batch size (split over all processes)", ">= 1")
     eval_batch_size: int | None = setting(
         None, "batch size for evaluation (default: the training batch)", ">= 1"
     )
-    optimizer: str = setting("sgd", "sgd or adamw")
+    optimizer: str = setting("sgd", "optimiser", choices=OPTIMIZERS)
     lr: float = setting(0.1, "learning rate for the global batch", "> 0")
     momentum: float = setting(0.9, "SGD momentum", "[0, 1)")
     nesterov: bool = setting(False, "Nesterov momentum")
     betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999", "[0, 1)")
     weight_decay: float = setting(1e-4, "weight decay", ">= 0")
     no_decay_bn_bias: bool = setting(False, "no weight decay on BatchNorm and bias parameters")
-    schedule: str = setting("multistep", "multistep, cosine, onecycle or constant")
+    schedule: str = setting("multistep", "learning-rate schedule", choices=SCHEDULES)
     milestones: tuple[int, ...] = setting(
         (32000, 48000), "iterations where the lr is multiplied by --gamma, e.g. 32000,48000", ">= 0"
     )
@@ -81,7 +85,7 @@ class TrainConfig:
     warmup_lr: float = setting(
         0.0, "lr at the start of warm-up (constant warm-up: throughout)", ">= 0"
     )
-    warmup: str = setting("linear", "linear or constant warm-up")
+    warmup: str = setting("linear", "warm-up shape: linear ramp or constant lr", choices=WARMUPS)
     max_iters: int | None = setting(64000, "iterations (optimiser steps) to train", ">= 1")
     epochs: float | None = setting(None, "epochs to train instead of --max-iters", "> 0")
     label_smoothing: float = setting(
@@ -97,26 +101,33 @@ class TrainConfig:
         "(0, 1)",
     )
     # machine
-    precision: str = setting("auto", "auto (bf16 on CUDA), fp32 or bf16")
+    precision: str = setting("auto", "number format: auto is bf16 on CUDA", choices=PRECISIONS)
     channels_last: bool | str = setting(
-        "auto", "auto (CUDA, and CPU nets whose last maps are >= 4 px), true or false"
-    )
+        "auto", "channels-last memory layout (default auto: on CUDA, and on CPU for nets "
+        "whose last maps are >= 4 px)", choices=AUTO_BOOL,
+    )  # fmt: skip
     compile: bool = setting(False, "torch.compile the model")
-    cuda_graphs: bool | str = setting("auto", "auto (small nets on CUDA), true or false")
+    cuda_graphs: bool | str = setting(
+        "auto", "CUDA graphs (default auto: small nets on CUDA)", choices=AUTO_BOOL
+    )
     activation_checkpointing: bool = setting(
         False, "recompute block activations in backward to save memory"
     )
-    sync_bn: bool | str = setting("auto", "SyncBatchNorm under multi-GPU DDP: auto, true or false")
+    sync_bn: bool | str = setting(
+        "auto", "SyncBatchNorm (default auto: under multi-GPU DDP)", choices=AUTO_BOOL
+    )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     deterministic: bool = setting(False, "deterministic algorithms only")
     seed: int = setting(0, "seed of the split, initialisation, order and augmentation", ">= 0")
     # bookkeeping
     eval_every: int = setting(2000, "iterations between evaluations", ">= 1")
-    eval_splits: tuple[str, ...] = setting(("val", "test"), "splits to evaluate, e.g. val,test")
+    eval_splits: tuple[str, ...] = setting(
+        ("val", "test"), "splits to evaluate, e.g. val,test", choices=("val", "test")
+    )
     checkpoint_every: int = setting(2000, "iterations between checkpoints", ">= 1")
     log_every: int = setting(100, "iterations between metric records", ">= 1")
     out_dir: str = setting("runs/run", "run folder")
-    resume: bool = setting(False, "continue the run in out_dir")
+    resume: bool = setting(False, "continue the run in out_dir (--out)")
     progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -129,27 +140,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse impossible values with one line naming the field and the fix."""
-        check_settings(self)  # the numeric bounds each field declares
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("warmup", self.warmup, WARMUPS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("on_bad", self.on_bad, ON_BAD)
-        for name in ("channels_last", "cuda_graphs", "sync_bn"):
-            value = getattr(self, name)
-            if value not in (True, False, "auto"):
-                raise ResnetlabError(f"{name} is True, False or 'auto'; got {value!r}.")
-        if isinstance(self.normalisation, str):
-            _choice("normalisation", self.normalisation, NORMALISATIONS)
-        else:
+        check_settings(self)  # the bounds and choices each field declares
+        if isinstance(self.normalisation, dict):
             check_normalisation(self.normalisation)
         check_device(self.device)
         if self.max_iters is None and self.epochs is None:
             raise ResnetlabError("set max_iters (iterations) or epochs.")
         if list(self.milestones) != sorted(self.milestones):
             raise ResnetlabError(f"milestones must increase, got {list(self.milestones)}.")
-        for split in self.eval_splits:
-            _choice("eval split", split, ("val", "test"))
 
     def total_iters(self, batches_per_epoch: int) -> int:
         """``max_iters``, or ``epochs`` converted to iterations (rounded up)."""
@@ -188,12 +186,6 @@ def check_normalisation(values: dict[str, list[float]]) -> None:
             f"normalisation: every std must be a positive number and every mean finite, got "
             f"mean {mean} std {std}; a std of 0 would divide by zero."
         )
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        hint = close_matches(str(value), list(choices)) or f" Choose from {', '.join(choices)}."
-        raise ResnetlabError(f"unknown {name} {value!r}.{hint}")
 
 
 # He et al. 2015 §4.2 (CIFAR-10): quoted from the paper, see ../shared/REFERENCES.md.

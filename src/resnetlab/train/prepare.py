@@ -68,15 +68,15 @@ def make_plan(
         if graphs and config.activation_checkpointing:
             raise ResnetlabError(
                 "cuda_graphs and activation_checkpointing exclude each other; use "
-                "--cuda-graphs off or --activation-checkpointing off."
+                "--no-cuda-graphs or --no-activation-checkpointing."
             )
         if graphs and (not cuda or dist.enabled or config.compile):
             raise ResnetlabError(
-                "cuda_graphs needs one CUDA device, no DDP and no compile; use --cuda-graphs off."
+                "cuda_graphs needs one CUDA device, no DDP and no compile; use --no-cuda-graphs."
             )
     sync_bn = (cuda and dist.enabled) if config.sync_bn == "auto" else bool(config.sync_bn)
     if sync_bn and not cuda:
-        raise ResnetlabError("SyncBatchNorm runs on CUDA only in PyTorch; use --sync-bn off.")
+        raise ResnetlabError("SyncBatchNorm runs on CUDA only in PyTorch; use --no-sync-bn.")
     return Plan(str(dist.device), bf16, channels_last, graphs, bool(config.compile), sync_bn)
 
 
