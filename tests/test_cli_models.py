@@ -44,3 +44,13 @@ def test_user_errors_are_one_line_with_exit_code_2() -> None:
         assert needle in result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_models_and_summary_show_the_bag_of_tricks_resnets(capsys) -> None:
+    assert main(["models", "resnet*d"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50d" in out and "25,576,264" in out and "resnet-d" in out
+    assert main(["summary", "resnet50d"]) == 0
+    out = capsys.readouterr().out
+    assert "ResNet-50-D" in out and "25,576,264" in out and "4.33G" in out
+    assert "published" not in out  # no figure is quoted for it

@@ -8,7 +8,12 @@ import pytest
 
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
-from resnetlab.experiments.gradient_flow import GradientFlowConfig, run_gradient_flow
+from resnetlab.experiments.gradient_flow import (
+    GradientFlowConfig,
+    _batch,
+    expand_models,
+    run_gradient_flow,
+)
 from resnetlab.experiments.runs import read_jsonl
 
 
@@ -86,3 +91,12 @@ def test_profile_at_a_trained_checkpoint(shared_dir, tmp_path):
     at_init, at_checkpoint = (p["input_grad_norm"]["mean"] for p in profiles)
     assert len(at_checkpoint) == 9 and all(v > 0 for v in at_checkpoint)
     assert at_checkpoint != at_init
+
+
+def test_a_net_with_an_imagenet_stem_gets_the_imagenet_size_whatever_its_family():
+    """The input size comes from the model's facts (its stem), not from its family's name."""
+    config = _tiny(models=["resnet18d", "resnet20"], imagenet_size=48)
+    deep, cifar = expand_models(config.models)
+    assert deep.group == "ImageNet 18 layers" and cifar.group == "CIFAR 20 layers"
+    assert _batch(deep, config, 0, None)[0].shape == (4, 3, 48, 48)
+    assert _batch(cifar, config, 0, None)[0].shape == (4, 3, 32, 32)

@@ -191,7 +191,7 @@ def test_registry_metadata_and_listing() -> None:
 def test_unknown_name_and_bad_option_are_user_errors() -> None:
     with pytest.raises(ResnetlabError, match="Did you mean resnet50"):
         create_model("resnt50")
-    with pytest.raises(ResnetlabError, match="bad option.*zero_init_residual"):
+    with pytest.raises(ResnetlabError, match="no option .colour.; its options are .*zero_init"):
         create_model("resnet50", colour="blue")
     with pytest.raises(ResnetlabError, match="num_classes"):
         create_model("resnet20", num_classes=0)

@@ -9,6 +9,7 @@ training and test error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -21,8 +22,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
-from ..models import create_model, list_models, model_info
-from ..models.registry import ModelInfo
+from ..models import CifarResNet, create_model, list_models, model_info
 from ..settings import setting
 from . import runs
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
@@ -78,11 +78,14 @@ def display(kind: str, depth: int) -> str:
 
 
 def registered(family: str, name: str) -> bool:
-    """Whether the registry has ``name`` as a net of this family (CIFAR or ImageNet-style)."""
+    """Whether the registry has ``name`` as a net of this family: the CIFAR stem for
+    ``cifar``, an ImageNet stem and basic or bottleneck blocks for ``imagenet``."""
     if name not in list_models():
         return False
-    kind = model_info(name).family
-    return kind.startswith("cifar") if family == "cifar" else kind in ("resnet", "plain")
+    info = model_info(name)
+    if family == "cifar":
+        return info.cifar_stem
+    return not info.cifar_stem and info.block in ("basic", "bottleneck")
 
 
 def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels: int) -> nn.Module:
@@ -90,13 +93,13 @@ def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels:
     name, options = net_name(base_kind(kind), depth), arm_options(kind)
     if registered(family, name) or family == "imagenet":
         return create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
-    from ..models.cifar import CifarResNet
-
     skip = base_kind(kind) == "residual"
     model = CifarResNet(depth, num_classes, in_channels=in_channels, skip=skip, **options)
-    model.info = ModelInfo(  # type: ignore[attr-defined]
-        name, f"cifar-{'resnet' if skip else 'plain'}", depth, skip, (in_channels, 32, 32),
-        num_classes, lambda **o: CifarResNet(depth, skip=skip, **o),
+    # The facts of the registered 20-layer net of the same kind, at this depth.
+    model.info = dataclasses.replace(  # type: ignore[attr-defined]
+        model_info("resnet20" if skip else "plain20"), name=name, depth=depth,
+        input_size=(in_channels, 32, 32), num_classes=num_classes,
+        builder=lambda **o: CifarResNet(depth, skip=skip, **o),
     )  # fmt: skip
     return model
 

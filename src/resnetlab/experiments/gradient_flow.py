@@ -27,7 +27,7 @@ from ..analysis.gradients import (
 )
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
-from ..models import create_model, model_info
+from ..models import ModelInfo, create_model, model_info
 from ..settings import setting
 from . import runs
 
@@ -59,12 +59,23 @@ class GradientFlowConfig:
 
 @dataclass(frozen=True)
 class Entry:
-    """One network to profile: ``mlp10`` stands for both its plain and residual stacks."""
+    """One network to profile: ``mlp10`` stands for both its plain and residual stacks
+    (``info`` None); a registered model carries its ModelInfo."""
 
     name: str
     group: str
     kind: str
-    family: str
+    info: ModelInfo | None = None
+
+
+def group_label(info: ModelInfo) -> str:
+    """``CIFAR 20 layers``, ``CIFAR pre-activation 110 layers``, ``ImageNet 18 layers``, ..."""
+    if info.block == "vgg":
+        prefix = "VGG"
+    else:
+        prefix = "CIFAR" if info.cifar_stem else "ImageNet"
+        prefix += " pre-activation" if info.preact else ""
+    return f"{prefix} {info.depth} layers"
 
 
 def expand_models(names: list[str]) -> list[Entry]:
@@ -75,14 +86,11 @@ def expand_models(names: list[str]) -> list[Entry]:
         if match:
             depth = int(match.group(1))
             for kind in ("plain", "residual"):
-                entries.append(Entry(f"{name}-{kind}", f"MLP {depth} blocks", kind, "mlp"))
+                entries.append(Entry(f"{name}-{kind}", f"MLP {depth} blocks", kind))
             continue
         info = model_info(name)
-        prefix = {"resnet": "ImageNet", "plain": "ImageNet", "vgg": "VGG"}.get(info.family, "CIFAR")
-        if info.family == "cifar-preact":
-            prefix = "CIFAR pre-activation"
         kind = "residual" if info.skips else "plain"
-        entries.append(Entry(name, f"{prefix} {info.depth} layers", kind, info.family))
+        entries.append(Entry(name, group_label(info), kind, info))
     return entries
 
 
@@ -106,21 +114,21 @@ def _data_batches(spec: str, count: int, seeds: list[int]) -> tuple[dict, str]:
 def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | None):
     """Inputs and targets: random normal (default) or standardised images from ``--data``.
 
-    Data images keep their size for CIFAR nets and are resized for ImageNet nets.
+    Data images keep their size for nets with the CIFAR stem and are resized to
+    ``imagenet_size`` for the others.
     """
-    if entry.family == "mlp":
+    info = entry.info
+    if info is None:
         return mlp_batch(config.mlp_batch, config.mlp_width, seed + 1)
-    info = model_info(entry.name)
-    size = (
-        config.imagenet_size if entry.family in ("resnet", "plain", "vgg") else info.input_size[1]
-    )
+    resized = not info.cifar_stem
+    size = config.imagenet_size if resized else info.input_size[1]
     generator = torch.Generator().manual_seed(seed + 1)
     if data is None:
         x = torch.randn(config.batch, info.input_size[0], size, size, generator=generator)
         return x, torch.randint(0, info.num_classes, (config.batch,), generator=generator)
     images, labels = data[seed]
     x = images.float() / 255
-    if entry.family in ("resnet", "plain", "vgg") and x.shape[-1] != size:
+    if resized and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
@@ -129,7 +137,7 @@ def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | Non
 
 def _build(entry: Entry, config: GradientFlowConfig, seed: int, in_channels: int) -> nn.Module:
     torch.manual_seed(seed)
-    if entry.family == "mlp":
+    if entry.info is None:
         depth = int(MLP_NAME.match(entry.name.split("-")[0]).group(1))
         return mlp_stack(depth, config.mlp_width, skip=entry.kind == "residual")
     options = {} if in_channels == 3 else {"in_channels": in_channels}
@@ -145,7 +153,7 @@ def measure(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | No
     model = _build(entry, config, seed, in_channels=x.shape[1] if x.dim() == 4 else 3)
     record = {"model": entry.name, "group": entry.group, "kind": entry.kind, "seed": seed}
     record |= gradient_profile(model, x, y)
-    if entry.family.startswith("cifar"):
+    if entry.info is not None and entry.info.cifar_stem:
         record["responses"] = layer_response_stds(model, x)
     return record
 

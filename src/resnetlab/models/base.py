@@ -104,15 +104,13 @@ class Backbone(nn.Module):
     """A classifier split into `forward_features` (before pooling) and `forward_head`.
 
     Subclasses set `head_name` (the dotted name of the final Linear layer, e.g. ``"fc"`` or
-    ``"classifier.6"``), `num_features` (the width that reaches the head) and `stage_names`
-    (the paper's names, in forward order, each naming one child module or a group of them).
-    Their block stages are :class:`CheckpointedSequential`, which `set_grad_checkpointing`
-    switches.
+    ``"classifier.6"``) and `num_features` (the width that reaches the head), and name their
+    stages (the paper's names, in forward order) in `stage_modules`. Their block stages are
+    :class:`CheckpointedSequential`, which `set_grad_checkpointing` switches.
     """
 
     head_name: str = "fc"
     num_features: int = 0
-    stage_names: tuple[str, ...] = ()
     pretrained_cfg: dict[str, Any] | None = None  # where the weights came from, once loaded
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

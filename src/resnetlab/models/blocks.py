@@ -3,9 +3,10 @@
 Every block maps ``in_channels`` to ``out_channels`` (the block's output width) and takes
 ``skip`` (False gives the plain twin: same layers, no addition) and ``shortcut``, He et al. 2015
 §3.3: ``"A"`` subsample + zero-pad (no parameters), ``"B"`` 1×1 projection where the shape
-changes, ``"C"`` 1×1 projection in every block. ``residual_scale=True`` multiplies the residual
-branch by a learnable scalar that starts at 0 (SkipInit, De & Smith 2020; ReZero, Bachlechner
-et al. 2020), so the block starts as its shortcut.
+changes, ``"C"`` 1×1 projection in every block; ``avg_down=True`` puts a 2×2 average pool
+before a strided projection (ResNet-D, He et al. 2019, "Bag of Tricks"). ``residual_scale=True``
+multiplies the residual branch by a learnable scalar that starts at 0 (SkipInit, De & Smith
+2020; ReZero, Bachlechner et al. 2020), so the block starts as its shortcut.
 """
 
 from __future__ import annotations
@@ -76,19 +77,42 @@ def make_shortcut(
     stride: int,
     shortcut: str,
     norm_layer: NormLayer | None,
+    avg_down: bool = False,
 ) -> nn.Module | None:
-    """The shortcut branch for one block, or None for the identity (or for a plain block)."""
+    """The shortcut branch for one block, or None for the identity (or for a plain block).
+
+    With ``avg_down`` a projection is ``(pool, conv, bn)``: the pool (an Identity at stride 1)
+    does the subsampling and the 1×1 conv has stride 1, so it sees every pixel; the indices
+    match timm's ``avg_down`` state dicts.
+    """
     if shortcut not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+    if avg_down and shortcut == "A":
+        raise ValueError("avg_down pools before a projection; use shortcut 'B' or 'C'")
     changes_shape = stride != 1 or in_channels != out_channels
     if shortcut == "A":
         return PadShortcut(in_channels, out_channels, stride) if changes_shape else None
     if shortcut == "B" and not changes_shape:
         return None
+    if avg_down:
+        return nn.Sequential(
+            avg_pool(stride), conv1x1(in_channels, out_channels), *_norm(norm_layer, out_channels)
+        )
     layers: list[nn.Module] = [conv1x1(in_channels, out_channels, stride)]
     if norm_layer is not None:
         layers.append(norm_layer(out_channels))
     return nn.Sequential(*layers)
+
+
+def avg_pool(stride: int) -> nn.Module:
+    """ResNet-D's subsampling: a 2×2 average over real pixels only (ceil mode), or Identity."""
+    if stride == 1:
+        return nn.Identity()
+    return nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+
+
+def _norm(norm_layer: NormLayer | None, channels: int) -> list[nn.Module]:
+    return [] if norm_layer is None else [norm_layer(channels)]
 
 
 class BasicBlock(nn.Module):
@@ -106,6 +130,7 @@ class BasicBlock(nn.Module):
         shortcut: str = "B",
         norm_layer: NormLayer = nn.BatchNorm2d,
         residual_scale: bool = False,
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         self.skip = skip
@@ -116,7 +141,9 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(out_channels, out_channels)
         self.bn2 = norm_layer(out_channels)
         self.downsample = (
-            make_shortcut(in_channels, out_channels, stride, shortcut, norm_layer) if skip else None
+            make_shortcut(in_channels, out_channels, stride, shortcut, norm_layer, avg_down)
+            if skip
+            else None
         )
 
     def residual_bn(self) -> nn.Module:
@@ -156,6 +183,7 @@ class BottleneckBlock(nn.Module):
         stride_in_1x1: bool = False,
         norm_layer: NormLayer = nn.BatchNorm2d,
         residual_scale: bool = False,
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         self.skip = skip
@@ -170,7 +198,9 @@ class BottleneckBlock(nn.Module):
         self.bn3 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = (
-            make_shortcut(in_channels, out_channels, stride, shortcut, norm_layer) if skip else None
+            make_shortcut(in_channels, out_channels, stride, shortcut, norm_layer, avg_down)
+            if skip
+            else None
         )
 
     def residual_bn(self) -> nn.Module:

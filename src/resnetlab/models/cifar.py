@@ -1,20 +1,46 @@
 """CIFAR ResNets (He et al. 2015 §4.2) and pre-activation ResNets (He et al. 2016).
 
 6n+2 layers: a 3×3 stem conv with 16 filters, three stages of n blocks at 16/32/64 channels
-(feature maps 32/16/8), global average pooling and a linear classifier.
+(feature maps 32/16/8), global average pooling and a linear classifier. Every builder registers
+itself (``@register_model``) and takes the options of :class:`CifarOptions` or
+:class:`PreActOptions`, which ``create_model`` checks against its signature.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
 
 from .base import Backbone, CheckpointedSequential
 from .blocks import BasicBlock, PreActBasicBlock, PreActBottleneckBlock, dirac_init
+from .registry import register_model
 from .resnet import init_weights
 
 CIFAR_WIDTHS = (16, 32, 64)
 INITS = ("he", "dirac")
+
+
+class CifarOptions(TypedDict, total=False):
+    """Keyword options of the CIFAR ResNet and plain-net builders."""
+
+    in_channels: int
+    shortcut: str
+    zero_init_residual: bool
+    init: str
+    residual_scale: bool  # residual nets only
+
+
+class PreActOptions(TypedDict, total=False):
+    """Keyword options of the pre-activation ResNet builders."""
+
+    in_channels: int
+    skip: bool
+    shortcut: str
+    init: str
+    residual_scale: bool
 
 
 def _check_init(init: str) -> None:
@@ -35,8 +61,6 @@ class CifarResNet(Backbone):
     ``init="dirac"`` starts the blocks' 3×3 convs as identities (see ``blocks.dirac_init``);
     ``residual_scale=True`` adds a zero-initialised scale to every residual branch.
     """
-
-    stage_names = ("stem", "layer1", "layer2", "layer3", "head")
 
     def __init__(
         self,
@@ -94,8 +118,6 @@ class PreActResNet(Backbone):
     the network ends with BN-ReLU before pooling, as in the paper.
     """
 
-    stage_names = ("stem", "layer1", "layer2", "layer3", "head")
-
     def __init__(
         self,
         depth: int,
@@ -147,35 +169,96 @@ class PreActResNet(Backbone):
         }
 
 
-def _cifar_builder(depth: int, skip: bool):
-    kind = "ResNet" if skip else "Plain net"
-
-    def build(**options) -> CifarResNet:
-        return CifarResNet(depth, skip=skip, **options)
-
-    build.__name__ = f"{'resnet' if skip else 'plain'}{depth}"
-    build.__doc__ = f"{kind}-{depth} for CIFAR (n={(depth - 2) // 6}), He et al. 2015 §4.2."
-    return build
+cifar_model = functools.partial(
+    register_model, input_size=(3, 32, 32), cifar_stem=True, feature_stride=4
+)
 
 
-CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
-CIFAR_BUILDERS = {
-    f"{'resnet' if skip else 'plain'}{d}": _cifar_builder(d, skip)
-    for skip in (True, False)
-    for d in CIFAR_DEPTHS
-}
+@cifar_model(family="cifar-resnet", depth=20, block="basic")
+def resnet20(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-20 for CIFAR (n=3), He et al. 2015 §4.2."""
+    return CifarResNet(20, num_classes, **options)
 
 
-def preact_resnet110(**options) -> PreActResNet:
+@cifar_model(family="cifar-resnet", depth=32, block="basic")
+def resnet32(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-32 for CIFAR (n=5), He et al. 2015 §4.2."""
+    return CifarResNet(32, num_classes, **options)
+
+
+@cifar_model(family="cifar-resnet", depth=44, block="basic")
+def resnet44(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-44 for CIFAR (n=7), He et al. 2015 §4.2."""
+    return CifarResNet(44, num_classes, **options)
+
+
+@cifar_model(family="cifar-resnet", depth=56, block="basic")
+def resnet56(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-56 for CIFAR (n=9), He et al. 2015 §4.2."""
+    return CifarResNet(56, num_classes, **options)
+
+
+@cifar_model(family="cifar-resnet", depth=110, block="basic")
+def resnet110(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-110 for CIFAR (n=18), He et al. 2015 §4.2."""
+    return CifarResNet(110, num_classes, **options)
+
+
+@cifar_model(family="cifar-resnet", depth=1202, block="basic")
+def resnet1202(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-1202 for CIFAR (n=200), He et al. 2015 §4.2."""
+    return CifarResNet(1202, num_classes, **options)
+
+
+@cifar_model(family="cifar-plain", depth=20, block="basic", skips=False)
+def plain20(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """Plain net-20 for CIFAR (n=3), He et al. 2015 §4.2."""
+    return CifarResNet(20, num_classes, skip=False, **options)
+
+
+@cifar_model(family="cifar-plain", depth=32, block="basic", skips=False)
+def plain32(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """Plain net-32 for CIFAR (n=5), He et al. 2015 §4.2."""
+    return CifarResNet(32, num_classes, skip=False, **options)
+
+
+@cifar_model(family="cifar-plain", depth=44, block="basic", skips=False)
+def plain44(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """Plain net-44 for CIFAR (n=7), He et al. 2015 §4.2."""
+    return CifarResNet(44, num_classes, skip=False, **options)
+
+
+@cifar_model(family="cifar-plain", depth=56, block="basic", skips=False)
+def plain56(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """Plain net-56 for CIFAR (n=9), He et al. 2015 §4.2."""
+    return CifarResNet(56, num_classes, skip=False, **options)
+
+
+@cifar_model(family="cifar-plain", depth=110, block="basic", skips=False)
+def plain110(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """Plain net-110 for CIFAR (n=18), He et al. 2015 §4.2."""
+    return CifarResNet(110, num_classes, skip=False, **options)
+
+
+@cifar_model(family="cifar-plain", depth=1202, block="basic", skips=False)
+def plain1202(num_classes: int = 10, **options: Unpack[CifarOptions]) -> CifarResNet:
+    """Plain net-1202 for CIFAR (n=200), He et al. 2015 §4.2."""
+    return CifarResNet(1202, num_classes, skip=False, **options)
+
+
+@cifar_model(family="cifar-preact", depth=110, block="preact-basic")
+def preact_resnet110(num_classes: int = 10, **options: Unpack[PreActOptions]) -> PreActResNet:
     """Pre-activation ResNet-110 (basic blocks, n=18), He et al. 2016."""
-    return PreActResNet(110, **options)
+    return PreActResNet(110, num_classes, **options)
 
 
-def preact_resnet164(**options) -> PreActResNet:
+@cifar_model(family="cifar-preact", depth=164, block="preact-bottleneck")
+def preact_resnet164(num_classes: int = 10, **options: Unpack[PreActOptions]) -> PreActResNet:
     """Pre-activation ResNet-164 (bottlenecks, n=18), He et al. 2016."""
-    return PreActResNet(164, bottleneck=True, **options)
+    return PreActResNet(164, num_classes, bottleneck=True, **options)
 
 
-def preact_resnet1001(**options) -> PreActResNet:
+@cifar_model(family="cifar-preact", depth=1001, block="preact-bottleneck")
+def preact_resnet1001(num_classes: int = 10, **options: Unpack[PreActOptions]) -> PreActResNet:
     """Pre-activation ResNet-1001 (bottlenecks, n=111), He et al. 2016."""
-    return PreActResNet(1001, bottleneck=True, **options)
+    return PreActResNet(1001, num_classes, bottleneck=True, **options)

@@ -1,15 +1,20 @@
 """VGG (Simonyan & Zisserman 2014): configurations A, B, D, E, with and without BatchNorm.
 
 Module layout equals torchvision's (``features``, ``avgpool``, ``classifier``), so its state
-dicts load unchanged.
+dicts load unchanged. Every builder registers itself (``@register_model``) and takes the
+options of :class:`VGGOptions`.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
 
 from .base import Backbone, CheckpointedSequential
+from .registry import register_model
 
 # Output channels of each 3×3 conv; "M" is a 2×2 max-pool. Table 1 of the paper.
 CONFIGS: dict[str, list[int | str]] = {
@@ -44,11 +49,17 @@ def make_features(
     return CheckpointedSequential(*layers, boundary=nn.MaxPool2d)
 
 
+class VGGOptions(TypedDict, total=False):
+    """Keyword options of the VGG builders."""
+
+    in_channels: int
+    dropout: float
+
+
 class VGG(Backbone):
     """``features`` (five pooled blocks), 7×7 adaptive pool, 4096-4096 classifier with dropout."""
 
     head_name = "classifier.6"
-    stage_names = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
 
     def __init__(
         self,
@@ -103,17 +114,54 @@ class VGG(Backbone):
         return stages
 
 
-def _vgg_builder(name: str, config: str, batch_norm: bool):
-    def build(**options) -> VGG:
-        return VGG(config, batch_norm=batch_norm, **options)
-
-    build.__name__ = name
-    build.__doc__ = f"VGG configuration {config}{' with BatchNorm' if batch_norm else ''}."
-    return build
+vgg_model = functools.partial(
+    register_model, family="vgg", block="vgg", skips=False, feature_stride=32
+)
 
 
-VGG_BUILDERS = {
-    f"vgg{depth}{'_bn' if bn else ''}": _vgg_builder(f"vgg{depth}{'_bn' if bn else ''}", cfg, bn)
-    for depth, cfg in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E"))
-    for bn in (False, True)
-}
+@vgg_model(depth=11, torchvision_name="vgg11")
+def vgg11(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-11, configuration A."""
+    return VGG("A", num_classes, **options)
+
+
+@vgg_model(depth=11, torchvision_name="vgg11_bn")
+def vgg11_bn(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-11, configuration A with BatchNorm."""
+    return VGG("A", num_classes, batch_norm=True, **options)
+
+
+@vgg_model(depth=13, torchvision_name="vgg13")
+def vgg13(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-13, configuration B."""
+    return VGG("B", num_classes, **options)
+
+
+@vgg_model(depth=13, torchvision_name="vgg13_bn")
+def vgg13_bn(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-13, configuration B with BatchNorm."""
+    return VGG("B", num_classes, batch_norm=True, **options)
+
+
+@vgg_model(depth=16, torchvision_name="vgg16")
+def vgg16(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-16, configuration D."""
+    return VGG("D", num_classes, **options)
+
+
+@vgg_model(depth=16, torchvision_name="vgg16_bn")
+def vgg16_bn(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-16, configuration D with BatchNorm."""
+    return VGG("D", num_classes, batch_norm=True, **options)
+
+
+@vgg_model(depth=19, torchvision_name="vgg19")
+def vgg19(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-19, configuration E."""
+    return VGG("E", num_classes, **options)
+
+
+@vgg_model(depth=19, torchvision_name="vgg19_bn")
+def vgg19_bn(num_classes: int = 1000, **options: Unpack[VGGOptions]) -> VGG:
+    """VGG-19, configuration E with BatchNorm."""
+    return VGG("E", num_classes, batch_norm=True, **options)

@@ -255,4 +255,4 @@ def _cifar_depth(model: str) -> int:
     from ..models import model_info
 
     info = model_info(model)
-    return info.depth if info.family.startswith("cifar") else 0
+    return info.depth if info.cifar_stem else 0

@@ -58,9 +58,9 @@ def make_plan(
         channels_last = cuda or cpu_channels_last(model, image_size)
     else:
         channels_last = bool(config.channels_last)
-    family = getattr(getattr(model, "info", None), "family", "")
+    small = getattr(getattr(model, "info", None), "cifar_stem", False)
     if config.cuda_graphs == "auto":
-        graphs = cuda and family.startswith("cifar") and not config.compile
+        graphs = cuda and small and not config.compile
         graphs = graphs and not dist.enabled and not hooked
         graphs = graphs and not config.activation_checkpointing
     else:
@@ -83,11 +83,11 @@ def make_plan(
 def cpu_channels_last(model: nn.Module, image_size: tuple[int, ...] | None) -> bool:
     """Whether a conv net trains faster channels-last on the CPU: yes (by 10-20 % with oneDNN)
     unless its last feature maps are under 4 px a side, where it measured up to 20 % slower
-    (docs/BENCHMARKS.md). CIFAR nets downsample by 4, the ImageNet ones by 32."""
+    (docs/BENCHMARKS.md). The model's ``info.feature_stride`` says by how much it downsamples
+    (CIFAR nets 4, the ImageNet ones 32; 32 when unknown)."""
     if image_size is None or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
-    family = getattr(getattr(model, "info", None), "family", "")
-    stride = 4 if family.startswith("cifar") else 32
+    stride = getattr(getattr(model, "info", None), "feature_stride", 32)
     return min(image_size[-2:]) // stride >= 4
 
 

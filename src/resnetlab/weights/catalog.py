@@ -1,5 +1,7 @@
 """Named weights with their published metadata: torchvision's official ImageNet checkpoints and
-the CIFAR-10 ResNets of akamaster/pytorch_resnet_cifar10 (tag ``cifar10``).
+the CIFAR-10 ResNets of akamaster/pytorch_resnet_cifar10 (tag ``cifar10``); and the one home of
+every published figure a model shows (``published(model)``: these weights' top-1, then the
+papers' tables).
 
 A static table so that listing and loading need neither a network nor torchvision's enums;
 ``tests/test_weights_io.py`` checks it against the installed torchvision so it cannot drift, and
@@ -29,6 +31,25 @@ CIFAR_LICENCE = "BSD-2-Clause (Copyright (c) 2018, Yerlan Idelbayev)"
 # CIFAR-10's label order (the authors' batches.meta), which is also sorted order.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")  # fmt: skip
+
+
+TV_TOP1 = "torchvision weights metadata (IMAGENET1K_V1, acc@1, single 224 crop)"
+HE2015_T2 = "He et al. 2015, Table 2 (top-1 error, 10-crop, shortcut A)"
+HE2015_T3 = "He et al. 2015, Table 3 (top-1 error, 10-crop)"
+HE2015_T6 = "He et al. 2015, Table 6 (CIFAR-10 test error)"
+HE2016 = "He et al. 2016, Table 3 (CIFAR-10 test error, pre-activation)"
+
+
+@dataclass(frozen=True)
+class Published:
+    """A figure quoted from a publication, never measured here."""
+
+    metric: str
+    value: float
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.value:g} (published: {self.source})"
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,37 @@ CATALOG: tuple[WeightsEntry, ...] = (
     _entry("vgg19_bn", 1, "c79401a0", 143678248, 74.218, 91.842, 548.143, True),
     *CIFAR_CATALOG,
 )
+
+
+def _paper(metric: str, source: str, values: dict[str, float]) -> dict[str, Published]:
+    return {model: Published(metric, value, source) for model, value in values.items()}
+
+
+# Figures of the papers themselves (no weights file behind them), by model name.
+PAPER_FIGURES: dict[str, tuple[Published, ...]] = {}
+for _table in (
+    _paper("ImageNet top-1 error %", HE2015_T2,
+           {"resnet18": 27.88, "resnet34": 25.03, "plain18": 27.94, "plain34": 28.54}),
+    _paper("ImageNet top-1 error %", HE2015_T3,
+           {"resnet50": 22.85, "resnet101": 21.75, "resnet152": 21.43}),
+    _paper("CIFAR-10 test error %", HE2015_T6,
+           {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
+            "resnet110": 6.43, "resnet1202": 7.93}),
+    _paper("CIFAR-10 test error %", HE2016,
+           {"preact_resnet110": 6.37, "preact_resnet164": 5.46, "preact_resnet1001": 4.92}),
+):  # fmt: skip
+    for _model, _figure in _table.items():
+        PAPER_FIGURES[_model] = (*PAPER_FIGURES.get(_model, ()), _figure)
+
+
+def published(model: str) -> tuple[Published, ...]:
+    """What is published about ``model``: its torchvision V1 weights' top-1, then the papers'."""
+    weights = tuple(
+        Published("ImageNet top-1 accuracy %", entry.acc1, TV_TOP1)
+        for entry in CATALOG
+        if entry.model == model and entry.tag == "imagenet-v1"
+    )
+    return weights + PAPER_FIGURES.get(model, ())
 
 
 def list_weights(model: str | None = None) -> list[WeightsEntry]:

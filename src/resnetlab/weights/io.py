@@ -142,7 +142,9 @@ def normalise_state_dict(state: Mapping, model: nn.Module | None = None) -> Stat
 
     The CIFAR reference implementations call the classifier ``linear``; resnetlab calls it
     ``fc`` (the model's ``head_name``), so ``linear.*`` becomes ``fc.*`` when the model has no
-    ``linear`` module.
+    ``linear`` module. timm's ResNet state dicts (``resnetXd``, ``resnet50c`` included) need no
+    renaming: resnetlab's deep stem and pooled shortcuts use timm's names (``conv1.0``…
+    ``conv1.6``, ``bn1``, ``downsample.1``/``.2`` after the pool, ``fc``).
     """
     out: StateDict = {}
     for key, value in _tensors(state).items():
