@@ -22,7 +22,8 @@ GREY = ("auto", "repeat", "sum")
 OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
 # Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir"}
+RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir",
+             "keep_checkpoints"}  # fmt: skip
 
 
 @dataclass
@@ -77,6 +78,9 @@ class FinetuneOptions:
     progress: bool = True
     activation_checkpointing: bool = False
     resume: bool = False
+    keep_checkpoints: bool = setting(
+        False, "keep each phase's checkpoint (weights + optimiser state) after the run"
+    )
     on_bad: str = "error"  # unreadable image files: "error", or "skip" them with a warning
 
     def __post_init__(self) -> None:
