@@ -19,9 +19,9 @@ from ..files import atomic_write, write_json
 from ..finetune.card import load_model
 from ..finetune.clinic import read_predictions
 from ..finetune.predict import card_calibration, expand_inputs
-from ..finetune.prepare import IMAGENET
 from ..finetune.preprocess import Preprocessing, load_image, normalise, prepare_images
 from ..finetune.uncertainty import delong_test
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .export import build_model, is_fine_tuned
 
 
@@ -33,7 +33,7 @@ def _load(source: str, pretrained: str | None, device: str):
         return loaded.model, loaded.preprocessing, loaded.classes, temperature
     model = build_model(source, None, pretrained, None, None).to(device).eval()
     c, h, _ = model.info.input_size
-    mean, std = IMAGENET if c == 3 else ([0.5] * c, [0.25] * c)
+    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if c == 3 else ([0.5] * c, [0.25] * c)
     prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h, mean, std, channels=c)
     names = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
