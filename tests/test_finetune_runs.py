@@ -5,6 +5,7 @@ a first-time user meets (freezing random stages, no network for ImageNet weights
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import urllib.error
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from resnetlab import create_model
-from resnetlab.cli import main
+from resnetlab.cli import build_parser, main
 from resnetlab.data.loaders import TensorLoader
 from resnetlab.finetune import FinetuneOptions, finetune
 from resnetlab.train import Callback, save_checkpoint
@@ -196,3 +197,14 @@ def test_offline_default_names_the_cache_path_and_pretrained_none(
     cache = home / "weights" / "resnet18-f37072fd.pth"
     assert err.startswith("resnetlab finetune: error: cannot download https://download.pytorch")
     assert f"place it at {cache}" in err and "--pretrained none to train from scratch" in err
+
+
+def test_every_flag_of_the_fine_tuning_commands_has_help():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("finetune", "lr-find", "predict", "evaluate", "explain"):
+        missing = [a.option_strings or a.dest for a in commands.choices[name]._actions
+                   if not a.help]  # fmt: skip
+        assert not missing, f"{name}: {missing}"
+    data = next(a for a in commands.choices["finetune"]._actions if a.dest == "data")
+    assert "IDX" in data.help and "fashion-mnist" in data.help

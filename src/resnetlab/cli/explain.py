@@ -132,11 +132,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fine-tuning run folder, model file + card, or a model name")  # fmt: skip
     p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
     p.add_argument("--out", required=True, help="folder for the overlays (.png) and maps (.npy)")
-    p.add_argument("--method", choices=(*METHODS, "both"), default="both")
+    p.add_argument("--method", choices=(*METHODS, "both"), default="both",
+                   help="Grad-CAM, Grad-CAM++ or both (default both)")  # fmt: skip
     p.add_argument("--class", dest="target", help="class name or index (default: the predicted)")
     p.add_argument("--layer", help="module name, e.g. layer4.1 (default: the family's last block)")
     p.add_argument("--pretrained", help="weights tag for a model name, e.g. imagenet")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     p.set_defaults(func=run_explain)
 
     p = subparsers.add_parser("compare-runs", help="DeLong's test of two runs' test ROC-AUCs")
