@@ -181,8 +181,9 @@ def test_evaluate_reproduces_the_card_test_metrics(run, tmp_path, capsys):
     assert measured["roc_auc"] == pytest.approx(card["metrics"]["test"]["roc_auc"])
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
     assert "balanced accuracy" in capsys.readouterr().out
-    assert main(["evaluate", str(out), str(data), "--split", "val"]) == 2  # no val/ folder
-    assert "no 'val' split" in capsys.readouterr().err
+    # no val/ folder: the run's held-out validation images are split off again
+    assert main(["evaluate", str(out), str(data), "--split", "val"]) == 0
+    assert "held out 2 training images" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -275,6 +276,7 @@ def test_finetune_from_weights_downloaded_over_http(served, tmp_path, home, caps
         "--no-progress",
         "--freeze",
         "layer1",
+        "--keep-checkpoints",
     ]
     assert main(argv) == 0
     log = capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_a_kill_during_save_never_leaves_a_corrupt_checkpoint(tmp_path):
 
 def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ResnetlabError, match="cannot read checkpoint"):
+    with pytest.raises(ResnetlabError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "last.pt")
 
 

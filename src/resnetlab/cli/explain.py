@@ -20,9 +20,9 @@ from ..files import atomic_write, write_json
 from ..finetune.card import load_model
 from ..finetune.clinic import read_predictions
 from ..finetune.predict import card_calibration, expand_inputs
-from ..finetune.prepare import IMAGENET
 from ..finetune.preprocess import Preprocessing, load_image, normalise, prepare_images
 from ..finetune.uncertainty import delong_test
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .export import build_model, is_fine_tuned
 
 
@@ -35,7 +35,7 @@ def load_source(source: str, pretrained: str | None, device: str):
     model = build_model(source, None, pretrained, None, None).to(device).eval()
     info: Any = model.info  # set by create_model
     c, h, _ = info.input_size
-    mean, std = IMAGENET if c == 3 else ([0.5] * c, [0.25] * c)
+    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if c == 3 else ([0.5] * c, [0.25] * c)
     prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h, mean, std, channels=c)
     names = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -134,11 +134,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fine-tuning run folder, model file + card, or a model name")  # fmt: skip
     p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
     p.add_argument("--out", required=True, help="folder for the overlays (.png) and maps (.npy)")
-    p.add_argument("--method", choices=(*METHODS, "both"), default="both")
+    p.add_argument("--method", choices=(*METHODS, "both"), default="both",
+                   help="Grad-CAM, Grad-CAM++ or both (default both)")  # fmt: skip
     p.add_argument("--class", dest="target", help="class name or index (default: the predicted)")
     p.add_argument("--layer", help="module name, e.g. layer4.1 (default: the family's last block)")
     p.add_argument("--pretrained", help="weights tag for a model name, e.g. imagenet")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     p.set_defaults(func=run_explain)
 
     p = subparsers.add_parser("compare-runs", help="DeLong's test of two runs' test ROC-AUCs")

@@ -137,8 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("lr-find", help="learning-rate range test (plot + suggestion)")
     _add_model_args(p, exclude=("resume", "folds", "tta", "threshold", "test_size"))
     p.add_argument("--iters", type=int, default=100, help="sweep steps (default 100)")
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--start-lr", type=float, default=1e-7, metavar="FLOAT",
+                   help="first lr of the sweep (default 1e-7)")  # fmt: skip
+    p.add_argument("--end-lr", type=float, default=10.0, metavar="FLOAT",
+                   help="last lr of the sweep (default 10)")  # fmt: skip
     p.add_argument(
         "--phase",
         choices=("full", "head"),
@@ -155,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
     p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
                    help="images per forward pass (default 64)")  # fmt: skip
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--json", action="store_true", help="JSON output")
     group.add_argument("--csv", action="store_true", help="CSV output")
@@ -165,11 +167,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="all metrics of a fine-tuned model on a split")
     p.add_argument("source", metavar="RUN_OR_MODEL", help="run folder, or model file + card")
     p.add_argument("data", metavar="DATA", help="labelled data (as for finetune)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"),
+        help="split to measure (default test); on the run's own data, val and test are the "
+        "run's, re-created when it held them out",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, help="folder for metrics JSON and plots")
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
     p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
                    help="images per forward pass (default 64)")  # fmt: skip
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     _add_on_bad(p)
     p.set_defaults(func=run_evaluate)

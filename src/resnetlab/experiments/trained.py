@@ -24,8 +24,9 @@ from ..models import create_model
 from ..models.blocks import BasicBlock, BottleneckBlock
 from ..models.cifar import CifarResNet, PreActResNet
 from ..models.resnet import ResNet
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGENET_NORM = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 NORMALISATIONS = ("auto", "imagenet", "none")
 WEIGHT_FILES = ("best.pt", "last.pt")
 POST_ACTIVATION = (BasicBlock, BottleneckBlock)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..download import NetworkError
 from ..errors import ResnetlabError
 
 if TYPE_CHECKING:
@@ -61,13 +62,16 @@ def build_model(options: FinetuneOptions, bundle: Any) -> tuple[nn.Module, Any, 
         how = "repeated to 3 channels" if grey == "repeat" else "fed as 1 channel"
         how += ", the 3-channel stem weights summed" if grey == "sum" and spec else ""
         grey_note = f"greyscale images: --grey {grey} ({how})"
-    model = create_model(
-        options.model,
-        num_classes=len(bundle.classes),
-        in_channels=channels,
-        pretrained=spec or False,
-        **options.model_options,
-    )
+    try:
+        model = create_model(
+            options.model,
+            num_classes=len(bundle.classes),
+            in_channels=channels,
+            pretrained=spec or False,
+            **options.model_options,
+        )
+    except NetworkError as exc:  # offline: name both ways out, the cache and no weights
+        raise NetworkError(f"{exc} Or pass --pretrained none to train from scratch.") from None
     replace_head(model, len(bundle.classes), dropout=options.head_dropout)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     weights_file = cfg.get("file") or (spec if spec and Path(spec).is_file() else None)

@@ -64,9 +64,11 @@ def analyse(
     *,
     seed: int = 0,
     test_probs: torch.Tensor | None = None,
+    evaluated: str = "test",
 ) -> dict[str, Any]:
-    """The ``clinical`` section for {split: (logits, labels)}; plots and the test predictions
-    (``predictions_test.csv``) go to ``out_dir``. ``test_probs`` overrides the calibrated test
+    """The ``clinical`` section for {split: (logits, labels)}; plots and the predictions of the
+    ``evaluated`` split (``predictions_<split>.csv``) go to ``out_dir``; its rates with
+    intervals are under ``section[evaluated]``. ``test_probs`` overrides its calibrated
     probabilities (mirror averaging)."""
     temperature = fit["temperature"]
     section: dict[str, Any] = {**fit, "calibration": {}}
@@ -77,20 +79,22 @@ def analyse(
             plot_reliability(logits, labels, temperature, path, split)
     if len(classes) != 2:
         return section
-    if out_dir is not None and "val" in splits:
+    if out_dir is not None and "val" in splits and evaluated != "val":
         val_p1 = torch.softmax(splits["val"][0].double() / temperature, 1)[:, 1].numpy()
         write_predictions(out_dir / "predictions_val.csv", *splits["val"], val_p1, fit, classes)
-    if "test" not in splits:
+    if evaluated not in splits:
         return section
-    logits, labels = splits["test"]
+    logits, labels = splits[evaluated]
     probs = torch.softmax(logits.double() / temperature, 1)
     if test_probs is not None:
         probs = test_probs.double()
     p1, y = probs[:, 1].numpy(), labels.numpy()
-    section["test"] = test_figures(p1, y, fit["threshold"]["threshold"], seed)
+    section["evaluated"] = evaluated
+    section[evaluated] = test_figures(p1, y, fit["threshold"]["threshold"], seed)
     if out_dir is not None:
-        plot_pr(p1, y == 1, classes[1], out_dir / "pr_test.png", "test")
-        write_predictions(out_dir / "predictions_test.csv", logits, labels, p1, fit, classes)
+        plot_pr(p1, y == 1, classes[1], out_dir / f"pr_{evaluated}.png", evaluated)
+        write_predictions(out_dir / f"predictions_{evaluated}.csv", logits, labels, p1, fit,
+                          classes)  # fmt: skip
     return section
 
 
@@ -136,7 +140,8 @@ def summary_lines(section: dict[str, Any]) -> list[str]:
             f"{th['positive_class']!r} (rule {th['rule']}{target}, chosen on validation); "
             f"temperature {section['temperature']:.3f} (fitted on validation)"
         )
-    for name, m in section.get("test", {}).items():
+    split = section.get("evaluated", "test")
+    for name, m in section.get(split, {}).items():
         ci = m.get("ci95", {})
 
         def show(key: str, m: dict = m, ci: dict = ci) -> str:
@@ -146,15 +151,15 @@ def summary_lines(section: dict[str, Any]) -> list[str]:
             return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
 
         lines.append(
-            f"test {name.replace('_', ' ')} ({m['threshold']:.3f}): sensitivity "
+            f"{split} {name.replace('_', ' ')} ({m['threshold']:.3f}): sensitivity "
             f"{show('sensitivity')}, specificity {show('specificity')}, PPV {m['ppv']:.3f}, "
             f"NPV {m['npv']:.3f}, F1 {m['f1']:.3f}, balanced accuracy "
             f"{m['balanced_accuracy']:.3f}, accuracy {show('accuracy')}"
         )
-    test = section.get("test", {}).get("at_threshold", {}).get("ci95")
+    test = section.get(split, {}).get("at_threshold", {}).get("ci95")
     if test:
         lines.append(
-            f"test ROC-AUC {test['roc_auc']['value']:.4f} [{test['roc_auc']['low']:.4f}, "
+            f"{split} ROC-AUC {test['roc_auc']['value']:.4f} [{test['roc_auc']['low']:.4f}, "
             f"{test['roc_auc']['high']:.4f}], PR-AUC {test['pr_auc']['value']:.4f} "
             f"[{test['pr_auc']['low']:.4f}, {test['pr_auc']['high']:.4f}] (95 % stratified "
             f"bootstrap, {test['bootstrap']['resamples']} resamples)"

@@ -11,11 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import DataBundle, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
 from .clinic import analyse, summary_lines
 from .metrics import classification_metrics
+from .prepare import open_finetune_data
 from .preprocess import Preprocessing, normalise, prepare_images
 
 
@@ -84,17 +86,22 @@ def evaluate_run(
     on_bad: str = "error",
 ) -> dict[str, Any]:
     """All metrics of a fine-tuned model on a labelled split of ``data``; plots and
-    ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``."""
-    from ..data import open_data
+    ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``.
+    On the run's own data the splits are the run's (a held-out val or test re-created)."""
     from .card import load_model
     from .plots import plot_confusion, plot_roc
 
     loaded = load_model(source, device)
-    bundle = open_data(data, on_bad=on_bad)
+    bundle, how = run_splits(data, loaded.card, on_bad)
     part = getattr(bundle, split, None) if split in ("train", "val", "test") else None
     if part is None:
         present = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
-        raise ResnetlabError(f"{data} has no {split!r} split; choose one of {', '.join(present)}.")
+        recorded = (loaded.card.get("training") or {}).get("options") or {}
+        hint = f" (the run split {recorded['data']}; give that data to re-create its splits)" \
+            if recorded.get("data") and how is None else ""  # fmt: skip
+        raise ResnetlabError(
+            f"{data} has no {split!r} split{hint}; choose one of {', '.join(present)}."
+        )
     if list(bundle.classes) != loaded.classes:
         raise ResnetlabError(
             f"the data's classes ({', '.join(bundle.classes[:10])}) differ from the model's "
@@ -107,15 +114,17 @@ def evaluate_run(
                                 tta=tta, temperature=temperature)  # fmt: skip
     metrics = classification_metrics(probs.clamp_min(1e-12).log(), labels, loaded.classes)
     metrics |= {"split": split, "data": str(data), "tta": tta, "temperature": temperature}
+    if how is not None:
+        metrics["splits"] = how
     point = loaded.card.get("operating_point")
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     if point is not None:
         logits = image_logits(model, images, loaded.preprocessing, batch_size=batch_size)
         fit = {"temperature": temperature, "threshold": point, "fitted_on": "val (model card)"}
-        clinical = analyse(fit, {"test": (logits, labels)}, loaded.classes,
+        clinical = analyse(fit, {split: (logits, labels)}, loaded.classes,
                            Path(out) if out is not None else None,
-                           test_probs=probs if tta else None)  # fmt: skip
+                           test_probs=probs if tta else None, evaluated=split)  # fmt: skip
         metrics["clinical"] = clinical
     if out is not None:
         from ..files import write_json
@@ -130,6 +139,27 @@ def evaluate_run(
         )
         plot_roc(probs, labels, loaded.classes, out / f"roc_{split}.png", split)
     return metrics
+
+
+def run_splits(data: str, card: dict[str, Any], on_bad: str) -> tuple[DataBundle, str | None]:
+    """``data`` split as the run split it, when it is the run's own data (its settings are in
+    the card): the same held-out val/test or fold; else ``data`` as it is. The second value
+    says how the splits were made (None: as the data has them)."""
+    options = (card.get("training") or {}).get("options") or {}
+    if not options.get("data") or not _same_data(options["data"], data):
+        return open_data(data, on_bad=on_bad), None
+    bundle, notes = open_finetune_data(
+        data, options["val_size"], options["seed"], on_bad,
+        test_size=options.get("test_size") or 0.0, folds=options.get("folds") or 1,
+        fold=options.get("fold"),
+    )  # fmt: skip
+    return bundle, "as the run made them" + (f": {'; '.join(notes)}" if notes else "")
+
+
+def _same_data(recorded: str, given: str) -> bool:
+    if str(recorded) == str(given):
+        return True
+    return Path(recorded).expanduser().resolve() == Path(given).expanduser().resolve()
 
 
 def _split_images(part: Any, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,6 +199,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             f"{row['f1']:>9.4f} {row['support']:>8}"
         )
     lines.append("confusion matrix [true][predicted]: " + json.dumps(metrics["confusion_matrix"]))
+    if "splits" in metrics:
+        lines.append(f"splits: {metrics['splits']}")
     if "clinical" in metrics:
         lines += summary_lines(metrics["clinical"])
     return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 Phase 1 trains the head with the backbone frozen (``head_epochs``); phase 2 unfreezes (all, or
 down to a stage) with discriminative learning rates. Each phase is one engine run in a sub-folder
-(``phase1-head``, ``phase2-full``) with its own resumable checkpoints; a hook measures the full
-metric set on validation after every epoch, keeps the best model by ``monitor`` and stops early.
+(``phase1-head``, ``phase2-full``) with its own resumable checkpoint; a hook measures the full
+metric set on validation after every epoch (the one validation pass), keeps the best model by
+``monitor`` and stops early. A phase's checkpoint is deleted once the next phase has saved its
+own, and the last one when the run is finished (``keep_checkpoints`` keeps them all).
 The run folder gets the model (``model.safetensors``, ``model.pt``), ``model_card.json``, the
 merged ``metrics.jsonl``/``metrics.csv``, plots and ``report.html``/``report.md``.
 """
@@ -25,6 +27,7 @@ from ..errors import ResnetlabError
 from ..files import RunLock, write_json, write_text_atomic
 from ..train import Callback, TrainConfig, train
 from ..train.prepare import check_classes
+from ..weights import load_checkpoint
 from . import outputs, prepare
 from .build import build_model, say, weights_source
 from .metrics import classification_metrics
@@ -101,7 +104,7 @@ class Tracker(Callback):
             self.best, self.since = metrics[self.monitor], 0
             from ..train import save_checkpoint
 
-            save_checkpoint({"model": state.model.state_dict()}, self.run_dir / "best_model.pt")
+            save_checkpoint({"model": state.model.state_dict()}, self.run_dir / outputs.BEST_MODEL)
             write_json(self.run_dir / "best.json", row)
         else:
             self.since += 1
@@ -128,6 +131,8 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     run_dir = Path(options.out_dir)
     options = resume_settings(options, run_dir)
     options.pretrained = weights_source(options.pretrained, options.model)
+    if options.pretrained is None:  # refused before the data is read (phase_plan: all cases)
+        check_nothing_frozen(options.freeze, options.head_epochs or 0)
     bundle, notes = prepare.open_finetune_data(
         options.data, options.val_size, options.seed, options.on_bad,
         test_size=options.test_size, folds=options.folds, fold=options.fold,
@@ -141,6 +146,7 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     for note in notes:
         say(note)
     model, prep, weights_file = build_model(options, bundle)
+    plan = phase_plan(options, model)  # a bad stage name fails before the images are resized
     data = prepare.prepare_bundle(bundle, prep)
     for note in prep.notes:
         say(note)
@@ -156,10 +162,10 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     batch = min(options.batch_size, len(data.train))
     bpe = len(data.train) // batch
     val_loader = _val_loader(data, prep, batch, options.device)
-    plan = phase_plan(options, model)
     if not options.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / OPTIONS_FILE, dataclasses.asdict(options))
+    previous = None
     for phase in plan:
         config = engine_config(
             options, phase.lr, phase.epochs, bpe, batch, prep, weights, run_dir / phase.name
@@ -173,7 +179,9 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
             options.patience,
             phase.epoch_offset,
         )
-        _run_phase(phase, options, model, data, config, [tracker, *callbacks])
+        prune = [] if options.keep_checkpoints else [PrunePrevious(previous, run_dir / phase.name)]
+        _run_phase(phase, options, model, data, config, [tracker, *prune, *callbacks])
+        previous = run_dir / phase.name
     info = {
         "notes": notes,
         "counts": counts,
@@ -186,6 +194,25 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
         "wall_s": time.perf_counter() - start,
     }
     return outputs.finish(options, run_dir, model, prep, bundle, data, info)
+
+
+class PrunePrevious(Callback):
+    """Deletes the previous phase's checkpoint once this phase has saved its own ``last.pt``:
+    from then on a resume starts from this phase, so the older one is never read again."""
+
+    def __init__(self, previous: Path | None, phase_dir: Path) -> None:
+        self.previous, self.own = previous, phase_dir / "last.pt"
+
+    def _prune(self) -> None:
+        if self.previous is not None and self.own.is_file():
+            outputs.remove_checkpoints(self.previous)
+            self.previous = None
+
+    def on_step(self, state: Any) -> None:
+        self._prune()
+
+    def on_end(self, state: Any, result: Any) -> None:
+        self._prune()
 
 
 @dataclass
@@ -216,10 +243,29 @@ def phase_plan(options: FinetuneOptions, model: nn.Module) -> list[Phase]:
             )
         frozen += [s for s in stages[: stages.index(options.unfreeze_to)] if s not in frozen]
     resolve_stages(model, frozen)  # unknown names: one clear error before anything is written
+    if not pretrained:
+        check_nothing_frozen(frozen, head_epochs)
     mult = options.lr_mult if options.lr_mult is not None else (0.4 if pretrained else 1.0)
     full_lr = options.head_lr / 2 if pretrained else options.head_lr  # fastai's fine_tune
     plan = [Phase(PHASES[0], head_epochs, None, options.head_lr, 1.0, 0.0)] if head_epochs else []
     return plan + [Phase(PHASES[1], options.epochs, frozen, full_lr, mult, float(head_epochs))]
+
+
+def check_nothing_frozen(frozen: Sequence[str], head_epochs: float = 0) -> None:
+    """Without pretrained weights a frozen stage keeps its random initialisation for the whole
+    run (every later stage then learns from noise), so freezing is refused, not warned about."""
+    if frozen:
+        raise ResnetlabError(
+            f"frozen stages {', '.join(frozen)} would keep their random initialisation: no "
+            "weights were loaded (--pretrained none, or none published for the model); drop "
+            "--freeze/--unfreeze-to, or pass --pretrained with weights."
+        )
+    if head_epochs:
+        raise ResnetlabError(
+            f"--head-epochs {head_epochs:g} would train the head on a frozen, randomly "
+            "initialised backbone: no weights were loaded; drop --head-epochs (or set it to 0), "
+            "or pass --pretrained with weights."
+        )
 
 
 def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks) -> None:
@@ -239,7 +285,9 @@ def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks)
     )
     done = Path(config.out_dir) / "done.json"
     if done.is_file():
-        _load_last(model, Path(config.out_dir))
+        last = Path(config.out_dir) / "last.pt"
+        if last.is_file():  # else pruned: the next phase's checkpoint (or the model) has it all
+            model.load_state_dict(load_checkpoint(last)["model"])
         say(f"{phase.name}: already finished, skipped")
         return
     result = train(config, model=model, data=data, callbacks=callbacks, param_groups=groups)
@@ -270,15 +318,9 @@ def engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) -> 
         epochs=epochs,
         class_weights=tuple(weights) if weights else None,
         eval_every=bpe,
-        eval_splits=("val",),
+        eval_splits=(),  # the tracker's pass over val gives loss, error and the rest
         checkpoint_every=bpe,
         log_every=max(1, min(bpe, 20)),
         out_dir=str(phase_dir),
         num_workers=0,
     ))  # fmt: skip
-
-
-def _load_last(model: nn.Module, phase_dir: Path) -> None:
-    from ..train import load_checkpoint
-
-    model.load_state_dict(load_checkpoint(phase_dir / "last.pt")["model"])

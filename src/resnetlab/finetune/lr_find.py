@@ -19,7 +19,7 @@ from ..errors import ResnetlabError
 from ..files import write_json
 from ..train import Callback, TrainingDiverged, train
 from .build import build_model, say, weights_source
-from .finetune import engine_config
+from .finetune import check_nothing_frozen, engine_config
 from .options import FinetuneOptions
 
 BETA = 0.98  # smoothing of the loss, as fastai
@@ -113,6 +113,8 @@ def lr_find(
     if phase == "head":
         freeze(model, None, options.bn)
     elif options.freeze:
+        if not options.pretrained:
+            check_nothing_frozen(options.freeze)
         freeze(model, list(options.freeze), options.bn)
     mult = options.lr_mult if options.lr_mult is not None else (0.4 if options.pretrained else 1.0)
     groups = param_groups(model, 1.0, decay=options.decay, lr_mult=1.0 if phase == "head" else mult)

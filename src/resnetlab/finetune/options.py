@@ -23,7 +23,8 @@ GREY = ("auto", "repeat", "sum")
 OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
 # Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir"}
+RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir",
+             "keep_checkpoints"}  # fmt: skip
 # Engine settings the recipe sets per phase (below: fine-tuning's own, or in engine_config).
 DERIVED = ("data_root", "normalisation", "num_workers", "max_iters", "eval_every", "eval_splits",
            "checkpoint_every", "log_every")  # fmt: skip
@@ -43,8 +44,11 @@ class FinetuneOptions:
     and passed to each phase's engine run unchanged (``engine_settings``).
     """
 
-    data: str = setting(help="image folder or archive (train/, optional val/ test/), MedMNIST "
-                        ".npz, or cifar10/cifar100")  # fmt: skip
+    data: str = setting(
+        help="image folder or archive (train/, optional val/ test/, or manifest.csv), MedMNIST "
+        ".npz, a folder of IDX files (MNIST/Fashion-MNIST layout), fashion-mnist (Debian's "
+        "dataset-fashion-mnist), or cifar10/cifar100",
+    )  # fmt: skip
     out_dir: str = setting(help="run folder")
     pretrained: str | None = setting(
         "auto", "weights: a tag (imagenet, imagenet-v1), URL, checkpoint file or run folder; "
@@ -107,6 +111,10 @@ class FinetuneOptions:
     fold: int | None = setting(None, "set by cross-validation: this run's validation fold", ">= 0")
     pad: int | None = setting(None, "random-crop padding (default: crop / 8)", ">= 0")
     tta: bool = setting(False, "mirror-averaged final test metrics")
+    keep_checkpoints: bool = setting(
+        False, "keep each phase's last.pt (weights and optimiser state) when the run is done "
+        "(default: deleted once no resume needs them)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)

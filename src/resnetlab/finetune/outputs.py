@@ -1,5 +1,6 @@
-"""What a finished fine-tuning run leaves behind: the best model as safetensors and torch files,
-the model card, merged metrics of both phases, plots, and the report (HTML + Markdown).
+"""What a finished fine-tuning run leaves behind: the best model once as safetensors and once as
+a torch file, the model card, merged metrics of both phases, plots, and the report (HTML +
+Markdown); the training checkpoints are deleted unless ``keep_checkpoints`` is set.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from ..experiments.runs import read_jsonl
 from ..files import write_json, write_text_atomic
 from ..train.metrics import MetricsWriter
+from ..weights import load_checkpoint, load_weights, save_weights
 from . import clinic
 from .build import say
 from .card import build_from_card, write_card
@@ -24,19 +26,20 @@ from .metrics import classification_metrics
 from .options import PHASES, FinetuneResult
 from .plots import plot_confusion, plot_history, plot_roc
 
+CHECKPOINTS = ("last.pt", "best.pt")  # the engine's, in each phase folder
+BEST_MODEL = "best_model.pt"  # the tracker's best model while the run is going
 HEADLINE = ("loss", "accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1")
 
 
 def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -> FinetuneResult:
     """Save the best model and everything that describes it; returns the headline metrics."""
-    from ..train import load_checkpoint
-    from ..weights import save_weights
-
-    best_path = run_dir / "best_model.pt"
+    best_path = run_dir / BEST_MODEL
     best = read_jsonl(run_dir / "val_metrics.jsonl")
     best_row = _best_row(best, options.monitor)
     if best_path.is_file():
         model.load_state_dict(load_checkpoint(best_path)["model"])
+    elif (run_dir / "model.safetensors").is_file():  # a finished run, resumed: its saved model
+        model.load_state_dict(load_weights(run_dir / "model.safetensors"))
     model.cpu().eval()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -94,8 +97,18 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
     card["summary"] = headline[:1] + clinic.summary_lines(clinical) + headline[1:]
     write_card(run_dir, card)
     write_report(run_dir, card, bundle.summary())
+    best_path.unlink(missing_ok=True)  # the same weights as model.pt
+    if not options.keep_checkpoints:
+        for phase in PHASES:
+            remove_checkpoints(run_dir / phase)
     say(f"done in {info['wall_s']:.0f} s: {run_dir / 'model_card.json'}")
     return FinetuneResult(run_dir, card, metrics)
+
+
+def remove_checkpoints(phase_dir: Path) -> None:
+    """Delete a phase's training checkpoints (weights and optimiser state); its records stay."""
+    for name in CHECKPOINTS:
+        (Path(phase_dir) / name).unlink(missing_ok=True)
 
 
 def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row):
@@ -183,8 +196,6 @@ def _weights_facts(model: nn.Module, options, info: dict[str, Any]) -> dict[str,
 
 def _check_reload(card: dict[str, Any], model: nn.Module, run_dir: Path) -> None:
     """The saved file must rebuild exactly this model from the card (the next user's path)."""
-    from ..weights import load_weights
-
     rebuilt = build_from_card(card)
     rebuilt.load_state_dict(load_weights(run_dir / "model.safetensors"))
     for key, value in model.state_dict().items():
@@ -220,6 +231,7 @@ def merge_metrics(run_dir: Path) -> list[dict[str, Any]]:
             }
             if r["kind"] == "eval" and (phase, r["step"]) in val:
                 row |= flatten("val_", val[(phase, r["step"])])
+                row["val_error"] = 1.0 - row["val_accuracy"]
             writer.write(row)
             last = max(last, r["epoch"])
         if records:

@@ -14,12 +14,13 @@ from tqdm.auto import tqdm
 from ..data import DataBundle, FileImageSet, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..errors import ResnetlabError
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .preprocess import Preprocessing, load_image, prepare_images
 from .splitting import check_no_leak, fold_split, hold_out
 
 SPLITS = ("train", "val", "test")
 MEMORY_LIMIT = 6 * 2**30  # bytes of uint8 images held in memory at the input size
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+IMAGENET = (list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def open_finetune_data(

@@ -1,5 +1,5 @@
-"""The input pipeline a fine-tuned model expects, as one plain record shared by training,
-prediction and evaluation, so the three can never disagree.
+"""The input pipeline a fine-tuned model expects (the record is ``resnetlab.preprocessing``'s
+``Preprocessing``), shared by training, prediction and evaluation, so the three never disagree.
 
 Images are resized (shorter side to ``resize``, then a centre crop of ``crop``), given the
 model's channel count (grey repeated to 3, or colour made grey), and normalised by mean/std.
@@ -7,67 +7,18 @@ model's channel count (grey repeated to 3, or colour made grey), and normalised 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ResnetlabError
+from ..preprocessing import Preprocessing
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+__all__ = ["Preprocessing", "load_image", "match_channels", "normalise", "prepare_images",
+           "resize_crop", "to_grey"]  # fmt: skip
+
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
-
-
-@dataclass
-class Preprocessing:
-    """How raw uint8 images become model inputs; stored in the model card."""
-
-    crop: int
-    resize: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str = "bilinear"
-    channels: int = 3  # the model's input channels
-    grey: str | None = None  # "repeat" or "sum" when the training images were greyscale
-    notes: list[str] = field(default_factory=list)  # why these values were chosen
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
-            raise ResnetlabError(
-                f"interpolation {self.interpolation!r} is unknown; use {', '.join(INTERPOLATIONS)}."
-            )
-        if self.crop < 1 or self.resize < self.crop:
-            raise ResnetlabError(
-                f"need 1 <= crop <= resize, got crop {self.crop}, resize {self.resize}."
-            )
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ResnetlabError(
-                f"mean/std need {self.channels} values (one per input channel), got "
-                f"{len(self.mean)} and {len(self.std)}."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def describe(self) -> str:
-        grey = {"repeat": ", grey images repeated", "sum": ", grey images as 1 channel"}.get(
-            self.grey or "", ""
-        )
-        return (
-            f"resize {self.resize} + centre crop {self.crop} ({self.interpolation}), "
-            f"{self.channels} channel(s){grey}, mean {_short(self.mean)}, std {_short(self.std)}"
-        )
-
-
-def _short(values: list[float]) -> str:
-    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
 def to_grey(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Atomic checkpoints that load with ``weights_only=True``, and the RNG states they carry.
+"""Atomic checkpoints that load with ``weights_only=True`` (read by the one
+``weights.io.load_checkpoint``), and the RNG states they carry.
 
 A checkpoint is written to a temporary file in the same folder and moved into place with
 ``os.replace``, so a crash during the save leaves the previous checkpoint intact.
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import ResnetlabError
 from ..files import atomic_write
+from ..weights.io import load_checkpoint
 from .optim import fill_momentum_buffers
 
 
@@ -24,19 +26,6 @@ def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
     with atomic_write(path) as f:
         torch.save(payload, f)
     return Path(path)
-
-
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain types only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ResnetlabError(f"no checkpoint at {path}; start without --resume or fix the path.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise ResnetlabError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}); delete it to start afresh."
-        ) from None
 
 
 def non_finite_entries(*states: dict[str, torch.Tensor] | None) -> list[str]:
@@ -73,10 +62,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resume_checkpoint(
-    config: Any, path: Path, device: torch.device, resumable: set[str]
-) -> dict | None:
-    """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run."""
+def resume_checkpoint(config: Any, path: Path, resumable: set[str]) -> dict | None:
+    """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run.
+
+    Its tensors stay on the CPU (the RNG states must): :func:`restore` copies the rest over."""
     if not config.resume:
         if path.exists():
             raise ResnetlabError(
@@ -86,7 +75,7 @@ def resume_checkpoint(
         return None
     if not path.exists():
         return None
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(path)
     saved, now = ckpt["config"], config.to_dict()
     for key in saved.keys() - resumable:
         if json.dumps(saved[key], default=str) != json.dumps(now.get(key), default=str):
@@ -112,17 +101,13 @@ def restore(ckpt: dict, model, optimizer, ema, meters, tensor_lr) -> float:
 
 
 def training_payload(state: Any, meters: Any, best: float, preprocess, classes) -> dict:
-    """Everything a bit-exact resume needs, as tensors and plain values."""
+    """Everything a bit-exact resume needs (the schedule follows from ``step``), plus what
+    predicting and evaluating from the file read: ``preprocess`` and ``classes``."""
     return {
-        "format": 1,
         "step": state.step,
-        "epoch": state.step // state.batches_per_epoch,
-        "batch": state.step % state.batches_per_epoch,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
-        "scheduler": {"step": state.step, "max_iters": state.max_iters},
         "elapsed_s": state.elapsed_s,
-        "scaler": None,  # bf16 autocast needs no gradient scaling
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "meters": meters.state_dict(),
         "best_val_error": best,

@@ -139,7 +139,7 @@ def train(
 def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> TrainResult:
     out = Path(config.out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    ckpt = resume_checkpoint(config, last_path, dist.device, RESUMABLE)
+    ckpt = resume_checkpoint(config, last_path, RESUMABLE)
     seed_all(config.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)

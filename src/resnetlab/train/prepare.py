@@ -15,11 +15,9 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
 from .distributed import Dist
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass
@@ -101,7 +99,7 @@ def preprocess_for(config: TrainConfig, train_set: Any) -> dict[str, Any]:
     if norm == "per-pixel-mean":
         return {"pixel_mean": pixel_mean_of(train_set), "mean": None, "std": None}
     if norm == "imagenet":
-        return {"pixel_mean": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        return {"pixel_mean": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     if norm == "mean-std":
         if not hasattr(train_set, "images"):
             raise ResnetlabError("mean-std from the data needs in-memory images; use imagenet.")

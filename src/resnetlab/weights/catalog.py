@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import ResnetlabError, close_matches
+from ..preprocessing import Preprocessing
 
 SOURCE = "torchvision weights metadata (ImageNet-1K val, single crop)"
 URL_ROOT = "https://download.pytorch.org/models/"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_HOME = "https://pytorch.org/vision/stable/models.html"
 
 CIFAR_HOME = "https://github.com/akamaster/pytorch_resnet_cifar10"
@@ -52,21 +51,10 @@ class Published:
         return f"{self.metric} {self.value:g} (published: {self.source})"
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How inputs must be prepared for the weights: resize, centre crop, then normalise."""
-
-    resize: int
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-
-V1_PREP = Preprocessing(resize=256)
-V2_PREP = Preprocessing(resize=232)
+V1_PREP = Preprocessing(crop=224, resize=256)  # ImageNet mean/std, bilinear
+V2_PREP = Preprocessing(crop=224, resize=232)
 # The peer's trainer.py: ToTensor() then Normalize with the ImageNet mean/std, at 32x32.
-CIFAR_PREP = Preprocessing(resize=32, crop=32)
+CIFAR_PREP = Preprocessing(crop=32, resize=32)
 
 
 @dataclass(frozen=True)

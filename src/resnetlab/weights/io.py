@@ -71,7 +71,7 @@ def _load_torch(path: Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in str(exc):
+        if "Weights only load failed" in str(exc) and "Unsupported operand" not in str(exc):
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
             raise ResnetlabError(
                 f"{path} holds pickled code or custom objects"
