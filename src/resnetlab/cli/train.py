@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ResnetlabError
 from ..settings import help_of
-from ..train.config import RECIPES, TrainConfig, recipe_config
+from ..train.config import RECIPES, TrainConfig, recipe_config, with_overrides
 
 # Fields with their own flag (or none): everything else is --field-name VALUE.
 SPECIAL = {"model_options", "out_dir", "resume", "progress"}
@@ -78,8 +78,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume and saved.is_file() and args.recipe is None:
         values = json.loads(saved.read_text())
         values.pop("resolved", None)
-        config = TrainConfig.from_dict({**values, **overrides, "out_dir": str(out),
-                                        "resume": True})  # fmt: skip
+        values = with_overrides(values, overrides)  # a new length replaces the saved one
+        config = TrainConfig.from_dict({**values, "out_dir": str(out), "resume": True})
     else:
         config = recipe_config(args.recipe, **overrides, out_dir=str(out), resume=args.resume)
     print(f"run folder: {out.resolve()}")
