@@ -42,10 +42,11 @@ from .prepare import (
 from .state import Callback, TrainState
 
 StepMetrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
-# Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"max_iters", "epochs", "eval_every", "checkpoint_every", "log_every", "progress",
-             "resume", "device", "num_workers", "out_dir", "data_root", "eval_batch_size",
-             "eval_splits", "activation_checkpointing"}  # fmt: skip
+# Settings that may change when a run is resumed; any other difference is refused. The length
+# may change, and the lr milestones with it.
+RESUMABLE = {"max_iters", "epochs", "milestones", "eval_every", "checkpoint_every", "log_every",
+             "progress", "resume", "device", "num_workers", "out_dir", "data_root",
+             "eval_batch_size", "eval_splits", "activation_checkpointing"}  # fmt: skip
 
 
 @dataclass
