@@ -180,3 +180,15 @@ def test_sigterm_to_resnetlab_train_records_the_stop_in_run_json(tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     assert load_checkpoint(out / "last.pt")["step"] == step + 2
     assert [r["step"] for r in records(out)] == list(range(1, step + 3))
+
+
+def test_a_second_ctrl_c_mid_step_is_recorded_not_left_running(tmp_path):
+    class Abrupt(Callback):  # what the default handler does on a second Ctrl-C
+        def on_step(self, state):
+            if state.step == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small(tmp_path, max_iters=6), data=toy_bundle(), callbacks=[Abrupt()])
+    status = json.loads((tmp_path / "run" / "run.json").read_text())["status"]
+    assert status == "interrupted at step 3 before its checkpoint was saved"

@@ -256,8 +256,9 @@ def _status_on_failure(run: Run) -> Iterator[None]:
         yield
     except BaseException as exc:
         if run.status == "running":
-            _finish(run, f"interrupted at step {run.state.step}" if isinstance(
-                exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}")  # fmt: skip
+            stopped = f"interrupted at step {run.state.step} before its checkpoint was saved"
+            failed = f"failed: {type(exc).__name__}: {exc}"
+            _finish(run, stopped if isinstance(exc, KeyboardInterrupt) else failed)
         raise
 
 
