@@ -192,3 +192,11 @@ def test_a_second_ctrl_c_mid_step_is_recorded_not_left_running(tmp_path):
         train(small(tmp_path, max_iters=6), data=toy_bundle(), callbacks=[Abrupt()])
     status = json.loads((tmp_path / "run" / "run.json").read_text())["status"]
     assert status == "interrupted at step 3 before its checkpoint was saved"
+
+
+def test_train_help_states_the_default_length(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert "(default 64000, or --epochs)" in out and "three quarters of the run" in out

@@ -78,8 +78,8 @@ class TrainConfig:
     schedule: str = setting("multistep", "multistep, cosine, onecycle or constant")
     milestones: tuple[int, ...] | None = setting(
         None,
-        "iterations where the lr is multiplied by --gamma, e.g. 32000,48000 (default: at 50 % "
-        "and 75 % of the run, as the paper's 32k and 48k of 64k)",
+        "iterations where the lr is multiplied by --gamma, e.g. 32000,48000 (default: at half "
+        "and three quarters of the run, as the paper's 32k and 48k of 64k)",
         ">= 0",
     )
     gamma: float = setting(0.1, "lr factor at each milestone", "> 0")
