@@ -174,7 +174,8 @@ def length_line(run: Run) -> str:
         f"training {name} for"
     )  # fmt: skip
     epochs = f"{length['epochs']:.4g}"
-    line = (f"{verb} {length['max_iters']} iterations ({epochs} epoch"
+    iters = f"{length['max_iters']} iteration{'' if length['max_iters'] == 1 else 's'}"
+    line = (f"{verb} {iters} ({epochs} epoch"
             f"{'' if epochs == '1' else 's'} of {length['batches_per_epoch']} batches)")
     if length["milestones"] is not None:
         marks = ", ".join(str(m) for m in length["milestones"]) or "none"
