@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError
-from ..train.config import RECIPES, TrainConfig, recipe_config
+from ..train.config import RECIPES, TrainConfig, recipe_config, with_overrides
 from .flags import add_settings, given_settings
 
 # Fields with a flag of their own: the run folder is --out.
@@ -48,8 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
     if resume and saved.is_file() and args.recipe is None:
         values = json.loads(saved.read_text())
         values.pop("resolved", None)
-        config = TrainConfig.from_dict({**values, **overrides, "out_dir": str(out),
-                                        "resume": True})  # fmt: skip
+        values = with_overrides(values, overrides)  # a new length replaces the saved one
+        config = TrainConfig.from_dict({**values, "out_dir": str(out), "resume": True})
     else:
         config = recipe_config(args.recipe, **overrides, out_dir=str(out), resume=resume)
     print(f"run folder: {out.resolve()}")

@@ -299,7 +299,7 @@ def run_degradation(
     check_config(config, base.max_iters)
     recipe_iters = int(base.max_iters)
     iterations = config.budget or recipe_iters
-    milestones = scaled_milestones(base.milestones, recipe_iters, iterations)
+    milestones = scaled_milestones(base.milestones_at(recipe_iters), recipe_iters, iterations)
     if base.schedule != "multistep":
         milestones = []
     eval_every = config.eval_every or max(1, iterations // 20)

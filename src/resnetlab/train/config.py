@@ -2,7 +2,9 @@
 
 Every length is counted in iterations (optimiser steps on the global batch): ``max_iters``,
 ``milestones``, ``warmup_iters``, ``eval_every``, ``checkpoint_every``, ``log_every``.
-``epochs`` is accepted instead of ``max_iters`` and converted once the data size is known.
+The run's length is ``max_iters`` or ``epochs`` (converted, rounded up, once the data size is
+known), at most one of them; neither is the paper's 64,000 iterations. Milestones left unset
+fall at the paper's fractions of whatever length the run has (32k and 48k of 64k).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ResnetlabError, close_matches
+from ..models import model_info
 from ..settings import check_settings, setting
 from .distributed import check_device
 
@@ -23,6 +26,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 NORMALISATIONS = ("per-pixel-mean", "mean-std", "imagenet", "none")
 ON_BAD = ("error", "skip")
 AUTO_BOOL = (True, False, "auto")
+# He et al. 2015 §4.2: 64k iterations, lr divided by 10 at 32k and 48k (0.5 and 0.75 of them).
+DEFAULT_ITERS = 64000
+MILESTONE_FRACTIONS = (0.5, 0.75)
+LENGTH_KEYS = ("max_iters", "epochs")
 
 
 @dataclass
@@ -73,8 +80,11 @@ class TrainConfig:
     weight_decay: float = setting(1e-4, "weight decay", ">= 0")
     no_decay_bn_bias: bool = setting(False, "no weight decay on BatchNorm and bias parameters")
     schedule: str = setting("multistep", "learning-rate schedule", choices=SCHEDULES)
-    milestones: tuple[int, ...] = setting(
-        (32000, 48000), "iterations where the lr is multiplied by --gamma, e.g. 32000,48000", ">= 0"
+    milestones: tuple[int, ...] | None = setting(
+        None,
+        "iterations where the lr is multiplied by --gamma, e.g. 32000,48000 (default: at half "
+        "and three quarters of the run, as the paper's 32k and 48k of 64k)",
+        ">= 0",
     )
     gamma: float = setting(0.1, "lr factor at each milestone", "> 0")
     min_lr: float = setting(0.0, "final lr of the cosine schedule", ">= 0")
@@ -86,8 +96,12 @@ class TrainConfig:
         0.0, "lr at the start of warm-up (constant warm-up: throughout)", ">= 0"
     )
     warmup: str = setting("linear", "warm-up shape: linear ramp or constant lr", choices=WARMUPS)
-    max_iters: int | None = setting(64000, "iterations (optimiser steps) to train", ">= 1")
-    epochs: float | None = setting(None, "epochs to train instead of --max-iters", "> 0")
+    max_iters: int | None = setting(
+        None, "iterations (optimiser steps) to train (default 64000, or --epochs)", ">= 1"
+    )
+    epochs: float | None = setting(
+        None, "epochs to train instead of --max-iters, e.g. 2 or 0.05 (rounded up)", "> 0"
+    )
     label_smoothing: float = setting(
         0.0, "label smoothing of the cross-entropy, e.g. 0.1", "[0, 1)"
     )
@@ -131,7 +145,8 @@ class TrainConfig:
     progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(int(m) for m in self.milestones)
+        if self.milestones is not None:
+            self.milestones = tuple(int(m) for m in self.milestones)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.eval_splits = tuple(self.eval_splits)
         if self.class_weights is not None:
@@ -144,16 +159,25 @@ class TrainConfig:
         if isinstance(self.normalisation, dict):
             check_normalisation(self.normalisation)
         check_device(self.device)
-        if self.max_iters is None and self.epochs is None:
-            raise ResnetlabError("set max_iters (iterations) or epochs.")
-        if list(self.milestones) != sorted(self.milestones):
+        if self.max_iters is not None and self.epochs is not None:
+            raise ResnetlabError(
+                f"max_iters ({self.max_iters}) and epochs ({self.epochs:g}) both given; the run "
+                "length is one of them: drop --max-iters or --epochs."
+            )
+        if self.milestones is not None and list(self.milestones) != sorted(self.milestones):
             raise ResnetlabError(f"milestones must increase, got {list(self.milestones)}.")
 
     def total_iters(self, batches_per_epoch: int) -> int:
-        """``max_iters``, or ``epochs`` converted to iterations (rounded up)."""
-        if self.max_iters is not None:
-            return int(self.max_iters)
-        return max(1, math.ceil(float(self.epochs) * batches_per_epoch))
+        """``max_iters``, ``epochs`` converted to iterations (rounded up), or 64,000."""
+        if self.epochs is not None:  # round() first: 0.1 x 30 is 3.0000000000000004
+            return max(1, math.ceil(round(float(self.epochs) * batches_per_epoch, 9)))
+        return int(self.max_iters) if self.max_iters is not None else DEFAULT_ITERS
+
+    def milestones_at(self, total: int) -> tuple[int, ...]:
+        """The milestones as given, or at the paper's fractions of a run of ``total`` steps."""
+        if self.milestones is not None:
+            return self.milestones
+        return tuple(max(1, round(f * total)) for f in MILESTONE_FRACTIONS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,7 +192,17 @@ class TrainConfig:
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes``; a length given in them replaces this run's length."""
+        return TrainConfig.from_dict(with_overrides(self.to_dict(), changes))
+
+
+def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``values`` updated with ``overrides``, where ``max_iters`` or ``epochs`` in the overrides
+    replaces both length settings of ``values`` (a recipe's 64,000 iterations give way to
+    ``--epochs 2``)."""
+    if any(key in overrides for key in LENGTH_KEYS):
+        values = {k: v for k, v in values.items() if k not in LENGTH_KEYS}
+    return {**values, **overrides}
 
 
 def check_normalisation(values: dict[str, list[float]]) -> None:
@@ -188,7 +222,8 @@ def check_normalisation(values: dict[str, list[float]]) -> None:
         )
 
 
-# He et al. 2015 §4.2 (CIFAR-10): quoted from the paper, see ../shared/REFERENCES.md.
+# He et al. 2015 §4.2 (CIFAR-10): quoted from the paper, see ../shared/REFERENCES.md. Milestones
+# are left unset: 32k and 48k for the recipe's 64k iterations, scaled for any other length.
 RECIPES: dict[str, dict[str, Any]] = {
     "he2015-cifar": {
         "data": "cifar10",
@@ -201,7 +236,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
         "no_decay_bn_bias": False,
         "schedule": "multistep",
-        "milestones": (32000, 48000),
+        "milestones": None,
         "gamma": 0.1,
         "max_iters": 64000,
         "epochs": None,
@@ -243,7 +278,7 @@ def recipe_config(name: str | None = None, **overrides: Any) -> TrainConfig:
             hint = close_matches(name, list(RECIPES)) or f" Recipes: {', '.join(RECIPES)}."
             raise ResnetlabError(f"unknown recipe {name!r}.{hint}")
         values.update(RECIPES[name])
-    values.update(overrides)
+    values = with_overrides(values, overrides)
     if name == "he2015-cifar" and _cifar_depth(values.get("model", "resnet20")) >= DEEP_CIFAR_DEPTH:
         for key, value in DEEP_CIFAR_WARMUP.items():
             if key not in overrides:
@@ -252,7 +287,5 @@ def recipe_config(name: str | None = None, **overrides: Any) -> TrainConfig:
 
 
 def _cifar_depth(model: str) -> int:
-    from ..models import model_info
-
     info = model_info(model)
     return info.depth if info.cifar_stem else 0

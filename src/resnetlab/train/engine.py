@@ -1,10 +1,13 @@
 """The one training loop behind ``resnetlab train``, the experiments and the fine-tuner.
 
-A step is: forward (bf16 autocast on CUDA), cross-entropy, backward, optional gradient clip,
-optimiser step, EMA update, device-side sums. Every ``log_every`` steps the sums are read (the
-only host sync), every ``eval_every`` the model is evaluated, every ``checkpoint_every`` the
-state is saved atomically. Anything else (freezing phases, extra measurements, early stops)
-comes from :class:`Callback` hooks, ``param_groups`` and ``step_metrics``, never a second loop.
+``train`` prepares a :class:`~resnetlab.train.setup.Run` once, then loops. A step is
+:func:`train_step`: zero the gradients, forward (bf16 autocast on CUDA), cross-entropy,
+backward, optional gradient clip, optimiser step, device-side sums, EMA update; on CUDA small
+nets replay that same function recorded as one CUDA graph. Every ``log_every`` steps the sums
+are read (the only host sync), every ``eval_every`` the model is evaluated, every
+``checkpoint_every`` the state is saved atomically. Anything else (freezing phases, extra
+measurements, early stops) comes from :class:`Callback` hooks, ``param_groups`` and
+``step_metrics``, never a second loop.
 """
 
 from __future__ import annotations
@@ -15,95 +18,27 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ResnetlabError
 from ..files import RunLock, remove_stale_temps, write_json
 from . import distributed
-from .checkpoint import (
-    non_finite_entries,
-    restore,
-    resume_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-    training_payload,
-)
+from .checkpoint import non_finite_entries, save_checkpoint, training_payload
 from .config import TrainConfig
-from .distributed import Dist
 from .evaluation import eval_record
 from .graphs import capture_step
-from .metrics import Meters, MetricsWriter, progress_bar
-from .optim import EMA, ParamGroups, build_optimizer, lr_at, set_lr
-from .prepare import (
-    batches_from,
-    chain,
-    check_classes,
-    make_loaders,
-    make_plan,
-    preprocess_for,
-    run_facts,
-    seed_all,
-)
+from .optim import ParamGroups, lr_at, set_lr
+from .prepare import batches_from, chain
+from .progress import Progress
+from .setup import RESUMABLE, Run, StepMetrics, open_run_folder, prepare
+from .state import Callback, TrainingDiverged, TrainResult, TrainState
 
-StepMetrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
-# Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"max_iters", "epochs", "eval_every", "checkpoint_every", "log_every", "progress",
-             "resume", "device", "num_workers", "out_dir", "data_root", "eval_batch_size",
-             "eval_splits", "activation_checkpointing"}  # fmt: skip
-
-
-class TrainingDiverged(ResnetlabError):
-    """The loss became NaN or Inf; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class TrainResult:
-    """Where the run lies, how it ended (final train/eval metrics), and the trained model."""
-
-    out_dir: Path
-    last_checkpoint: Path
-    best_checkpoint: Path | None
-    metrics: dict[str, float]
-    steps: int
-    model: nn.Module | None = field(default=None, repr=False)
-
-
-@dataclass
-class TrainState:
-    """What hooks see. ``step`` counts finished updates; set ``stop = True`` to end early."""
-
-    config: TrainConfig
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    dist: Dist
-    out_dir: Path
-    max_iters: int
-    batches_per_epoch: int
-    step: int = 0
-    stop: bool = False
-    elapsed_s: float = 0.0
-    ema: EMA | None = None
-    last_eval: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def epoch(self) -> float:
-        return self.step / self.batches_per_epoch
-
-
-class Callback:
-    """Hooks into the loop; override what you need. ``on_step`` runs after every update."""
-
-    def on_start(self, state: TrainState) -> None: ...
-    def on_step(self, state: TrainState) -> None: ...
-    def on_log(self, state: TrainState, record: dict[str, Any]) -> None: ...
-    def on_eval(self, state: TrainState, record: dict[str, Any]) -> None: ...
-    def on_end(self, state: TrainState, result: TrainResult) -> None: ...
+__all__ = ["RESUMABLE", "Callback", "TrainResult", "TrainState", "TrainingDiverged", "train",
+           "train_step"]  # fmt: skip
 
 
 def train(
@@ -130,190 +65,93 @@ def train(
         with RunLock(config.out_dir) if dist.main else contextlib.nullcontext():
             if dist.main:
                 remove_stale_temps(config.out_dir)  # left by a write that a kill -9 cut short
-            return _train(config, dist, model, data, list(callbacks), param_groups, step_metrics)
+            run = prepare(config, dist, model, data, list(callbacks), param_groups, step_metrics)
+            with _CtrlC() as signals, _status_on_failure(run):
+                open_run_folder(run)
+                return _loop(run, signals)
     finally:
         if owns_group:
             distributed.cleanup(dist)
 
 
-def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> TrainResult:
-    out = Path(config.out_dir)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    ckpt = resume_checkpoint(config, last_path, RESUMABLE)
-    seed_all(config.seed)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    if model is None:  # a misspelt name fails before the data is read
-        from ..models import model_info
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One update on the batch ``(x, y)``, with no host sync (so it can be a CUDA graph)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    with run.autocast:
+        logits = run.forward(x).float()
+    loss = run.criterion(logits, y)
+    loss.backward()
+    if run.config.grad_clip:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip, foreach=True)
+    run.optimizer.step()
+    run.meters.add(loss, logits, y, run.step_metrics(logits, y) if run.step_metrics else None)
+    if run.ema is not None:
+        run.ema.update(run.model)
 
-        model_info(config.model)
-    if data is None:
-        from ..data import open_data
 
-        data = open_data(config.data, val_size=config.val_size, seed=config.seed,
-                         root=config.data_root, on_bad=config.on_bad)  # fmt: skip
-    check_classes(data, config.class_weights)
-    if model is None:
-        from ..models import create_model
-
-        model = create_model(config.model, num_classes=len(data.classes),
-                             in_channels=data.in_channels, pretrained=config.pretrained or False,
-                             **config.model_options)  # fmt: skip
-    if config.activation_checkpointing:  # the same math, less memory: see Backbone
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise ResnetlabError(
-                "activation_checkpointing needs a model with set_grad_checkpointing() (every "
-                f"resnetlab network); {type(model).__name__} has none: set it to false."
-            )
-        model.set_grad_checkpointing(True)
-    plan = make_plan(config, dist, model, hooked=bool(callbacks), image_size=data.image_size)
-    preprocess = preprocess_for(config, data.train)
-    loaders = make_loaders(config, data, dist, plan, preprocess)
-    bpe, max_iters = len(loaders["train"]), config.total_iters(len(loaders["train"]))
-    if plan.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    fmt = torch.channels_last if plan.channels_last else torch.preserve_format
-    model.to(dist.device, memory_format=fmt).train()
-    if dist.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-    tensor_lr = dist.device if plan.cuda_graphs else None
-    optimizer = build_optimizer(config, model, param_groups, lr_tensor_device=tensor_lr)
-    ema = EMA(model, config.ema) if config.ema else None
-    meters = Meters(dist.device, 0)
-    state = TrainState(config, model, optimizer, dist, out, max_iters, bpe, ema=ema)
-    best = math.inf
-    if ckpt is not None:
-        best = restore(ckpt, model, optimizer, ema, meters, tensor_lr)
-        state.step, state.elapsed_s = ckpt["step"], float(ckpt.get("elapsed_s", 0.0))
-        set_rng_state(ckpt["rng"])
-    writer = None
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        writer = MetricsWriter(out, keep_until_step=state.step if ckpt else -1)
-        resolved = {"max_iters": max_iters, "batches_per_epoch": bpe, "plan": asdict(plan)}
-        write_json(out / "config.json", {**config.to_dict(), "resolved": resolved})
-        facts = run_facts(config, data, model, dist, plan)
-        if ckpt is not None and (out / "run.json").is_file():
-            now = {"step": state.step, "at": facts["started"], "machine": facts["machine"]}
-            facts = {**json.loads((out / "run.json").read_text()), "plan": facts["plan"]}
-            facts["resumed"] = [*facts.get("resumed", []), now]
-        write_json(out / "run.json", {**facts, "status": "running"})
-
-    forward = distributed.wrap(model, dist)
-    forward = torch.compile(forward) if plan.compile else forward
-    weight = torch.tensor(config.class_weights, device=dist.device) if config.class_weights \
-        else None  # fmt: skip
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=plan.bf16,
-                              cache_enabled=not plan.cuda_graphs)  # fmt: skip
-
-    def body(x: torch.Tensor, y: torch.Tensor) -> None:  # one update, no host sync
-        with autocast:
-            logits = forward(x).float()
-        loss = criterion(logits, y)
-        loss.backward()
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
-        optimizer.step()
-        meters.add(loss, logits, y, step_metrics(logits, y) if step_metrics else None)
-        if ema is not None:
-            ema.update(model)
-
-    def step_fn(x: torch.Tensor, y: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        body(x, y)
-
-    batches = batches_from(loaders["train"], state.step)
-    meters.step.fill_(state.step)
-    if plan.cuda_graphs:
-        x0, y0 = next(batches)
-
-        def extra() -> list[torch.Tensor]:  # EMA first: meters may add sums at the end
-            return (list(ema.state_dict().values()) if ema else []) + meters.tensors()
-
-        step_fn = capture_step(body, model, optimizer, extra, (x0, y0))
-        batches = chain((x0, y0), batches)
-
-    def save(path: Path) -> None:
-        bad = meters.bad_step(dist)
-        if bad is not None:
-            _diverged(bad, state, last_path, bar, writer)
-        broken = non_finite_entries(model.state_dict(), ema.state_dict() if ema else None)
-        if distributed.any_rank(bool(broken), dist):
-            _diverged(state.step - 1, state, last_path, bar, writer, broken)
-        if dist.main:
-            save_checkpoint(training_payload(state, meters, best, preprocess, data.classes), path)
-
+def _loop(run: Run, signals: _CtrlC) -> TrainResult:
+    """Step until the run's length, a hook's stop or a signal; log, evaluate, checkpoint."""
+    config, state, callbacks = run.config, run.state, run.callbacks
+    batches = _batches(run)  # records the CUDA graph first when the plan has one
     for cb in callbacks:  # may freeze parts, put modules in eval mode, change param groups
         cb.on_start(state)
-    bar = progress_bar(max_iters, state.step, config.progress and dist.main)
+    mode = ("bar" if config.progress else "lines") if run.dist.main else "off"
+    progress = Progress(state.max_iters, state.step, mode)
     interval = (time.perf_counter(), state.step)
     clock = time.perf_counter() - state.elapsed_s
-    with _CtrlC() as ctrl_c, _status_on_failure(writer, out):
-        while state.step < max_iters and not state.stop:
-            x, y = next(batches)
-            set_lr(optimizer, lr_at(config, state.step, max_iters) / config.lr)
-            step_fn(x, y)
-            state.step += 1
-            state.elapsed_s = time.perf_counter() - clock
-            bar.update(1)
-            for cb in callbacks:
-                cb.on_step(state)
-            end = state.step == max_iters or state.stop
-            if state.step % config.log_every == 0 or end:
-                record = _log_record(state, meters, interval, bar, last_path, writer)
-                interval = (time.perf_counter(), state.step)
+    while state.step < state.max_iters and not state.stop:
+        x, y = next(batches)
+        lr = lr_at(config, state.step, state.max_iters)
+        set_lr(run.optimizer, lr / config.lr)
+        if run.graph is not None:
+            run.graph(run, x, y)  # train_step, replayed from its recording
+        else:
+            train_step(run, x, y)
+        state.step += 1
+        state.elapsed_s = time.perf_counter() - clock
+        progress.step(run.meters, lr, state.last_eval)
+        for cb in callbacks:
+            cb.on_step(state)
+        end = state.step == state.max_iters or state.stop
+        if state.step % config.log_every == 0 or end:
+            record = _log_record(run, interval, progress)
+            interval = (time.perf_counter(), state.step)
+            with progress.writing():
                 for cb in callbacks:
                     cb.on_log(state, record)
-            if state.step % config.eval_every == 0 or end:
-                distributed.broadcast_buffers(model, dist)
-                record = eval_record(state, loaders, plan)
-                if "val_error" in record and record["val_error"] < best:
-                    best = record["val_error"]
-                    save(best_path)
-                if math.isfinite(best):
-                    record["best_val_error"] = best
-                if writer:
-                    writer.write(record)
-                state.last_eval = record
-                for cb in callbacks:
-                    cb.on_eval(state, record)
-                interval = (time.perf_counter(), state.step)
-            if state.step % config.checkpoint_every == 0 or end:
-                save(last_path)
-            stop_now = ctrl_c.hit if not dist.enabled else (
-                state.step % config.log_every == 0 and distributed.any_rank(ctrl_c.hit, dist)
-            )  # fmt: skip
-            if stop_now:
-                distributed.broadcast_buffers(model, dist)
-                save(last_path)
-                bar.close()
-                _finish(writer, out, f"interrupted at step {state.step}")
-                print(f"interrupted: checkpoint {last_path} (step {state.step}); continue "
-                      "with --resume", file=sys.stderr)  # fmt: skip
-                raise KeyboardInterrupt
-    bar.close()
-    distributed.broadcast_buffers(model, dist)
-    if state.step < max_iters:  # stopped early by a hook: keep its state
-        save(last_path)
-    train_metrics = next((r for r in reversed(writer.records) if r["kind"] == "train"), {}) \
-        if writer else {}  # fmt: skip
-    metrics = {**{f"train_{k}": v for k, v in train_metrics.items() if k in ("loss", "error")},
-               **{k: v for k, v in state.last_eval.items() if k not in ("kind",)}}  # fmt: skip
-    result = TrainResult(out, last_path, best_path if best_path.exists() else None, metrics,
-                         state.step, model)  # fmt: skip
-    _finish(writer, out, "completed" if state.step >= max_iters else "stopped by a hook")
-    for cb in callbacks:
-        cb.on_end(state, result)
-    return result
+        if state.step % config.eval_every == 0 or end:
+            _evaluate(run, progress)
+            interval = (time.perf_counter(), state.step)
+        if state.step % config.checkpoint_every == 0 or end:
+            _save(run, run.last_path, progress)
+        if signals.stop_now(run):
+            _interrupted(run, progress)
+    progress.close()
+    return _end(run, progress)
 
 
-def _log_record(state, meters, interval, bar, last_path, writer) -> dict[str, Any]:
+def _batches(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches from the run's step on; with CUDA graphs, records the step first."""
+    batches = batches_from(run.loaders["train"], run.state.step)
+    run.meters.step.fill_(run.state.step)
+    if not run.plan.cuda_graphs:
+        return batches
+    first = next(batches)
+
+    def extra() -> list[torch.Tensor]:  # EMA first: meters may add sums at the end
+        return (list(run.ema.state_dict().values()) if run.ema else []) + run.meters.tensors()
+
+    run.graph = capture_step(train_step, run, first, extra)
+    return chain(first, batches)
+
+
+def _log_record(run: Run, interval: tuple[float, int], progress: Progress) -> dict[str, Any]:
     """Read the device sums (the one sync per interval), stop on NaN/Inf, write a record."""
-    bad = meters.bad_step(state.dist)
+    state = run.state
+    bad = run.meters.bad_step(state.dist)
     if bad is not None:
-        _diverged(bad, state, last_path, bar, writer)
-    values = meters.read(state.dist)
+        _diverged(run, bad, progress)
+    values = run.meters.read(state.dist)
     seconds = max(time.perf_counter() - interval[0], 1e-9)
     record = {
         "kind": "train",
@@ -324,17 +162,76 @@ def _log_record(state, meters, interval, bar, last_path, writer) -> dict[str, An
         "images_per_s": (state.step - interval[1]) * state.config.batch_size / seconds,
         "time_s": round(state.elapsed_s, 3),
     }
-    bar.set_postfix(loss=f"{record['loss']:.4f}", err=f"{100 * record['error']:.1f}%",
-                    lr=f"{record['lr']:.3g}", refresh=False)  # fmt: skip
-    if writer:
-        writer.write(record)
+    if run.writer:
+        run.writer.write(record)
+    progress.logged(record, state.last_eval)
     return record
 
 
-def _diverged(bad: int, state: TrainState, last_path: Path, bar, writer,
-              broken: Sequence[str] = ()) -> None:  # fmt: skip
+def _evaluate(run: Run, progress: Progress) -> None:
+    """Evaluate every split (and the EMA), keep the best checkpoint, record, call the hooks."""
+    distributed.broadcast_buffers(run.model, run.dist)
+    record = eval_record(run.state, run.loaders, run.plan)
+    if "val_error" in record and record["val_error"] < run.best:
+        run.best = record["val_error"]
+        _save(run, run.best_path, progress)
+    if math.isfinite(run.best):
+        record["best_val_error"] = run.best
+    if run.writer:
+        run.writer.write(record)
+    run.state.last_eval = record
+    with progress.writing():
+        for cb in run.callbacks:
+            cb.on_eval(run.state, record)
+
+
+def _save(run: Run, path: Path, progress: Progress) -> None:
+    """Checkpoint to ``path`` unless the loss or a weight or buffer went non-finite."""
+    state, dist = run.state, run.dist
+    bad = run.meters.bad_step(dist)
+    if bad is not None:
+        _diverged(run, bad, progress)
+    broken = non_finite_entries(run.model.state_dict(), run.ema.state_dict() if run.ema else None)
+    if distributed.any_rank(bool(broken), dist):
+        _diverged(run, state.step - 1, progress, broken)
+    if dist.main:
+        payload = training_payload(state, run.meters, run.best, run.preprocess, run.data.classes)
+        save_checkpoint(payload, path)
+
+
+def _interrupted(run: Run, progress: Progress) -> None:
+    """A Ctrl-C or SIGTERM: save, record the stop, and raise KeyboardInterrupt."""
+    distributed.broadcast_buffers(run.model, run.dist)
+    _save(run, run.last_path, progress)
+    progress.close()
+    _finish(run, f"interrupted at step {run.state.step}")
+    print(f"interrupted: checkpoint {run.last_path} (step {run.state.step}); continue with "
+          "--resume", file=sys.stderr)  # fmt: skip
+    raise KeyboardInterrupt
+
+
+def _end(run: Run, progress: Progress) -> TrainResult:
+    """After the last step: sync buffers, keep an early stop's state, record, call on_end."""
+    state, writer = run.state, run.writer
+    distributed.broadcast_buffers(run.model, run.dist)
+    if state.step < state.max_iters:  # stopped early by a hook: keep its state
+        _save(run, run.last_path, progress)
+    train_metrics = next((r for r in reversed(writer.records) if r["kind"] == "train"), {}) \
+        if writer else {}  # fmt: skip
+    metrics = {**{f"train_{k}": v for k, v in train_metrics.items() if k in ("loss", "error")},
+               **{k: v for k, v in state.last_eval.items() if k not in ("kind",)}}  # fmt: skip
+    best = run.best_path if run.best_path.exists() else None
+    result = TrainResult(run.out, run.last_path, best, metrics, state.step, run.model)
+    _finish(run, "completed" if state.step >= state.max_iters else "stopped by a hook")
+    for cb in run.callbacks:
+        cb.on_end(state, result)
+    return result
+
+
+def _diverged(run: Run, bad: int, progress: Progress, broken: Sequence[str] = ()) -> None:
     """Stop on NaN/Inf (in the loss, or in a weight or buffer about to be saved)."""
-    bar.close()
+    progress.close()
+    state, last_path = run.state, run.last_path
     kept = f"the last good checkpoint {last_path} is kept" if last_path.exists() else (
         "no checkpoint was saved before it"
     )  # fmt: skip
@@ -347,25 +244,29 @@ def _diverged(bad: int, state: TrainState, last_path: Path, bar, writer,
         f"training diverged: {what} (lr {lr:g}); stopped, "
         f"{kept}. Lower the lr, add warm-up or set grad_clip."
     )
-    _finish(writer, state.out_dir, message)
+    _finish(run, message)
     raise TrainingDiverged(message)
 
 
 @contextlib.contextmanager
-def _status_on_failure(writer: MetricsWriter | None, out: Path):
-    """Record an unexpected error as the run's status, so run.json never claims "running"."""
+def _status_on_failure(run: Run) -> Iterator[None]:
+    """Record an unexpected end (an error, a second Ctrl-C) as the run's status, so run.json
+    never claims "running" for a run that stopped."""
     try:
         yield
-    except (KeyboardInterrupt, TrainingDiverged):
-        raise
-    except Exception as exc:
-        _finish(writer, out, f"failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        if run.status == "running":
+            stopped = f"interrupted at step {run.state.step} before its checkpoint was saved"
+            failed = f"failed: {type(exc).__name__}: {exc}"
+            _finish(run, stopped if isinstance(exc, KeyboardInterrupt) else failed)
         raise
 
 
-def _finish(writer: MetricsWriter | None, out: Path, status: str) -> None:
+def _finish(run: Run, status: str) -> None:
     """Record how the run ended in ``run.json`` (rank 0 only)."""
-    if writer is None or not (out / "run.json").is_file():
+    run.status = status
+    out = run.out
+    if run.writer is None or not (out / "run.json").is_file():
         return
     facts = json.loads((out / "run.json").read_text())
     write_json(out / "run.json", {**facts, "status": status})
@@ -385,6 +286,13 @@ class _CtrlC:
     def _handle(self, signum, frame) -> None:
         self.hit = True
         signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def stop_now(self, run: Run) -> bool:
+        """Whether to stop after this step; under DDP all ranks agree at each log interval."""
+        if not run.dist.enabled:
+            return self.hit
+        at_log = run.state.step % run.config.log_every == 0
+        return at_log and distributed.any_rank(self.hit, run.dist)
 
     def __exit__(self, *exc) -> None:
         if self.previous is not None:

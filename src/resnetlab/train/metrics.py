@@ -1,4 +1,4 @@
-"""The run folder's records: ``metrics.jsonl`` + ``metrics.csv``, JSON files, and the bar.
+"""The run folder's records (``metrics.jsonl`` + ``metrics.csv``) and the device-side meters.
 
 Each record is one dict (``kind`` "train" or "eval", ``step``, losses, errors, lr, images/s).
 The JSON-lines file is the source of truth; the CSV holds the same rows under the union of
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..files import write_text_atomic
 from .distributed import Dist, all_reduce_max, all_reduce_sum
@@ -67,18 +66,6 @@ class MetricsWriter:
         write_text_atomic(self.csv, buffer.getvalue())
 
 
-def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
-    """A bar over iterations; tqdm shows the rate and ETA, the loop adds loss/error/lr."""
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        unit="it",
-        dynamic_ncols=True,
-        desc="train",
-    )
-
-
 class Meters:
     """Training sums kept on the device, so a step never waits for the host.
 
@@ -124,6 +111,12 @@ class Meters:
         """The first step whose loss was NaN or Inf, on any rank; None while all are finite."""
         step = all_reduce_max(self.first_bad.clone(), dist).item()
         return None if step < 0 else int(step)
+
+    def peek(self) -> dict[str, float] | None:
+        """This process's mean loss and error since the last read, left in place (one host
+        sync, no collective); None when no step was added since."""
+        loss, error, n = torch.stack([self.sums[k] for k in ("loss", "error", "n")]).tolist()
+        return None if n == 0 else {"loss": loss / n, "error": error / n}
 
     def read(self, dist: Dist) -> dict[str, float]:
         """Means since the last read, over all ranks; then reset to zero."""

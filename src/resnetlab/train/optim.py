@@ -1,8 +1,9 @@
 """Optimisers, learning-rate schedules as pure functions of the step, and a weight EMA.
 
 The schedule is a multiplier of each parameter group's base lr, computed from the iteration
-number alone, so resuming needs no scheduler state and a CUDA graph can read the lr from a
-device tensor that is updated in place.
+number and the run's length alone (unset multistep milestones scale with the length), so
+resuming needs no scheduler state and a CUDA graph can read the lr from a device tensor that is
+updated in place.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _main_lr(config: TrainConfig, step: int, max_iters: int) -> float:
     if config.schedule == "constant":
         return lr
     if config.schedule == "multistep":
-        return lr * config.gamma ** sum(step >= m for m in config.milestones)
+        return lr * config.gamma ** sum(step >= m for m in config.milestones_at(max_iters))
     if config.schedule == "cosine":
         span = max(1, max_iters - config.warmup_iters)
         t = min(1.0, (step - config.warmup_iters) / span)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import ImageSet, make_loader, pixel_mean_of
 from ..errors import ResnetlabError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
@@ -91,8 +92,6 @@ def cpu_channels_last(model: nn.Module, image_size: tuple[int, ...] | None) -> b
 
 def preprocess_for(config: TrainConfig, train_set: Any) -> dict[str, Any]:
     """The input normalisation: per-pixel mean (He et al.), channel mean/std, or given values."""
-    from ..data import pixel_mean_of
-
     norm = config.normalisation
     if isinstance(norm, dict):
         return {"pixel_mean": None, "mean": list(norm["mean"]), "std": list(norm["std"])}
@@ -130,8 +129,6 @@ def make_loaders(
     Every loader gets the GLOBAL batch size and this process's rank: each rank takes its own
     contiguous chunk of every global batch.
     """
-    from ..data import ImageSet, make_loader
-
     if config.batch_size % dist.world_size:
         raise ResnetlabError(
             f"batch_size {config.batch_size} (global) must divide evenly over "
