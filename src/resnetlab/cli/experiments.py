@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 
+from .. import runfolder
 from ..errors import ResnetlabError
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command as typed, rebuilt from the parsed options that differ from their defaults."""
-    parts = ["resnetlab", args.command]
-    for action in args._parser._actions:
-        if action.dest in ("help", "func", "_parser"):
-            continue
-        value = getattr(args, action.dest, None)
-        if not action.option_strings:
-            parts += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        elif value != action.default:
-            flag = action.option_strings[-1]
-            if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-                parts.append(flag)
-            else:
-                parts += [flag, *map(str, value if isinstance(value, list) else [value])]
-    return shlex.join(parts)
+def command_line(args: argparse.Namespace | None = None) -> str:
+    """The command as typed (``resnetlab.runfolder.command_line``; ``args`` is not needed)."""
+    return runfolder.command_line()
 
 
 def _done(run_dir, report: bool) -> None:

@@ -146,6 +146,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     else:
         run_dir = finetune(options).run_dir
     print(f"run folder: {run_dir.resolve()}")
+    print(f"report: {(run_dir / 'report.html').resolve()}")
     return 0
 
 

@@ -295,4 +295,5 @@ def run_compare(
     runs.write_csv(run_dir / "compare.csv", rows)
     write_text_atomic(run_dir / "compare.txt", table + "\n")
     plot_compare(rows, run_dir / "compare.png")
+    runs.finish_run(run_dir)
     return run_dir, rows, claims

@@ -309,7 +309,9 @@ def run_degradation(
         curves = read_curves(folder)
         results[name] = {"kind": kind, "depth": depth, "status": _status(folder), "folder": name,
                          "curves": curves, **final_errors(curves, iterations)}  # fmt: skip
-    return run_dir, write_results(run_dir, config, results, iterations, recipe_iters, milestones)
+    result = write_results(run_dir, config, results, iterations, recipe_iters, milestones)
+    runs.finish_run(run_dir)
+    return run_dir, result
 
 
 def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import runfolder
 from ..download import resnetlab_home
 from ..files import write_json
 from . import runs
@@ -159,7 +160,7 @@ def run_demo(
         "trained networks (cached CIFAR-10 weights)", 4, trained_part, config, run_dir, common
     )
     total = time.perf_counter() - started
-    machine = runs.machine_info(command)
+    machine = runfolder.machine()
     summary = [
         f"Demo on {config.data} data; wall time {total:.0f} s"
         f"{' (this resumed session only)' if resume else ''} on {machine['cpu']} "
@@ -179,6 +180,7 @@ def run_demo(
                "degradation_s": t_degradation, "trained_s": t_trained,
                "total_s": total}  # fmt: skip
     write_json(run_dir / "demo.json", {"timings": timings, "summary": summary})
+    runs.finish_run(run_dir)
     parts = [run_dir, compare_dir, flow_dir, degradation_dir, *trained_dirs]
     html_path, _ = render_report(parts, out=run_dir)
     return run_dir, html_path

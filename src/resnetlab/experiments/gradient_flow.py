@@ -350,4 +350,5 @@ def run_gradient_flow(
         f"(He et al. 2015, Fig. 7; eval mode{note})",
         run_dir / "layer_responses.png",
     )
+    runs.finish_run(run_dir)
     return run_dir

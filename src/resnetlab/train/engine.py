@@ -10,7 +10,6 @@ comes from :class:`Callback` hooks, ``param_groups`` and ``step_metrics``, never
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import runfolder
 from ..errors import ResnetlabError
 from ..files import RunLock, remove_stale_temps, write_json
 from . import distributed
@@ -192,12 +192,9 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
         writer = MetricsWriter(out, keep_until_step=state.step if ckpt else -1)
         resolved = {"max_iters": max_iters, "batches_per_epoch": bpe, "plan": asdict(plan)}
         write_json(out / "config.json", {**config.to_dict(), "resolved": resolved})
-        facts = run_facts(config, data, model, dist, plan)
-        if ckpt is not None and (out / "run.json").is_file():
-            now = {"step": state.step, "at": facts["started"], "machine": facts["machine"]}
-            facts = {**json.loads((out / "run.json").read_text()), "plan": facts["plan"]}
-            facts["resumed"] = [*facts.get("resumed", []), now]
-        write_json(out / "run.json", {**facts, "status": "running"})
+        runfolder.start(out, device=dist.device, world_size=dist.world_size,
+                        resume=ckpt is not None, step=state.step,
+                        extra=run_facts(config, data, model, plan))  # fmt: skip
 
     forward = distributed.wrap(model, dist)
     forward = torch.compile(forward) if plan.compile else forward
@@ -365,10 +362,9 @@ def _status_on_failure(writer: MetricsWriter | None, out: Path):
 
 def _finish(writer: MetricsWriter | None, out: Path, status: str) -> None:
     """Record how the run ended in ``run.json`` (rank 0 only)."""
-    if writer is None or not (out / "run.json").is_file():
+    if writer is None or not (out / runfolder.RUN_FILE).is_file():
         return
-    facts = json.loads((out / "run.json").read_text())
-    write_json(out / "run.json", {**facts, "status": status})
+    runfolder.finish(out, status)
 
 
 class _CtrlC:
