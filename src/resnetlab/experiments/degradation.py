@@ -24,6 +24,7 @@ from ..files import write_json, write_text_atomic
 from ..models import create_model, list_models, model_info
 from ..models.registry import ModelInfo
 from . import runs
+from .findings import degradation_findings
 from .variants import DEFAULT_VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
@@ -364,7 +365,6 @@ def write_results(
     claims = verdict(results)
     banner = _budget_banner(iterations, recipe_iters, milestones)
     summary = [banner] if banner else []
-    summary += [c["text"] for c in claims]
     if len(claims) == 2:
         gaps = [
             f"{c['label'][0]} minus {c['label'][1]} {100 * c['train_gap']:+.1f}" for c in claims
@@ -391,6 +391,7 @@ def write_results(
         "runs": results,
         "finals": rows,
         "verdict": claims,
+        "findings": degradation_findings(claims, iterations, recipe_iters),
         "summary": summary,
     }
     write_json(run_dir / "degradation.json", result)
