@@ -192,6 +192,6 @@ def run_demo(
     verdict = demo_verdict([degradation_dir, flow_dir, compare_dir, *trained_dirs])
     write_json(run_dir / "demo.json", {"timings": timings, "verdict": verdict, "summary": summary})
     runs.finish_run(run_dir)
-    parts = [run_dir, compare_dir, flow_dir, degradation_dir, *trained_dirs]
+    parts = [run_dir, degradation_dir, flow_dir, compare_dir, *trained_dirs]  # verdict's order
     html_path, _ = render_report(parts, out=run_dir)
     return run_dir, html_path
