@@ -33,11 +33,15 @@ PLUS_ONE = (
 )
 CAPTIONS = {
     "gradient_flow_inputs.png": "Norm of the loss gradient at each block's input, plain (red) vs "
-    "residual (blue), log scale; line = mean over seeds, band = min to max. " + PLUS_ONE,
+    "residual (blue), log scale; line = mean over seeds, band = min to max. A curve rising "
+    "towards block 1 is a gradient growing towards the input (exploding, as BatchNorm plain nets "
+    "do at initialisation), a falling one a vanishing gradient; the findings say which. "
+    + PLUS_ONE,
     "gradient_flow_weights.png": "Norm of each block's weight gradient, plain vs residual, log "
     "scale. " + PLUS_ONE,
     "layer_responses.png": "Std of each 3×3 layer's response after BN and before the addition or "
-    "ReLU (He et al. 2015, Fig. 7), in eval mode.",
+    "ReLU, in eval mode. He et al. 2015, Fig. 7 measures trained nets; at initialisation the "
+    "ResNet's responses grow block by block as each branch adds to the stream (see the findings).",
     "seed_mlp.png": "First layer's weight-gradient norm of the Linear-ReLU-Linear stacks against "
     "depth, plain vs residual. " + PLUS_ONE,
     "compare.png": "Published ImageNet top-1 against counted parameters and multiply-accumulates.",
