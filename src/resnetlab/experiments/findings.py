@@ -175,13 +175,14 @@ def response_finding(pairs: list[tuple[str, str, list, list]], at_init: bool) ->
     stds, residual stds)`` per depth."""
     if not pairs:
         return None
-    parts, larger, growth = [], [], []
+    parts, larger, growth, plain_growth = [], [], [], []
     for p, r, ps, rs in pairs:
         pm, rm = sum(ps) / len(ps), sum(rs) / len(rs)
         larger.append(rm > pm)
         growth.append(rs[-1] / rs[0] if rs[0] else float("inf"))
-        parts.append(f"{p} mean {pm:.3g}, {r} mean {rm:.3g} (last/first layer "
-                     f"{_times(growth[-1])})")  # fmt: skip
+        plain_growth.append(ps[-1] / ps[0] if ps[0] else float("inf"))
+        parts.append(f"{p} mean {pm:.3g} (last/first layer {_times(plain_growth[-1])}), {r} "
+                     f"mean {rm:.3g} (last/first layer {_times(growth[-1])})")  # fmt: skip
     measured = "std of each 3×3 layer's response " + (
         "at initialisation, eval mode: " if at_init else "at the checkpoint, eval mode: "
     ) + "; ".join(parts)
@@ -196,9 +197,10 @@ def response_finding(pairs: list[tuple[str, str, list, list]], at_init: bool) ->
             "identity. Here the weights are random, BatchNorm in eval mode is the identity "
             "(running mean 0, variance 1), and each block adds its branch to the stream, "
             "x_(l+1) = x_l + F(x_l), so the stream's variance, and with it each next layer's "
-            f"response, grows block by block ({_times(growth[-1])} over {pairs[-1][1]}); a plain "
-            "net's He initialisation keeps each layer's response about constant. To test Fig. 7,"
-            " measure trained weights: resnetlab gradient-flow --checkpoint PATH."
+            f"response, grows block by block ({_times(growth[-1])} over {pairs[-1][1]}), while "
+            f"a plain net has no such sum ({pairs[-1][0]}: {_times(plain_growth[-1])} from its "
+            "first layer to its last). To test Fig. 7, measure trained weights: resnetlab "
+            "gradient-flow --checkpoint PATH."
         )
     else:
         relation = "At these weights the ResNets' responses are not the smaller ones: Fig. 7's "

@@ -131,7 +131,7 @@ def _results(section: RunSection) -> None:
 
 def collect(folder: Path, out: Path) -> RunSection:
     """Read one run folder; a training curve, if any, is drawn into ``out``."""
-    folder = Path(folder)
+    folder = Path(folder) if Path(folder).name else Path(folder).resolve()  # "." has no name
     _check_run_folder(folder)
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     run = runfolder.read(folder)
