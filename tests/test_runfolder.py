@@ -176,3 +176,19 @@ def test_jsonl_csv_and_command_line_are_one_way(tmp_path) -> None:
     with runfolder.invoked_as(["train", "--out", "runs/a b"]):
         assert runfolder.command_line() == "resnetlab train --out 'runs/a b'"
     assert "resnetlab train" not in runfolder.command_line()
+
+
+def test_lr_find_ends_with_its_report(tmp_path, home, capsys) -> None:
+    data = write_folder(tmp_path / "data", per_class=(("train", 6),))
+    out = tmp_path / "lr"
+    argv = ["lr-find", str(data), "--model", "resnet20", "--pretrained", "none", "--iters", "5",
+            "--batch-size", "6", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"report: {(out / 'report.html').resolve()}"
+    )
+    run = runfolder.read(out)
+    assert run["status"] == "completed" and run["command"] == shlex.join(["resnetlab", *argv])
+    assert run["timing"]["started"] <= run["timing"]["finished"]
+    page = (out / "report.html").read_text()
+    assert "Suggested lr (full model, 5 steps" in page and "lr_find.png" in page

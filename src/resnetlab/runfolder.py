@@ -155,13 +155,16 @@ def finish(
     status: str = "completed",
     *,
     wall_time_s: float | None = None,
+    started: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record how the run ended: status, finish time and wall time (all sessions together;
-    ``wall_time_s`` when the caller timed it). Without a started ``run.json`` one is written."""
+    ``wall_time_s`` when the caller timed it). Without a started ``run.json`` one is written
+    (``started``: when the run began)."""
     folder = Path(folder)
     record = read(folder) if (folder / RUN_FILE).is_file() else start(folder)
     timing = record["timing"]
+    timing["started"] = started or timing.get("started")
     if wall_time_s is None and "session_start" in timing:
         wall_time_s = timing.get("earlier_s", 0.0) + time.time() - timing["session_start"]
     if wall_time_s is None and timing.get("started"):
