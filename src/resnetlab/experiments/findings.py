@@ -85,8 +85,10 @@ def degradation_findings(claims: list[dict], iterations: int, recipe_iters: int)
             relation = (f"Not in full: the deeper ResNet is not yet the better one ({_pts(gap)}),"
                         f" but {versus}, which is the paper's point about shortcuts. {budget}; "
                         "the paper's deeper ResNets overtake over full training.")  # fmt: skip
-            short = (f"{s} → {d} {_pts(gap)}, yet far less than the plain nets' "
-                     f"{_pts(plain['train_gap'])}: shortcuts removed most of the cost of depth")
+            share = 1 - max(gap, 0.0) / plain["train_gap"]
+            short = (f"{s} → {d} {_pts(gap)}, against the plain nets' "
+                     f"{_pts(plain['train_gap'])}: shortcuts removed {100 * share:.0f} % of the "
+                     "cost of depth")  # fmt: skip
         else:
             relation = (f"The deeper ResNet is not the better one ({_pts(gap)}) and depth cost "
                         f"it no less than the plain nets. {budget}; this run shows no benefit "
