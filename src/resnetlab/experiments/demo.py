@@ -175,7 +175,7 @@ def run_demo(
     total = time.perf_counter() - started
     summary = [
         f"Demo on {config.data} data; wall time {total:.0f} s"
-        f"{' (this resumed session only)' if resume else ''} (machine and versions: at the end).",
+        f"{' (this resumed session only)' if resume else ''}; machine and versions at the end.",
         f"Comparison table {t_compare:.0f} s, gradient flow {t_flow:.0f} s, "
         f"degradation run {t_degradation:.0f} s, trained networks {t_trained:.0f} s.",
         trained_note,
