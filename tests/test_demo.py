@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from resnetlab import runfolder
 from resnetlab.cli import main
 from resnetlab.data.synthetic import SHAPES, make_shapes
 from resnetlab.errors import ResnetlabError
@@ -51,6 +53,25 @@ def test_quick_demo_writes_and_names_the_report(tmp_path: Path, capsys) -> None:
     assert timings["total_s"] >= timings["degradation_s"] > 0
     result = json.loads((out / "degradation" / "degradation.json").read_text())
     assert result["short_budget"] and {c["claim"] for c in result["verdict"]} == {1, 2}
+    # the verdict first, every finding tied to a claim, the machine once
+    assert md.index("## Verdict") < md.index("## compare") and md.index("## Verdict") < md.index(
+        "## degradation"
+    )
+    assert re.search(r"<h1>[^<]*</h1>\s*<section class='verdict'><h2>Verdict</h2>", html)
+    verdict = json.loads((out / "demo.json").read_text())["verdict"]
+    claims = {f["claim"] for f in result["findings"]}
+    assert len(verdict) >= 5 and verdict[0].startswith("Claim 1") and len(claims) == 2
+    for part in ("degradation/degradation.json", "gradient-flow/gradient_flow.json",
+                 "compare/compare.json"):  # fmt: skip
+        findings = json.loads((out / part).read_text())["findings"]
+        assert findings, part
+        for f in findings:
+            assert f["claim"] and f["source"] and f["measured"] and f["relation"], part
+            assert f["verdict"] in verdict, part
+    assert html.count("<b>Claim") == html.count("<b>Measured:</b>") == html.count("<b>So") >= 5
+    cpu = runfolder.cpu_name()
+    assert html.count(cpu) == 1 and html.count("Machine and versions") == 1
+    assert html.count(torch.__version__) == 1
 
 
 def test_real_splits_are_made_small(tmp_path: Path) -> None:

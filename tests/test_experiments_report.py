@@ -37,7 +37,8 @@ def test_html_and_markdown_for_one_run(gradient_run):
     page = html_path.read_text()
     pngs = sorted(gradient_run.glob("*.png"))
     assert len(pngs) == 3 and page.count('<img src="data:image/png;base64,') == len(pngs)
-    assert "&quot;models&quot;: [" in page and "mlp3" in page  # the config
+    assert "<dt>models</dt><dd>mlp3</dd>" in page  # the config, in words
+    assert "&quot;models&quot;" not in page  # not as raw JSON
     assert "Machine and versions" in page and "torchvision" in page
     assert "No data set" in page
     markdown = md_path.read_text()

@@ -32,7 +32,8 @@ def test_run_folder_rules(tmp_path):
     folder = runs.new_run_dir("x", tmp_path / "run")
     runs.start_run(folder, {"a": 1}, command="resnetlab x")
     info = json.loads((folder / "run.json").read_text())
-    assert info["command"] == "resnetlab x" and info["torch"] and "cpu" in info
+    assert info["command"] == "resnetlab x" and info["versions"]["torch"] and info["machine"]["cpu"]
+    assert info["status"] == "running" and info["timing"]["started"]
     with pytest.raises(ResnetlabError, match="not empty"):
         runs.new_run_dir("x", folder)
     runs.start_run(runs.new_run_dir("x", folder, resume=True), {"a": 1})

@@ -140,4 +140,4 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
     assert all(torch.equal(state_a[i]["momentum_buffer"], state_b[i]["momentum_buffer"])
                for i in state_a)  # fmt: skip
-    assert json.loads((run / "run.json").read_text())["resumed"][0]["step"] == killed_at
+    assert json.loads((run / "run.json").read_text())["timing"]["resumed"][0]["step"] == killed_at

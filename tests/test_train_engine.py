@@ -67,7 +67,7 @@ def test_learns_a_synthetic_task_and_writes_the_run_folder(tmp_path):
     facts = json.loads((run / "run.json").read_text())
     assert facts["status"] == "completed"
     assert facts["data"]["sizes"] == {"train": 192, "val": 64, "test": 64}
-    assert facts["model"]["name"] == "resnet20" and facts["machine"]["torch"] == torch.__version__
+    assert facts["model"]["name"] == "resnet20" and facts["versions"]["torch"] == torch.__version__
     assert json.loads((run / "config.json").read_text())["resolved"]["max_iters"] == 30
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] == 30 and set(ckpt) == {  # what resume, predict and evaluate read

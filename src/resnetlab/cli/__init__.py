@@ -12,6 +12,7 @@ import importlib
 import sys
 from typing import NoReturn
 
+from .. import runfolder
 from ..errors import ResnetlabError
 
 # Modules that define sub-commands, in the order they appear in --help.
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with runfolder.invoked_as(sys.argv[1:] if argv is None else list(argv)):
+            return int(args.func(args) or 0)
     except ResnetlabError as exc:
         print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -44,7 +44,8 @@ def format_finals(result: dict) -> str:
         text = "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in
                        zip(cells, (10, 9, 9, 9), strict=True))  # fmt: skip
         lines.append(f"{row['model']:<12}{row['iterations']:>8}{text}")
-    return "\n".join(lines + [""] + result["summary"])
+    verdict = [f["verdict"] for f in result.get("findings", [])]
+    return "\n".join(lines + [""] + verdict + result["summary"])
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -55,8 +56,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
         run_dir, html_path = run_demo(
             config, args.out, resume=args.resume, command=command_line(args)
         )
-    for part in ("demo.json", "gradient-flow/gradient_flow.json", "degradation/degradation.json"):
-        print("\n".join(json.loads((run_dir / part).read_text())["summary"]) + "\n")
+    demo = json.loads((run_dir / "demo.json").read_text())
+    print("Verdict:\n" + "\n".join(f"- {line}" for line in demo["verdict"]) + "\n")
+    print("\n".join(demo["summary"]) + "\n")
     print(f"run folder: {run_dir}")
     print(f"report: {html_path}")
     return 0

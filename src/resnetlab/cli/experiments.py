@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 
+from .. import runfolder
 from ..errors import ResnetlabError
 from ..experiments.compare import CompareConfig
 from ..experiments.gradient_flow import GradientFlowConfig
@@ -18,32 +18,9 @@ from ..experiments.receptive_field import ReceptiveFieldConfig
 from .flags import add_settings, given_settings, settings_from_args
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command as typed, rebuilt from the parsed options that differ from their defaults
-    (a settings flag not given is absent, see ``cli/flags.py``)."""
-    parts = ["resnetlab", args.command]
-    for action in args._parser._actions:
-        if action.dest in ("help", "func", "_parser") or not hasattr(args, action.dest):
-            continue
-        value = getattr(args, action.dest)
-        values = value if isinstance(value, list) else [value]
-        if not action.option_strings:
-            parts += [str(v) for v in values]
-        elif value != action.default and action.help != argparse.SUPPRESS:
-            if isinstance(action, argparse.BooleanOptionalAction):
-                parts.append(action.option_strings[0 if value else 1])
-            elif isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-                parts.append(action.option_strings[-1])
-            elif isinstance(action, argparse._StoreConstAction):
-                parts.append(action.option_strings[-1] if value else "--" + action.dest[3:])
-            elif isinstance(value, dict):
-                for key, item in value.items():
-                    parts += [action.option_strings[-1], f"{key}={item}"]
-            elif isinstance(value, tuple):
-                parts += [action.option_strings[-1], ",".join(map(str, value))]
-            else:
-                parts += [action.option_strings[-1], *map(str, values)]
-    return shlex.join(parts)
+def command_line(args: argparse.Namespace | None = None) -> str:
+    """The command as typed (``resnetlab.runfolder.command_line``; ``args`` is not needed)."""
+    return runfolder.command_line()
 
 
 def _done(run_dir, report: bool) -> None:

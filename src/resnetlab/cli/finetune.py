@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import runfolder
 from ..errors import ResnetlabError
 from ..finetune.options import ENGINE_DEFAULTS, FinetuneOptions, saved_options
 from ..settings import bounded
@@ -64,19 +65,20 @@ def run_finetune(args: argparse.Namespace) -> int:
     else:
         run_dir = finetune(options).run_dir
     print(f"run folder: {run_dir.resolve()}")
+    print(f"report: {(run_dir / 'report.html').resolve()}")
     return 0
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
+    from ..experiments.report import render_report
     from ..finetune import lr_find
 
-    lr_find(
-        _options(args, "lr-find"),
-        iters=args.iters,
-        start=args.start_lr,
-        end=args.end_lr,
-        phase=args.phase,
-    )
+    options, began, clock = _options(args, "lr-find"), runfolder.now(), time.perf_counter()
+    lr_find(options, iters=args.iters, start=args.start_lr, end=args.end_lr, phase=args.phase)
+    out = Path(options.out_dir)
+    runfolder.finish(out, "completed", started=began, wall_time_s=time.perf_counter() - clock,
+                     extra={"data": options.data})  # fmt: skip
+    print(f"report: {render_report([out])[0].resolve()}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,23 @@ def run_train(args: argparse.Namespace) -> int:
     shown = {k: v for k, v in result.metrics.items() if "error" in k}
     print(" ".join(f"{k} {100 * v:.2f}%" for k, v in shown.items()))
     print(f"run folder: {out.resolve()} ({result.steps} iterations)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process writes it
+        _report(config, result, out)
     return 0
+
+
+def _report(config: TrainConfig, result: Any, out: Path) -> None:
+    """Per-class metrics of the best checkpoint on the test split, then the run's report."""
+    from ..experiments.predictions import split_predictions
+    from ..experiments.report import render_report
+
+    facts = split_predictions(config, result.model, out)
+    if facts is not None:
+        print(f"{facts['split']} ({facts['checkpoint']}): accuracy "
+              f"{100 * facts['accuracy']:.2f}%, macro F1 {facts['macro_f1']:.4f}; per class "
+              f"in {out / 'per_class.json'}")  # fmt: skip
+    html_path, _ = render_report([out])
+    print(f"report: {html_path.resolve()}")
 
 
 def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:

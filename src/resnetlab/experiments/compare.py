@@ -22,6 +22,7 @@ from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
 from ..settings import setting
 from . import runs
+from .findings import compare_finding
 
 DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV_FILE_SIZE = "torchvision weights metadata (_file_size, IMAGENET1K_V1)"
@@ -295,8 +296,12 @@ def run_compare(
     rows = [by_name[m] for m in config.models]
     claims = derived_claims(rows, config)
     table = format_table(rows, config)
-    write_json(run_dir / "compare.json", {"rows": rows, "claims": claims, "summary": claims})
+    names = {r["model"]: display_name(r["model"]) for r in rows}
+    found = [f for f in [compare_finding(rows, names)] if f is not None]
+    write_json(run_dir / "compare.json",
+               {"rows": rows, "claims": claims, "findings": found, "summary": claims})  # fmt: skip
     runs.write_csv(run_dir / "compare.csv", rows)
     write_text_atomic(run_dir / "compare.txt", table + "\n")
     plot_compare(rows, run_dir / "compare.png")
+    runs.finish_run(run_dir)
     return run_dir, rows, claims

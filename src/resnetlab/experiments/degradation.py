@@ -25,6 +25,7 @@ from ..files import write_json, write_text_atomic
 from ..models import CifarResNet, create_model, list_models, model_info
 from ..settings import setting
 from . import runs
+from .findings import degradation_findings
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
@@ -326,7 +327,9 @@ def run_degradation(
         curves = read_curves(folder)
         results[name] = {"kind": kind, "depth": depth, "status": _status(folder), "folder": name,
                          "curves": curves, **final_errors(curves, iterations)}  # fmt: skip
-    return run_dir, write_results(run_dir, config, results, iterations, recipe_iters, milestones)
+    result = write_results(run_dir, config, results, iterations, recipe_iters, milestones)
+    runs.finish_run(run_dir)
+    return run_dir, result
 
 
 def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,
@@ -379,7 +382,6 @@ def write_results(
     claims = verdict(results)
     banner = _budget_banner(iterations, recipe_iters, milestones)
     summary = [banner] if banner else []
-    summary += [c["text"] for c in claims]
     if len(claims) == 2:
         gaps = [
             f"{c['label'][0]} minus {c['label'][1]} {100 * c['train_gap']:+.1f}" for c in claims
@@ -406,6 +408,7 @@ def write_results(
         "runs": results,
         "finals": rows,
         "verdict": claims,
+        "findings": degradation_findings(claims, iterations, recipe_iters),
         "summary": summary,
     }
     write_json(run_dir / "degradation.json", result)

@@ -10,6 +10,7 @@ test subsample and a 1-D loss landscape; without them the report says what it le
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -126,6 +127,19 @@ def trained_part(config: DemoConfig, run_dir: Path, common: dict) -> tuple[list[
     )
 
 
+def demo_verdict(folders: list[Path]) -> list[str]:
+    """The parts' findings in one line each, the degradation claims first: what the lesson
+    says, what was measured, and whether it holds."""
+    lines = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            if path.name in ("config.json", "run.json"):
+                continue
+            found = json.loads(path.read_text()).get("findings")
+            lines += [f["verdict"] for f in found or [] if isinstance(f, dict) and "verdict" in f]
+    return lines
+
+
 def _timed(label: str, step: int, fn, *args, **kwargs) -> tuple[Any, float]:
     print(f"demo [{step}/4] {label}", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -166,12 +180,9 @@ def run_demo(
         "trained networks (cached CIFAR-10 weights)", 4, trained_part, config, run_dir, common
     )
     total = time.perf_counter() - started
-    machine = runs.machine_info(command)
     summary = [
         f"Demo on {config.data} data; wall time {total:.0f} s"
-        f"{' (this resumed session only)' if resume else ''} on {machine['cpu']} "
-        f"({machine['cpu_count']} logical CPUs, {machine['torch_threads']} torch threads, "
-        f"GPU: {machine['gpu'] or 'none'}).",
+        f"{' (this resumed session only)' if resume else ''}; machine and versions at the end.",
         f"Comparison table {t_compare:.0f} s, gradient flow {t_flow:.0f} s, "
         f"degradation run {t_degradation:.0f} s, trained networks {t_trained:.0f} s.",
         trained_note,
@@ -185,7 +196,9 @@ def run_demo(
     timings = {"compare_s": t_compare, "gradient_flow_s": t_flow,
                "degradation_s": t_degradation, "trained_s": t_trained,
                "total_s": total}  # fmt: skip
-    write_json(run_dir / "demo.json", {"timings": timings, "summary": summary})
-    parts = [run_dir, compare_dir, flow_dir, degradation_dir, *trained_dirs]
+    verdict = demo_verdict([degradation_dir, flow_dir, compare_dir, *trained_dirs])
+    write_json(run_dir / "demo.json", {"timings": timings, "verdict": verdict, "summary": summary})
+    runs.finish_run(run_dir)
+    parts = [run_dir, degradation_dir, flow_dir, compare_dir, *trained_dirs]  # verdict's order
     html_path, _ = render_report(parts, out=run_dir)
     return run_dir, html_path

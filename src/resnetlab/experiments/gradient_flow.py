@@ -30,6 +30,7 @@ from ..files import write_json, write_text_atomic
 from ..models import ModelInfo, create_model, model_info
 from ..settings import setting
 from . import runs
+from .findings import conv_gradient_finding, response_finding, seed_mlp_finding
 
 DEFAULT_MODELS = [
     "mlp10", "mlp20", "plain20", "resnet20", "plain56", "resnet56", "plain110", "resnet110",
@@ -217,6 +218,25 @@ def summary_lines(seed_rows: list[dict], profiles: dict[str, dict]) -> list[str]
     return lines
 
 
+def findings(seed_rows: list[dict], profiles: dict[str, dict], at: str) -> list[dict]:
+    """The seed MLP, the conv nets' input gradients and their layer responses, each set
+    against the lesson's or the paper's claim (``experiments.findings``)."""
+    pairs: dict[str, dict[str, tuple[str, dict]]] = {}
+    for name, profile in profiles.items():
+        if not profile["group"].startswith("MLP"):
+            pairs.setdefault(profile["group"], {})[profile["kind"]] = (name, profile)
+    both = [g for g in pairs.values() if {"plain", "residual"} <= set(g)]
+    both.sort(key=lambda g: len(g["plain"][1]["blocks"]))
+    ratios = [(g["plain"][0], g["residual"][0], g["plain"][1]["first_last_ratio"],
+               g["residual"][1]["first_last_ratio"]) for g in both]  # fmt: skip
+    responses = [(g["plain"][0], g["residual"][0], g["plain"][1]["response_std"]["mean"],
+                  g["residual"][1]["response_std"]["mean"])
+                 for g in both if "response_std" in g["plain"][1]]  # fmt: skip
+    found = [seed_mlp_finding(seed_rows), conv_gradient_finding(ratios, at),
+             response_finding(responses, at == "at initialisation")]  # fmt: skip
+    return [f for f in found if f is not None]
+
+
 def _band(ax, stats: dict, colour: str, label: str) -> None:
     x = np.arange(1, len(stats["mean"]) + 1)
     ax.plot(x, stats["mean"], color=colour, label=label, marker="o", markersize=2.5)
@@ -331,9 +351,10 @@ def run_gradient_flow(
     seed_rows = seed_mlp_gradients((10, 20), config.mlp_width, config.mlp_batch, config.seed)
     lines = summary_lines(seed_rows, profiles)
     at = f"at {Path(config.checkpoint).name}" if config.checkpoint else "at initialisation"
+    found = findings(seed_rows, profiles, at)
     write_json(
         run_dir / "gradient_flow.json",
-        {"seed_mlp": seed_rows, "profiles": profiles, "summary": lines},
+        {"seed_mlp": seed_rows, "profiles": profiles, "findings": found, "summary": lines},
     )
     runs.write_csv(run_dir / "seed_mlp.csv", seed_rows)
     runs.write_csv(run_dir / "gradient_flow.csv", _csv_rows(profiles))
@@ -362,4 +383,5 @@ def run_gradient_flow(
         f"(He et al. 2015, Fig. 7; eval mode{note})",
         run_dir / "layer_responses.png",
     )
+    runs.finish_run(run_dir)
     return run_dir

@@ -368,4 +368,5 @@ def run_landscape(
     result["summary"] = summary
     runs.write_csv(run_dir / "landscape_1d.csv", line)
     write_json(run_dir / "landscape.json", result)
+    runs.finish_run(run_dir)
     return run_dir, result

@@ -368,4 +368,5 @@ def run_lesion(
     runs.write_csv(run_dir / "lesion_draws.csv", [d for n in nets for d in n["draws"]])
     plot_singles(nets, run_dir / "lesion_single.png")
     plot_curves(nets, run_dir / "lesion_k.png")
+    runs.finish_run(run_dir)
     return run_dir, result

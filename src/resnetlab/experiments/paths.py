@@ -242,4 +242,5 @@ def run_paths(
     plot(results, run_dir / "paths.png")
     result = {"nets": results, "summary": summary}
     write_json(run_dir / "paths.json", result)
+    runs.finish_run(run_dir)
     return run_dir, result

@@ -211,4 +211,5 @@ def run_receptive_field(
             config.erf_samples,
             run_dir / "effective_receptive_field.png",
         )
+    runs.finish_run(run_dir)
     return run_dir, result

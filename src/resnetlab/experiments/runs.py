@@ -1,4 +1,5 @@
-"""Run folders: every experiment writes ``config.json``, ``run.json`` and its results into one.
+"""Run folders: every experiment writes ``config.json``, ``run.json`` (``resnetlab.runfolder``)
+and its results into one.
 
 Files are written to a temporary name in the same folder and moved into place, so an
 interrupted run never leaves a half-written file behind.
@@ -6,34 +7,22 @@ interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
-import os
-import platform
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import runfolder
 from ..errors import ResnetlabError
-from ..files import atomic_write, write_json, write_text_atomic
+from ..files import atomic_write, write_json
+from ..runfolder import append_jsonl, read_jsonl, write_csv
+
+__all__ = ["append_jsonl", "finish_run", "new_run_dir", "pyplot", "read_jsonl", "save_figure",
+           "start_run", "write_csv", "write_json"]  # fmt: skip
 
 RUNS_ROOT = Path("runs")
-
-
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write rows of dicts as CSV (columns in first-seen order) atomically."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text_atomic(path, buffer.getvalue())
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
@@ -56,40 +45,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def cpu_name() -> str:
-    """The processor's model name, as the OS reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(command: str | None = None) -> dict[str, Any]:
-    """Where and with what a run was made: CPU/GPU, library versions, date and command."""
-    import torch
-    import torchvision
-
-    from .. import __version__
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command or " ".join(sys.argv),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "gpu": gpu,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "resnetlab": __version__,
-    }
 
 
 def new_run_dir(experiment: str, out: str | Path | None = None, *, resume: bool = False) -> Path:
@@ -130,33 +85,11 @@ def start_run(run_dir: Path, config: Any, command: str | None = None) -> None:
                 f"{run_dir} was started with other settings ({', '.join(changed)}). "
                 "Use the same settings to resume, or another --out."
             )
+    resumed = previous.is_file()
     write_json(previous, config_dict)
-    write_json(run_dir / "run.json", machine_info(command))
+    runfolder.start(run_dir, command=command, resume=resumed)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a truncated last line (interrupted write) is ignored."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record to a JSON-lines file (used to resume interrupted experiments)."""
-    torn = False
-    if path.is_file() and path.stat().st_size > 0:
-        with path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            torn = handle.read(1) != b"\n"
-    with path.open("a") as handle:
-        if torn:  # an interrupted write left half a line: end it so the next record stays whole
-            handle.write("\n")
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def finish_run(run_dir: Path, status: str = "completed") -> None:
+    """Record in ``run.json`` that the experiment ended (status, finish time, wall time)."""
+    runfolder.finish(run_dir, status)

@@ -275,4 +275,5 @@ def run_shattered(
     plot(rows, fits, run_dir / "shattered.png", config)
     result = {"rho1": table, "fits": fits, "summary": summary}
     write_json(run_dir / "shattered.json", result)
+    runs.finish_run(run_dir)
     return run_dir, result

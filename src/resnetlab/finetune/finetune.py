@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import runfolder
 from ..errors import ResnetlabError
 from ..files import RunLock, write_json, write_text_atomic
 from ..train import Callback, TrainConfig, train
@@ -165,6 +166,7 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     if not options.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / OPTIONS_FILE, dataclasses.asdict(options))
+    runfolder.start(run_dir, resume=options.resume)
     previous = None
     for phase in plan:
         config = engine_config(

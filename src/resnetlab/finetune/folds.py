@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import runfolder
 from ..experiments.report import render_report
-from ..experiments.runs import machine_info, write_csv
 from ..files import write_json, write_text_atomic
+from ..runfolder import write_csv
 from .build import say
 from .card import read_card
 from .clinic import read_predictions
@@ -64,6 +65,7 @@ def cross_validate(options: FinetuneOptions) -> Path:
     root = Path(options.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / OPTIONS_FILE, dataclasses.asdict(options))
+    runfolder.start(root, resume=options.resume)
     rows, cards = [], []
     for k in range(options.folds):
         fold_dir = root / f"fold-{k + 1}"
@@ -83,8 +85,7 @@ def cross_validate(options: FinetuneOptions) -> Path:
     write_csv(root / "cv_metrics.csv", [*rows, mean, sd])
     summary = summarise(root, options, mean, sd, cards)
     wall = time.perf_counter() - start
-    facts = machine_info(" ".join(cards[0]["training"]["command"].split()))
-    write_json(root / "run.json", facts | {"status": "completed", "wall_time_s": round(wall, 1)})
+    runfolder.finish(root, "completed")
     write_text_atomic(root / "data.txt", cards[0]["training"]["data"]["description"] + "\n")
     write_json(root / "cv_summary.json", summary | {"wall_time_s": round(wall, 1)})
     for name in ("gallery_test.png", "reliability_test.png"):

@@ -140,10 +140,15 @@ def lr_find(
         sweep.stopped = True  # a NaN loss ends the sweep; the steps before it count
     (out / "sweep" / "last.pt").unlink(missing_ok=True)  # a sweep's weights are of no use
     result = LrFindResult(sweep.lrs, sweep.losses, suggest(sweep.lrs, sweep.losses), sweep.stopped)
+    suggested = ", ".join(f"{k} {v:.3g}" for k, v in result.suggestions.items())
+    nan = ", stopped at a NaN loss" if result.stopped_early else ""
+    lines = [f"Suggested lr ({phase} model, {len(result.lrs)} steps from {start:g} to {end:g}"
+             f"{nan}): {suggested or 'none'}."]  # fmt: skip
     write_json(
         out / "lr_find.json",
-        {**dataclasses.asdict(result), "options": dataclasses.asdict(options), "phase": phase},
-    )
+        {**dataclasses.asdict(result), "options": dataclasses.asdict(options), "phase": phase,
+         "summary": lines},
+    )  # fmt: skip
     plot_lr_find(result.lrs, result.losses, result.suggestions, out / "lr_find.png")
     say(
         "suggested lr: "

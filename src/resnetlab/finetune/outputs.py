@@ -6,15 +6,15 @@ Markdown); the training checkpoints are deleted unless ``keep_checkpoints`` is s
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..experiments.runs import read_jsonl
-from ..files import write_json, write_text_atomic
+from .. import runfolder
+from ..files import write_text_atomic
+from ..runfolder import read_jsonl
 from ..train.metrics import MetricsWriter
 from ..weights import load_checkpoint, load_weights, save_weights
 from . import clinic
@@ -88,7 +88,7 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
             "class_weights": info["class_weights"],
         },
         "notes": info["notes"],
-        "command": " ".join(["resnetlab", *sys.argv[1:]]),
+        "command": runfolder.command_line(),
         "wall_time_s": round(info["wall_s"], 1),
     }
     card["metrics"] = {split: _card_metrics(m) for split, m in metrics.items()}
@@ -244,11 +244,8 @@ def write_report(run_dir: Path, card: dict[str, Any], data_summary: str) -> None
     """``run.json``, ``data.txt``, ``choices.txt``, then the experiments' report renderer
     (``report.html`` + ``report.md``), which shows them with the card's summary and plots."""
     from ..experiments.report import render_report
-    from ..experiments.runs import machine_info
-
     train = card["training"]
-    facts = machine_info(train["command"]) | {"status": "completed", "data": train["data"]}
-    write_json(run_dir / "run.json", facts | {"wall_time_s": train["wall_time_s"]})
+    runfolder.finish(run_dir, "completed", extra={"data": train["data"]})
     write_text_atomic(run_dir / "data.txt", data_summary + "\n")
     write_text_atomic(run_dir / "choices.txt", "\n".join(train["notes"]) + "\n")
     render_report([run_dir])

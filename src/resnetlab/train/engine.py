@@ -13,7 +13,6 @@ measurements, early stops) comes from :class:`Callback` hooks, ``param_groups`` 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -25,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import RunLock, remove_stale_temps, write_json
+from .. import runfolder
+from ..files import RunLock, remove_stale_temps
 from . import distributed
 from .checkpoint import non_finite_entries, save_checkpoint, training_payload
 from .config import TrainConfig
@@ -266,10 +266,9 @@ def _finish(run: Run, status: str) -> None:
     """Record how the run ended in ``run.json`` (rank 0 only)."""
     run.status = status
     out = run.out
-    if run.writer is None or not (out / "run.json").is_file():
+    if run.writer is None or not (out / runfolder.RUN_FILE).is_file():
         return
-    facts = json.loads((out / "run.json").read_text())
-    write_json(out / "run.json", {**facts, "status": status})
+    runfolder.finish(out, status)
 
 
 class _CtrlC:

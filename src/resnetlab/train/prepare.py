@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -168,10 +165,10 @@ def make_loaders(
     return loaders
 
 
-def run_facts(config: TrainConfig, bundle: Any, model: nn.Module, dist: Dist, plan: Plan) -> dict:
-    """``run.json``: where the data came from, which model, which machine, when."""
+def run_facts(config: TrainConfig, bundle: Any, model: nn.Module, plan: Plan) -> dict:
+    """What ``run.json`` adds to the machine and versions (``resnetlab.runfolder``): where the
+    data came from, which model, and how the run uses its machine."""
     info = getattr(model, "info", None)
-    device = dist.device
     return {
         "data": {
             "description": bundle.description,
@@ -193,17 +190,7 @@ def run_facts(config: TrainConfig, bundle: Any, model: nn.Module, dist: Dist, pl
             "parameters": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         },
-        "machine": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "world_size": dist.world_size,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
         "plan": asdict(plan),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -8,7 +8,6 @@ resolved run length, starts ``run.json`` and the metrics files, and states the l
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import runfolder
 from ..data import open_data
 from ..errors import ResnetlabError
 from ..files import write_json
@@ -197,12 +197,8 @@ def open_run_folder(run: Run) -> None:
 
 
 def start_run_json(run: Run) -> None:
-    """``run.json`` with status "running": the run's facts, or on resume the saved ones with
-    this start added to ``resumed``."""
-    out = run.out
-    facts = run_facts(run.config, run.data, run.model, run.dist, run.plan)
-    if run.checkpoint is not None and (out / "run.json").is_file():
-        now = {"step": run.state.step, "at": facts["started"], "machine": facts["machine"]}
-        facts = {**json.loads((out / "run.json").read_text()), "plan": facts["plan"]}
-        facts["resumed"] = [*facts.get("resumed", []), now]
-    write_json(out / "run.json", {**facts, "status": "running"})
+    """``run.json`` with status "running" (``resnetlab.runfolder``): machine, versions, command
+    and timing, plus the data, model and plan; a resumed run adds this start to its timing."""
+    runfolder.start(run.out, device=run.dist.device, world_size=run.dist.world_size,
+                    resume=run.checkpoint is not None, step=run.state.step,
+                    extra=run_facts(run.config, run.data, run.model, run.plan))  # fmt: skip
