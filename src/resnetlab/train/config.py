@@ -22,6 +22,7 @@ WARMUPS = ("linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALISATIONS = ("per-pixel-mean", "mean-std", "imagenet", "none")
 ON_BAD = ("error", "skip")
+TRACKERS = ("tensorboard", "mlflow")
 
 
 @dataclass
@@ -118,11 +119,15 @@ class TrainConfig:
     out_dir: str = setting("runs/run", "run folder")
     resume: bool = setting(False, "continue the run in out_dir")
     progress: bool = setting(True, "show a progress bar")
+    log: tuple[str, ...] = setting(
+        (), "experiment trackers to log to: tensorboard, mlflow, e.g. tensorboard,mlflow"
+    )
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.eval_splits = tuple(self.eval_splits)
+        self.log = tuple(self.log.split(",") if isinstance(self.log, str) else self.log)
         if self.class_weights is not None:
             self.class_weights = tuple(float(w) for w in self.class_weights)
         self.validate()
@@ -150,6 +155,11 @@ class TrainConfig:
             raise ResnetlabError(f"milestones must increase, got {list(self.milestones)}.")
         for split in self.eval_splits:
             _choice("eval split", split, ("val", "test"))
+        for name in self.log:
+            if name not in TRACKERS:
+                raise ResnetlabError(
+                    f"unknown tracker {name!r} in log (--log); valid: {', '.join(TRACKERS)}."
+                )
 
     def total_iters(self, batches_per_epoch: int) -> int:
         """``max_iters``, or ``epochs`` converted to iterations (rounded up)."""

@@ -50,12 +50,13 @@ from .prepare import (
     run_facts,
     seed_all,
 )
+from .trackers import tracker_callbacks
 
 StepMetrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 # Settings that may change when a run is resumed; any other difference is refused.
 RESUMABLE = {"max_iters", "epochs", "eval_every", "checkpoint_every", "log_every", "progress",
              "resume", "device", "num_workers", "out_dir", "data_root", "eval_batch_size",
-             "eval_splits", "activation_checkpointing"}  # fmt: skip
+             "eval_splits", "activation_checkpointing", "log"}  # fmt: skip
 
 
 class TrainingDiverged(ResnetlabError):
@@ -140,6 +141,7 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
     out = Path(config.out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
     ckpt = resume_checkpoint(config, last_path, dist.device, RESUMABLE)
+    trackers = tracker_callbacks(config.log, out, config)  # a missing package fails first
     seed_all(config.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -244,6 +246,7 @@ def _train(config, dist, model, data, callbacks, param_groups, step_metrics) -> 
         if dist.main:
             save_checkpoint(training_payload(state, meters, best, preprocess, data.classes), path)
 
+    callbacks = [*callbacks, *trackers]  # after make_plan: trackers only observe (CUDA graphs)
     for cb in callbacks:  # may freeze parts, put modules in eval mode, change param groups
         cb.on_start(state)
     bar = progress_bar(max_iters, state.step, config.progress and dist.main)
