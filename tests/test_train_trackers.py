@@ -180,3 +180,23 @@ def test_trackers_observe_only_so_cuda_graphs_stay_allowed(tmp_path, monkeypatch
     hooks = [name for name in vars(Callback) if name.startswith("on_")]
     for tracker in (TensorBoardCallback, MLflowCallback):
         assert all(callable(getattr(tracker, hook)) for hook in hooks), tracker
+
+
+def test_finetune_and_degradation_take_log(tmp_path, capsys):
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.finetune import _options
+    from resnetlab.finetune.finetune import engine_config
+
+    args = build_parser().parse_args(["finetune", "data", "--out", str(tmp_path / "f"),
+                                      "--log", "tensorboard,mlflow"])  # fmt: skip
+    options = _options(args, "finetune")
+    assert options.log == ("tensorboard", "mlflow")
+    prep = type("Prep", (), {"mean": (0.5,), "std": (0.25,), "crop": 32})()
+    phase = engine_config(options, 0.01, 1.0, 4, 8, prep, None, tmp_path / "f" / "phase")
+    assert phase.log == ("tensorboard", "mlflow")
+    assert main(["finetune", "data", "--out", str(tmp_path / "g"), "--log", "wandb"]) == 2
+    assert "valid: tensorboard, mlflow" in capsys.readouterr().err
+    assert main(["degradation", "--data", "synthetic", "--out", str(tmp_path / "d"),
+                 "--log", "tensorbord"]) == 2  # fmt: skip
+    assert "valid: tensorboard, mlflow" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before any work

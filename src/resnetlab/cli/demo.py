@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 
 from ..errors import ResnetlabError
+from ..train.config import check_trackers, tracker_names
 from .experiments import command_line
 
 
@@ -19,6 +20,7 @@ def run_degradation_command(args: argparse.Namespace) -> int:
     from ..experiments.degradation import FAMILIES, DegradationConfig, run_degradation
     from ..experiments.report import render_report
 
+    check_trackers(args.log)
     config = DegradationConfig(
         data=args.data,
         family=args.family,
@@ -37,7 +39,7 @@ def run_degradation_command(args: argparse.Namespace) -> int:
     )
     with _threads(args.threads):
         run_dir, result = run_degradation(
-            config, args.out, resume=args.resume, command=command_line(args)
+            config, args.out, resume=args.resume, command=command_line(args), log=args.log
         )
     print(format_finals(result))
     html_path, _ = render_report([run_dir])
@@ -162,6 +164,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="iterations between test evaluations (default: budget / 20)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--log", type=tracker_names, default=(), metavar="NAME,NAME,...",
+                   help="log each net's run to tensorboard and/or mlflow")  # fmt: skip
     _common(p, None, "default: torch's choice; 1 is often faster on a busy machine")
     p.set_defaults(func=run_degradation_command, _parser=p)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import ResnetlabError
 from ..settings import bounded
+from ..train.config import tracker_names
 from ..train.distributed import check_device
 
 
@@ -106,7 +107,7 @@ FLAG_FIELDS = (
     "lr_mult", "weight_decay", "batch_size", "image_size", "grey", "val_size", "seed", "device",
     "head_epochs", "epochs", "schedule", "class_weights", "balanced_sampling", "monitor",
     "patience", "label_smoothing", "tta", "activation_checkpointing", "on_bad", "threshold",
-    "test_size", "folds",
+    "test_size", "folds", "log",
 )  # fmt: skip
 NEGATED = {"no_augment": "augment", "no_flip": "flip", "no_progress": "progress"}
 
@@ -260,6 +261,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="label smoothing, e.g. 0.1 (default 0)")
     p.add_argument("--tta", action="store_true", help="mirror-averaged final test metrics")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--log", type=tracker_names, metavar="NAME,NAME,...",
+                   help="log each phase's run to tensorboard and/or mlflow")  # fmt: skip
     p.set_defaults(func=run_finetune)
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test (plot + suggestion)")

@@ -284,6 +284,7 @@ def engine_config(options, lr, epochs, bpe, batch, prep, weights, phase_dir) -> 
         progress=options.progress,
         activation_checkpointing=options.activation_checkpointing,
         num_workers=0,
+        log=tuple(options.log),
     )
 
 

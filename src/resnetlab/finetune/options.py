@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ResnetlabError
 from ..files import LOCK_NAME
 from ..settings import check_settings, setting
+from ..train.config import check_trackers
 from ..train.distributed import check_device
 from .build import say
 from .operating_point import parse_threshold
@@ -22,7 +23,7 @@ GREY = ("auto", "repeat", "sum")
 OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
 # Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir"}
+RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir", "log"}
 
 
 @dataclass
@@ -78,9 +79,12 @@ class FinetuneOptions:
     activation_checkpointing: bool = False
     resume: bool = False
     on_bad: str = "error"  # unreadable image files: "error", or "skip" them with a warning
+    log: tuple[str, ...] = ()  # experiment trackers for each phase's run: tensorboard, mlflow
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)
+        self.log = tuple(self.log)
+        check_trackers(self.log)
         for name, value, choices in (
             ("monitor", self.monitor, MONITORS),
             ("grey", self.grey, GREY),

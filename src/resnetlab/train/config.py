@@ -127,7 +127,7 @@ class TrainConfig:
         self.milestones = tuple(int(m) for m in self.milestones)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.eval_splits = tuple(self.eval_splits)
-        self.log = tuple(self.log.split(",") if isinstance(self.log, str) else self.log)
+        self.log = tracker_names(self.log) if isinstance(self.log, str) else tuple(self.log)
         if self.class_weights is not None:
             self.class_weights = tuple(float(w) for w in self.class_weights)
         self.validate()
@@ -155,11 +155,7 @@ class TrainConfig:
             raise ResnetlabError(f"milestones must increase, got {list(self.milestones)}.")
         for split in self.eval_splits:
             _choice("eval split", split, ("val", "test"))
-        for name in self.log:
-            if name not in TRACKERS:
-                raise ResnetlabError(
-                    f"unknown tracker {name!r} in log (--log); valid: {', '.join(TRACKERS)}."
-                )
+        check_trackers(self.log)
 
     def total_iters(self, batches_per_epoch: int) -> int:
         """``max_iters``, or ``epochs`` converted to iterations (rounded up)."""
@@ -181,6 +177,20 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def tracker_names(text: str) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` as a tuple of names (checked by :func:`check_trackers`)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def check_trackers(names: tuple[str, ...] | list[str]) -> None:
+    """Refuse a tracker name that is not one of ``TRACKERS``, listing the valid ones."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ResnetlabError(
+                f"unknown tracker {name!r} in log (--log); valid: {', '.join(TRACKERS)}."
+            )
 
 
 def check_normalisation(values: dict[str, list[float]]) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..download import resnetlab_home
 from ..errors import ResnetlabError
 from ..files import write_json
-from .config import TRACKERS, TrainConfig
+from .config import TrainConfig, check_trackers
 
 if TYPE_CHECKING:
     from .engine import TrainResult, TrainState
@@ -207,10 +207,7 @@ def tracker_callbacks(
     names: tuple[str, ...] | list[str], out_dir: str | Path, config: TrainConfig
 ) -> list[TensorBoardCallback | MLflowCallback]:
     """The callbacks for ``--log NAME,...`` (each name once); a missing package fails here."""
-    for name in names:
-        if name not in TRACKERS:
-            valid = ", ".join(TRACKERS)
-            raise ResnetlabError(f"unknown tracker {name!r} in --log; valid: {valid}.")
+    check_trackers(names)
     return [FACTORIES[name](out_dir, config) for name in dict.fromkeys(names)]
 
 
