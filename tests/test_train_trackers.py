@@ -121,6 +121,7 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_a_resume_continues_it(
     assert sorted((m.step, m.value) for m in errors) == [
         (s, pytest.approx(eval_records[s]["test_error"])) for s in (4, 8)
     ]
+    assert mlrun.info.artifact_uri.startswith((tmp_path / "artifacts").resolve().as_uri())
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"config.json", "run.json", "metrics.csv", "report.html"} <= artifacts
     (run / "report.md").write_text("# report\n")  # a report written after training ended

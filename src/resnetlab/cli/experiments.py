@@ -108,13 +108,16 @@ def run_receptive_field_command(args: argparse.Namespace) -> int:
 def run_compare_command(args: argparse.Namespace) -> int:
     from ..experiments.compare import DEFAULT_MODELS, CompareConfig, format_table, run_compare
 
+    if args.speed and args.no_speed:
+        raise ResnetlabError("--speed and --no-speed exclude each other; drop one.")
     config = CompareConfig(
         models=args.models or list(DEFAULT_MODELS),
-        speed=not args.no_speed,
+        speed=args.speed,
         batch=args.batch,
         input_size=args.input_size,
         iters=args.iters,
         warmup=args.warmup,
+        repeats=args.repeats,
         device=args.device,
     )
     run_dir, rows, claims = run_compare(
@@ -196,9 +199,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "compare",
-        help="parameters, MACs, depth, skips, published accuracy, size and speed",
-        description="The comparison table of VGG and ResNet models; counts computed, accuracy "
-        "and file size published (with source), throughput measured here.",
+        help="parameters, MACs, depth, skips, published accuracy and size (--speed: timed too)",
+        description="The comparison table of VGG and ResNet models: counts computed, accuracy "
+        "and file size published (with source), in seconds. --speed also measures throughput "
+        "here, as the median and min-max over --repeats, flagged where that spread is at least "
+        "the difference between two models.",
     )
     p.add_argument(
         "models",
@@ -206,7 +211,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="models (default: vgg16 vgg19 resnet18 resnet34 resnet50 resnet101 resnet152)",
     )
-    p.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
+    p.add_argument("--speed", action="store_true", help="also time each model (minutes on a CPU)")
+    p.add_argument("--no-speed", action="store_true", help=argparse.SUPPRESS)  # the old default
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats, at least 3 (default 3)")
     p.add_argument("--batch", type=int, default=8, help="batch for throughput (default 8)")
     p.add_argument("--input-size", type=int, default=224, help="input px for throughput (224)")
     p.add_argument("--iters", type=int, default=3, help="timed iterations (default 3)")

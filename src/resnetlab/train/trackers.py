@@ -152,10 +152,7 @@ class MLflowCallback:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = None
-        if uri == default_tracking_uri():  # else the server's or store's own artifact root
-            location = (resnetlab_home() / "mlflow" / "artifacts").resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=artifact_location(uri))
 
     def _check_run(self, uri: str) -> None:
         try:
@@ -216,6 +213,14 @@ def default_tracking_uri() -> str:
     folder = resnetlab_home() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """A local SQLite store keeps artifacts in ``artifacts/`` beside its file (MLflow would
+    use ``./mlruns`` in the working folder); a server keeps its own artifact root (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
 
 
 def read_record(out_dir: str | Path) -> dict[str, Any] | None:
