@@ -11,7 +11,8 @@ import torch
 from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
-from resnetlab.export import export_model
+from resnetlab.export import Preprocessed, export_model
+from resnetlab.finetune.preprocess import Preprocessing, normalise, prepare_images
 from resnetlab.weights import save_weights
 
 
@@ -76,3 +77,19 @@ def test_cli_bad_pretrained_path_is_a_user_error(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "m.onnx")]) == 2
     assert str(missing) in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("grey", [None, "sum"])
+def test_preprocessed_graph_equals_the_prediction_pipeline(grey):
+    channels = 1 if grey else 3
+    mean, std = [0.4, 0.5, 0.6][:channels], [0.2, 0.25, 0.3][:channels]
+    prep = Preprocessing(crop=32, resize=32, mean=mean, std=std, channels=channels, grey=grey)
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=3, in_channels=channels).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = torch.softmax(net(normalise(prepare_images(images, prep), prep)) / 2.0, 1)
+        for kind, x in (("uint8", images), ("float", images / 255.0)):
+            wrapped = Preprocessed(net, mean, std, temperature=2.0, input_kind=kind,
+                                   grey=bool(grey)).eval()  # fmt: skip
+            torch.testing.assert_close(wrapped(x), expected, atol=1e-6, rtol=1e-5)

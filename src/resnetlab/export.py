@@ -2,15 +2,19 @@
 
 The check runs the saved file (``torch.jit.load`` / onnxruntime) on a batch of a different size
 than the example's, so a batch axis baked in at export time is caught, and reports the largest
-absolute difference from the eager model.
+absolute difference from the eager model. ``metadata`` goes into an ONNX file's
+``metadata_props`` (a TorchScript file's extra file ``resnetlab.json``); :class:`Preprocessed`
+puts normalisation and softmax into the graph, so raw RGB images go in and probabilities out.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,45 @@ from .files import move_into_place
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 ONNX_OPSET = 17
+EXTRA_FILE = "resnetlab.json"  # a TorchScript file's metadata
+INPUT_KINDS = ("uint8", "float")  # raw inputs of a Preprocessed model: 0-255, or [0, 1]
+LUMA = (0.299, 0.587, 0.114)  # as the prediction pipeline's colour-to-grey
+
+
+class Preprocessed(nn.Module):
+    """RGB images (N, 3, H, W) at the model's input size, uint8 0-255 or float [0, 1], to class
+    probabilities: grey conversion if the model was trained on grey images, scaling, mean/std
+    normalisation, the model, logits over ``temperature`` and softmax."""
+
+    output_name = "probabilities"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        temperature: float = 1.0,
+        input_kind: str = "uint8",
+        grey: bool = False,
+    ) -> None:
+        super().__init__()
+        if input_kind not in INPUT_KINDS:
+            raise ResnetlabError(f"input kind {input_kind!r} is unknown; use uint8 or float.")
+        self.model, self.temperature, self.grey = model, float(temperature), grey
+        self.to_255 = 1.0 if input_kind == "uint8" else 255.0
+        self.channels = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("luma", torch.tensor(LUMA).reshape(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() * self.to_255
+        if self.grey or self.channels == 1:  # rounded to 0-255 as the decoded grey image is
+            x = torch.round((x * self.luma).sum(1, keepdim=True)).clamp(0, 255)
+            x = x.expand(-1, self.channels, -1, -1)
+        x = (x / 255.0 - self.mean) / self.std
+        return torch.softmax(self.model(x).float() / self.temperature, dim=1)
 
 
 @dataclass(frozen=True)
@@ -52,10 +95,12 @@ def export_model(
     example_input: torch.Tensor,
     *,
     tolerance: float = 1e-4,
+    metadata: Mapping[str, str] | None = None,
 ) -> ExportReport:
     """Write ``model`` (in eval mode) to ``path`` and check it; raises if it differs from eager.
 
     The file is written atomically: a failed export or check leaves nothing at ``path``.
+    ``metadata`` (string values) is stored in the file.
     """
     if format not in FORMATS:
         raise ResnetlabError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}.")
@@ -69,10 +114,10 @@ def export_model(
     temp = Path(temp_name)
     try:
         with torch.no_grad():
-            (_export_onnx if format == "onnx" else _export_torchscript)(model, example_input, temp)
+            exporter = _export_onnx if format == "onnx" else _export_torchscript
+            exporter(model, example_input, temp, dict(metadata or {}))
             batch = example_input.shape[0] + 1
-            check = torch.randn((batch, *example_input.shape[1:]), generator=_seeded())
-            check = check.to(example_input.device, example_input.dtype)
+            check = _check_input(example_input, batch)
             expected = model(check).float().cpu()
             actual = (_run_onnx if format == "onnx" else _run_torchscript)(temp, check)
         diff = float((actual.float().cpu() - expected).abs().max())
@@ -90,15 +135,24 @@ def export_model(
     )
 
 
-def _seeded() -> torch.Generator:
-    return torch.Generator().manual_seed(0)
+def _check_input(example: torch.Tensor, batch: int) -> torch.Tensor:
+    """A seeded batch like ``example``: normal values, or 0-255 for an integer (image) input."""
+    shape, generator = (batch, *example.shape[1:]), torch.Generator().manual_seed(0)
+    if example.dtype.is_floating_point:
+        check = torch.randn(shape, generator=generator)
+    else:
+        check = torch.randint(0, 256, shape, generator=generator)
+    return check.to(example.device, example.dtype)
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+def _export_torchscript(
+    model: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but works
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(out))
+        extra = {EXTRA_FILE: json.dumps(metadata)} if metadata else {}
+        torch.jit.save(traced, str(out), _extra_files=extra)
 
 
 def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -108,8 +162,11 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
     return loaded(x)
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+def _export_onnx(
+    model: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]
+) -> None:
     """The TorchScript-based exporter with a dynamic batch axis: fast and dependency-light."""
+    output = getattr(model, "output_name", "logits")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -117,11 +174,40 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
             (example,),
             str(out),
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+    if metadata:
+        _set_onnx_metadata(out, metadata)
+
+
+def _set_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ResnetlabError(
+            "storing metadata in an ONNX file needs onnx: pip install 'resnetlab[export]'."
+        ) from None
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata stored by :func:`export_model` in an ONNX or TorchScript file."""
+    path = Path(path)
+    if path.suffix == SUFFIXES["onnx"]:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in proto.metadata_props}
+    extra = {EXTRA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:

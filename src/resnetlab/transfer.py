@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import ResnetlabError, close_matches
+from .models.base import Backbone
 from .models.summary import count_parameters
 
 __all__ = [
@@ -39,7 +40,7 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0) -> nn
         raise ResnetlabError(f"num_classes must be at least 1, got {num_classes}.")
     if not 0.0 <= dropout < 1.0:
         raise ResnetlabError(f"dropout must be in [0, 1), got {dropout}.")
-    if not hasattr(model, "set_head"):
+    if not isinstance(model, Backbone):
         raise ResnetlabError("replace_head needs a resnetlab model (one built by create_model).")
     in_features = _head_in_features(model)
     linear = nn.Linear(in_features, num_classes)
@@ -50,18 +51,18 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0) -> nn
     return model
 
 
-def _head_in_features(model: nn.Module) -> int:
+def _head_in_features(model: Backbone) -> int:
     linears = [m for m in model.get_head().modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears[-1].in_features
-    return int(model.num_features)
+    return model.num_features
 
 
 def resolve_stages(
     model: nn.Module, stages: str | Iterable[str] | None
 ) -> dict[str, list[nn.Module]]:
     """Map stage names (``None`` = all stages) to their modules; unknown names raise."""
-    known = model.stage_modules() if hasattr(model, "stage_modules") else {}
+    known = model.stage_modules() if isinstance(model, Backbone) else {}
     if stages is None:
         return dict(known)
     names = [stages] if isinstance(stages, str) else list(stages)

@@ -11,6 +11,8 @@ and their plain twins, ``layer3`` for CIFAR nets, and the last conv of a VGG.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -96,7 +98,7 @@ def cam_maps(
     layer: str | None = None,
     target: int | list[int] | torch.Tensor | None = None,
     batch_size: int = 32,
-) -> dict[str, torch.Tensor | str]:
+) -> dict[str, Any]:
     """Maps (N, H, W) in [0, 1] for normalised inputs (N, C, H, W), for the predicted class
     (``target=None``) or the given class(es); also the logits, classes and layer used."""
     if method not in METHODS:

@@ -60,7 +60,9 @@ def seed_mlp_gradients(
             model = mlp_stack(depth, width, skip)
             x, y = mlp_batch(batch, width, seed + 1)
             F.binary_cross_entropy_with_logits(model(x), y).backward()
-            norm = model[0].fc1.weight.grad.norm().item()
+            grad = model[0].get_parameter("fc1.weight").grad
+            assert grad is not None
+            norm = grad.norm().item()
             rows.append(
                 {"depth": depth, "kind": "residual" if skip else "plain", "grad_norm": norm}
             )
@@ -72,7 +74,9 @@ BLOCK_TYPES = (MLPBlock, BasicBlock, BottleneckBlock, PreActBasicBlock, PreActBo
 
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's blocks in forward order; a net without blocks (VGG) gives its weighted layers."""
-    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)]
+    blocks: list[tuple[str, nn.Module]] = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)
+    ]
     if blocks:
         return blocks
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
@@ -113,7 +117,7 @@ def gradient_profile(
             loss = (loss_fn or default_loss)(model(x), y)
             names = [n for n, _ in blocks if n in inputs and inputs[n].requires_grad]
             weights = {n: [p for p in m.parameters() if p.dim() > 1] for n, m in blocks}
-            flat = [p for n in names for p in weights[n]]
+            flat: list[torch.Tensor] = [p for n in names for p in weights[n]]
             grads = torch.autograd.grad(loss, [inputs[n] for n in names] + flat, allow_unused=True)
     finally:
         for handle in handles:
@@ -139,7 +143,7 @@ def gradient_profile(
 def response_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """BatchNorms that directly follow a 3×3 conv (``...convK`` → ``...bnK``), in forward order."""
     modules = dict(model.named_modules())
-    layers = []
+    layers: list[tuple[str, nn.Module]] = []
     for name, module in modules.items():
         if not isinstance(module, nn.BatchNorm2d) or "downsample" in name:
             continue

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..models.base import Backbone
 from ..models.blocks import PadShortcut
 
 GEOMETRY_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -46,7 +48,7 @@ def _pair_first(value: int | tuple[int, ...]) -> int:
 def _stage_of(model: nn.Module) -> dict[int, str]:
     """id(module) -> stage name, from ``stage_modules()`` when the model has it."""
     stages: dict[int, str] = {}
-    if not hasattr(model, "stage_modules"):
+    if not isinstance(model, Backbone):
         return stages
     for stage, modules in model.stage_modules().items():
         for module in modules:
@@ -88,7 +90,9 @@ def _main_path(model: nn.Module, input_size: int) -> list[tuple[str, nn.Module, 
 def receptive_field_table(model: nn.Module, input_size: int = 224) -> list[RFLayer]:
     """The theoretical receptive field after every conv/pool layer on the main path."""
     stages = _stage_of(model)
-    rf, jump, start, rows = 1, 1, 0.0, []
+    rf, jump, start = 1, 1, 0.0
+    rows: list[RFLayer] = []
+    module: Any  # a conv or pool layer: its geometry is read by name
     for name, module, out_size in _main_path(model, input_size):
         kernel = _pair_first(module.kernel_size)
         stride = _pair_first(module.stride)
@@ -163,9 +167,8 @@ def geometry_copy(model: nn.Module) -> nn.Module:
         for child_name, child in list(parent.named_children()):
             new: nn.Module | None = None
             if isinstance(child, nn.Conv2d):
-                new = nn.Conv2d(
-                    1, 1, child.kernel_size, child.stride, child.padding, child.dilation, bias=False
-                ).double()
+                geometry: Any = (child.kernel_size, child.stride, child.padding, child.dilation)
+                new = nn.Conv2d(1, 1, *geometry, bias=False).double()
                 nn.init.constant_(new.weight, 1.0 / new.weight.numel())
             elif isinstance(child, nn.MaxPool2d):
                 new = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode)
@@ -213,8 +216,8 @@ def measured_receptive_field(model: nn.Module, input_size: int, layer: str | Non
     x = torch.ones(1, 1, input_size, input_size, dtype=torch.float64, requires_grad=True)
     out = _output_of(geo, layer, x)
     centre = out.shape[-1] // 2
-    out[0, :, centre, centre].sum().backward()
-    rows = (x.grad[0, 0].abs() > 0).any(dim=1).nonzero().flatten()
+    (grad,) = torch.autograd.grad(out[0, :, centre, centre].sum(), x)
+    rows = (grad[0, 0].abs() > 0).any(dim=1).nonzero().flatten()
     first, last = int(rows.min()), int(rows.max())
     if first == 0 or last == input_size - 1:
         raise ResnetlabError(
@@ -242,8 +245,8 @@ def effective_receptive_field(
             x.requires_grad_(True)
             out = _output_of(model, layer, x)
             centre = out.shape[-1] // 2
-            out[0, :, centre, centre].sum().backward()
-            total += x.grad[0].abs().sum(dim=0)
+            (grad,) = torch.autograd.grad(out[0, :, centre, centre].sum(), x)
+            total += grad[0].abs().sum(dim=0)
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ from ..errors import ResnetlabError
 # Modules that define sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
     "models", "weights", "export", "train", "experiments", "studies", "finetune", "explain",
-    "demo",
+    "demo", "serve",
 ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +26,15 @@ from ..finetune.uncertainty import delong_test
 from .export import build_model, is_fine_tuned
 
 
-def _load(source: str, pretrained: str | None, device: str):
+def load_source(source: str, pretrained: str | None, device: str):
     """(model, preprocessing, class names, temperature) of a run/model file or a model name."""
     if is_fine_tuned(source):
         loaded = load_model(source, device)
         temperature, _, _ = card_calibration(loaded.card)
         return loaded.model, loaded.preprocessing, loaded.classes, temperature
     model = build_model(source, None, pretrained, None, None).to(device).eval()
-    c, h, _ = model.info.input_size
+    info: Any = model.info  # set by create_model
+    c, h, _ = info.input_size
     mean, std = IMAGENET if c == 3 else ([0.5] * c, [0.25] * c)
     prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h, mean, std, channels=c)
     names = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
@@ -68,7 +70,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    model, prep, classes, temperature = _load(args.source, args.pretrained, args.device)
+    model, prep, classes, temperature = load_source(args.source, args.pretrained, args.device)
     paths = expand_inputs(args.images)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
@@ -85,7 +87,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 f"{path}: not a readable image ({exc}); fix it or leave it out."
             ) from None
         x = normalise(raw.to(args.device), prep)
-        record = {"image": str(path)}
+        record: dict[str, Any] = {"image": str(path)}
         for method in methods:
             result = cam_maps(model, x, method=method, layer=args.layer, target=target)
             cam, c = result["maps"][0], int(result["classes"][0])

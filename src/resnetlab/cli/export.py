@@ -1,4 +1,6 @@
-"""``resnetlab export RUN_OR_MODEL --format onnx|torchscript --out PATH``, checked numerically."""
+"""``resnetlab export RUN_OR_MODEL --format onnx|torchscript|hub --out PATH``, checked
+numerically; ONNX and TorchScript files carry the model's classes and preprocessing, and
+``--with-preprocessing`` puts normalisation and softmax into the graph."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ from pathlib import Path
 import torch
 
 from ..errors import ResnetlabError
-from ..export import FORMATS, export_model
+from ..export import FORMATS, INPUT_KINDS, SUFFIXES, Preprocessed, export_model
+from ..finetune.card import Calibrated, export_input_size, locate, read_card
+from ..hub_export import deploy_metadata, export_hub, model_essentials, run_essentials
 from ..models import create_model, list_models
-from ..weights.io import load_checkpoint
+from ..weights.io import checkpoint_metadata
+
+HUB = "hub"
 
 
 def build_model(
@@ -20,7 +26,7 @@ def build_model(
     num_classes: int | None,
     in_channels: int | None,
 ) -> torch.nn.Module:
-    """A model from a registered name (optionally with a weights tag) or from a checkpoint file."""
+    """A model from a registered name (optionally with weights) or from a checkpoint file."""
     options = {"in_channels": in_channels} if in_channels is not None else {}
     if source in list_models():
         return create_model(
@@ -31,8 +37,7 @@ def build_model(
         raise ResnetlabError(
             f"{source!r} is neither a model name nor a checkpoint file; see `resnetlab models`."
         )
-    meta = load_checkpoint(path).get("metadata") or {}
-    name = model_name or (meta.get("model") if isinstance(meta, dict) else None)
+    name = model_name or checkpoint_metadata(path).get("model")
     if not name:
         raise ResnetlabError(f"{path} does not say which model it holds; pass --model NAME.")
     return create_model(name, num_classes=num_classes, pretrained=path, **options)
@@ -45,35 +50,72 @@ def is_fine_tuned(source: str) -> bool:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.format == HUB:
+        if not is_fine_tuned(args.source):
+            raise ResnetlabError(
+                f"--format hub exports a fine-tuning run folder; {args.source!r} is not one."
+            )
+        out = export_hub(args.source, args.out, licence=args.license)
+        print(f"hub -> {out}: model.safetensors, config.json, README.md, model_card.json")
+        return 0
     if args.out.is_dir():
-        suffix = {"onnx": ".onnx"}.get(args.format, ".pt")
         raise ResnetlabError(
             f"--out {args.out} is a folder; give the file to write, e.g. "
-            f"{args.out / ('model' + suffix)}."
+            f"{args.out / ('model' + SUFFIXES[args.format])}."
         )
     if is_fine_tuned(args.source):
-        from ..finetune.card import export_input_size
-
         model, size = export_input_size(args.source)
+        card = read_card(locate(args.source)[0])
+        essentials = run_essentials(card, Path(args.source).resolve().name, args.license)
     else:
         in_channels = args.input_size[0] if args.input_size else None
         model = build_model(args.source, args.model, args.pretrained, args.num_classes, in_channels)
         size = model.info.input_size
+        essentials = model_essentials(model, args.source, args.license)
     size = tuple(args.input_size) if args.input_size else size
-    example = torch.randn(args.batch, *size)
-    report = export_model(model, args.out, args.format, example, tolerance=args.tolerance)
+    if args.with_preprocessing:
+        model = _preprocessed(model, essentials, args.with_preprocessing)
+        size = (3, *size[1:])
+        dtype = torch.uint8 if args.with_preprocessing == "uint8" else torch.float32
+        example = torch.zeros(args.batch, *size, dtype=dtype)
+        scale = "0-255" if dtype == torch.uint8 else "[0, 1]"
+        io = f"input: RGB NCHW {args.with_preprocessing} {scale}; output: probabilities"
+    else:
+        example = torch.randn(args.batch, *size)
+        scaled = " over the temperature" if "temperature" in essentials else ""
+        io = f"input: normalised float32 NCHW; output: logits{scaled}"
+    metadata = deploy_metadata(essentials, size, io)
+    report = export_model(model, args.out, args.format, example, tolerance=args.tolerance,
+                          metadata=metadata)  # fmt: skip
     print(report)
     return 0
 
 
+def _preprocessed(model: torch.nn.Module, essentials: dict, kind: str) -> Preprocessed:
+    prep = essentials.get("preprocessing")
+    if not prep:
+        raise ResnetlabError(
+            "--with-preprocessing needs the model's normalisation: export a fine-tuning run, "
+            "or a model with weights (--pretrained) that record their mean and std."
+        )
+    if isinstance(model, Calibrated):  # the temperature goes inside Preprocessed
+        model = model.model
+    return Preprocessed(
+        model.eval(), prep["mean"], prep["std"], temperature=essentials.get("temperature", 1.0),
+        input_kind=kind, grey=bool(prep.get("grey")),
+    ).eval()  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export a model to ONNX or TorchScript, checked")
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX or TorchScript (checked), or a run to a Hub folder"
+    )
     p.add_argument(
         "source", metavar="RUN_OR_MODEL",
         help="model name, checkpoint file, or fine-tuning run folder (its card gives the input)",
     )  # fmt: skip
-    p.add_argument("--format", choices=FORMATS, required=True)
-    p.add_argument("--out", type=Path, required=True, help="output file")
+    p.add_argument("--format", choices=(*FORMATS, HUB), required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file (hub: a folder)")
     p.add_argument("--model", help="architecture of a checkpoint that does not name it")
     p.add_argument("--pretrained", help="weights tag for a model name, e.g. imagenet")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the weights')")
@@ -83,4 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--batch", type=int, default=1, help="example batch size (default 1)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs eager")
+    p.add_argument(
+        "--with-preprocessing", nargs="?", const="uint8", choices=INPUT_KINDS,
+        help="graph takes RGB images at the input size (uint8 0-255, default, or float [0, 1]) "
+        "and gives probabilities: normalisation, temperature and softmax inside",
+    )  # fmt: skip
+    p.add_argument(
+        "--license", help="licence of the weights for the card and metadata (default: the "
+        "starting weights' where recorded, else 'unknown')",
+    )  # fmt: skip
     p.set_defaults(func=run_export)

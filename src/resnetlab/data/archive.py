@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -161,22 +162,28 @@ def _entries(archive: Path, budget: Budget) -> Iterator[Member]:
                     raise _refuse(archive, info.filename, refused.format(what))
                 else:
                     member = Member(name, info.filename, False, info.file_size,
-                                    lambda i=info: zf.open(i))  # fmt: skip
+                                    partial(zf.open, info))  # fmt: skip
                     budget.declare(member)
                     yield member
         return
     with tarfile.open(archive, "r:*") as tf:
-        for info in tf:
-            name = safe_member_name(archive, info.name)
-            if info.isdir():
-                yield Member(name, info.name, True, 0, None)
-            elif info.isreg():
-                member = Member(name, info.name, False, info.size,
-                                lambda i=info: tf.extractfile(i))  # fmt: skip
+        for entry in tf:
+            name = safe_member_name(archive, entry.name)
+            if entry.isdir():
+                yield Member(name, entry.name, True, 0, None)
+            elif entry.isreg():
+                member = Member(name, entry.name, False, entry.size,
+                                partial(_tar_reader, tf, entry))  # fmt: skip
                 budget.declare(member)
                 yield member
             else:
-                raise _refuse(archive, info.name, refused.format(_special(info)))
+                raise _refuse(archive, entry.name, refused.format(_special(entry)))
+
+
+def _tar_reader(tf: tarfile.TarFile, entry: tarfile.TarInfo) -> IO[bytes]:
+    handle = tf.extractfile(entry)
+    assert handle is not None, "only regular members are read"
+    return handle
 
 
 @contextmanager
@@ -194,6 +201,7 @@ def _reading(archive: Path) -> Iterator[None]:
 def copy_member(member: Member, sink: Callable[[bytes], object], budget: Budget) -> int:
     """Stream a regular member's bytes to ``sink``, counting them against ``budget``."""
     read = 0
+    assert member.open is not None, "folders have no bytes"
     with member.open() as handle:
         # Ask for about what is left: a 1 MiB request per small member costs a 1 MiB buffer.
         while chunk := handle.read(min(CHUNK, max(member.size - read, 0) + 2**16)):
@@ -222,7 +230,7 @@ def iter_files(archive: Path) -> Iterator[tuple[str, Callable[[], bytes] | None]
             if member.is_dir:
                 yield member.name, None
             else:
-                yield member.name, (lambda m=member: _read_bytes(archive, m, budget))
+                yield member.name, partial(_read_bytes, archive, member, budget)
 
 
 def _inside(root: Path, path: Path, archive: Path, raw: str) -> None:

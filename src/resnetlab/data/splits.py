@@ -7,7 +7,7 @@ that keeps every class's share closest to the part's target share, as scikit-lea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ def grouped_folds(
     return assign_groups(labels, groups, [1.0] * folds, seed)
 
 
-def straddling(parts: dict[str, Sequence[str]]) -> list[str]:
+def straddling(parts: Mapping[str, Sequence[str]]) -> list[str]:
     """Groups found in more than one of the named parts (should be none)."""
     seen: dict[str, str] = {}
     bad = []

@@ -90,13 +90,14 @@ def make_shapes(
         raise ResnetlabError(f"synthetic image size must be at least 8 px, got {size}")
     classes = list(SHAPES)
     source = f"synthetic shapes (generated, seed {seed}, {size} px)"
-    splits = {}
+    splits: dict[str, ImageSet | None] = {}
     for offset, (name, count) in enumerate((("train", train), ("val", val), ("test", test))):
         if count == 0:
             splits[name] = None
             continue
         images, labels = _images(count, size, np.random.default_rng([seed, offset]))
         splits[name] = ImageSet(images, labels, classes, f"{source} [{name}]")
+    assert splits["train"] is not None, "train > 0 was checked above"
     return DataBundle(
         train=splits["train"],
         val=splits["val"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,13 @@ def _pretrained_for(config: LesionConfig) -> list[str | None]:
     if len(given) > 1:
         values: list[str | None] = list(given)
     else:  # one value for every model name; run folders bring their own weights
-        values = [None if Path(m).is_dir() else (given or [None])[0] for m in config.models]
+        first = given[0] if given else None
+        values = [None if Path(m).is_dir() else first for m in config.models]
     return [v if v not in ("none", "") else None for v in values]
 
 
 def plan_variants(
-    blocks: list[nn.Module], bypass: list[nn.Module], max_k: int, draws: int, seed: int
+    blocks: Sequence[nn.Module], bypass: Sequence[nn.Module], max_k: int, draws: int, seed: int
 ) -> list[dict[str, Any]]:
     """Every lesion to evaluate: singles, k random deletions, k random swaps of same-shape
     blocks; each entry has its kind, k, the blocks concerned and the full list of blocks."""
@@ -112,7 +114,7 @@ def plan_variants(
     return plans
 
 
-def _stage_of(blocks: list[nn.Module], i: int) -> nn.Module:
+def _stage_of(blocks: Sequence[nn.Module], i: int) -> nn.Module:
     """The first block of the stage holding block ``i`` (stages start at a shape change)."""
     while i > 0 and not changes_shape(blocks[i]):
         i -= 1

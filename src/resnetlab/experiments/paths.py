@@ -16,6 +16,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,9 +62,10 @@ class Routed(nn.Module):
         self.route = "both"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.block
-        inner = x if isinstance(b, POST_ACTIVATION) else b.relu(b.bn1(x))
-        if isinstance(b, POST_ACTIVATION):
+        b: Any = self.block  # any residual block class: its parts are read by name
+        post = isinstance(b, POST_ACTIVATION)
+        inner = x if post else b.relu(b.bn1(x))
+        if post:
             r = b.bn2(b.conv2(b.relu(b.bn1(b.conv1(x)))))
             if hasattr(b, "conv3"):
                 r = b.bn3(b.conv3(b.relu(r)))

@@ -221,11 +221,14 @@ def run_shattered(
         for s in range(config.seeds)
     ]
     for job in tqdm([j for j in jobs if j not in done], desc="shattered", disable=not progress):
-        record = measure(*job[:2], config, job[2])
+        kind, depth, seed = job
+        record = measure(kind, depth, config, seed)
         runs.append_jsonl(path, record)
         done[job] = record
     rows = [done[j] for j in jobs]
-    fits, table, summary = {}, [], [CLAIM]
+    fits: dict[str, Any] = {}
+    table: list[dict[str, Any]] = []
+    summary = [CLAIM]
     for kind in config.kinds:
         depths = sorted(config.depths)
         rho = [

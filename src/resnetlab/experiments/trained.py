@@ -154,7 +154,8 @@ class Chain:
 
 def changes_shape(block: nn.Module) -> bool:
     """Whether the block's output shape differs from its input's (a downsampling block)."""
-    shortcut = set(block.downsample.modules()) if block.downsample is not None else set()
+    downsample: nn.Module | None = getattr(block, "downsample", None)
+    shortcut = set(downsample.modules()) if downsample is not None else set()
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m not in shortcut]
     stride = max(m.stride[0] for m in convs)
     return stride != 1 or convs[0].in_channels != convs[-1].out_channels
@@ -169,7 +170,7 @@ class Bypass(nn.Module):
         self.block = block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.block
+        b: Any = self.block  # any residual block class: its parts are read by name
         if not b.skip:
             return x
         if b.downsample is None:

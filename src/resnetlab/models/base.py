@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,6 +113,7 @@ class Backbone(nn.Module):
     head_name: str = "fc"
     num_features: int = 0
     stage_names: tuple[str, ...] = ()
+    pretrained_cfg: dict[str, Any] | None = None  # where the weights came from, once loaded
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ResnetlabError
-from . import catalog, hub
+from . import catalog, hf_hub, hub
 from .io import (
     CorruptFileError,
     StateDict,
@@ -31,14 +31,16 @@ SHOWN = 5  # keys shown per list in a mismatch error
 def load_pretrained(
     model: nn.Module, pretrained: bool | str | Path, *, num_classes: int | None = None
 ) -> nn.Module:
-    """Load ``pretrained`` (True, a tag, a path or a URL) and set ``model.pretrained_cfg``.
+    """Load ``pretrained`` (True, a tag, a path, a URL, ``hf-hub:ORG/NAME[@REV]`` or a
+    Hub-layout folder) and set ``model.pretrained_cfg``.
 
     ``True`` means the model's default weights (``imagenet``, or ``cifar10`` for the CIFAR
     ResNets). ``num_classes=None`` keeps the weights' classes (the head is rebuilt to their
     size if needed); another value keeps the model's freshly initialised head.
     """
-    entry = _catalog_entry(model, pretrained)
-    if entry is not None:
+    if hf_hub.is_hub_spec(pretrained) or hf_hub.is_hub_folder(pretrained):
+        path, checkpoint, cfg = hf_hub.load(pretrained, model)  # type: ignore[arg-type]
+    elif (entry := _catalog_entry(model, pretrained)) is not None:
         path, checkpoint = _load_fetched(
             entry.url, lambda: hub.fetch_named(entry.url, sha256=entry.sha256)
         )
@@ -82,8 +84,9 @@ def _load_source(pretrained: str | Path) -> tuple[Path, dict]:
     path = Path(text).expanduser()
     if not path.is_file():
         raise ResnetlabError(
-            f"pretrained weights {text!r} not found: give an existing checkpoint file, "
-            "a file:// or http(s):// URL, or a tag such as 'imagenet' or 'cifar10'."
+            f"pretrained weights {text!r} not found: give an existing checkpoint file or "
+            "Hub-layout folder, a file:// or http(s):// URL, hf-hub:ORG/NAME, or a tag such as "
+            "'imagenet' or 'cifar10'."
         )
     return path, load_checkpoint(path)
 

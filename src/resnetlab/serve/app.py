@@ -1,0 +1,121 @@
+"""The web app of ``resnetlab serve``: one HTML page and a JSON API over a ``ServedModel``.
+
+Routes: ``GET /`` the page, ``GET /info`` the model, ``POST /predict`` an image as the raw
+body or as a multipart upload (field ``file``); ``?top_k=K`` and ``?gradcam=1``. Uploads
+above the limit are refused by their Content-Length and, without one, while being read (413);
+what is not a readable image is a 400 with the reason. Errors are ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from ..data.folder import BAD_ERRORS, BadImage
+from ..errors import ResnetlabError
+from .model import ServedModel
+
+PAGE = files(__package__).joinpath("page.html")
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to be over ``limit`` bytes."""
+    too_large = RequestError(
+        413, f"upload over the limit of {limit / 2**20:g} MiB; send a smaller image or start "
+        "the server with a larger --max-upload-mb"
+    )  # fmt: skip
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise RequestError(400, "Content-Length is not a number")
+        if int(length) > limit:
+            raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request, limit: int) -> bytes:
+    """The image of a raw-body or multipart (field ``file``) request."""
+    body = await read_body(request, limit)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        sent = False
+
+        async def replay() -> Message:  # the body already read, for the form parser
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        except Exception as exc:  # the multipart parser's errors vary by version
+            raise RequestError(400, f"unreadable multipart upload ({exc})") from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise RequestError(400, "a multipart upload needs the image in a field named 'file'")
+        body = await upload.read()
+        await form.close()
+    if not body:
+        raise RequestError(400, "empty request; send an image (JPEG, PNG, ...) as the body")
+    return body
+
+
+def create_app(served: ServedModel, max_upload_mb: float = 20) -> FastAPI:
+    """The app serving ``served``; uploads are limited to ``max_upload_mb`` MiB."""
+    limit = int(max_upload_mb * 2**20)
+    app = FastAPI(title="resnetlab serve", docs_url=None, redoc_url=None)
+    page = PAGE.read_text(encoding="utf-8")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+        return error(400, f"bad query parameter ({where})")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/info")
+    async def info() -> dict:
+        return served.info() | {"max_upload_mb": max_upload_mb}
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int | None = None, gradcam: bool = False):
+        if top_k is not None and top_k < 1:
+            return error(400, "top_k must be at least 1")
+        try:
+            data = await image_bytes(request, limit)
+            return await run_in_threadpool(served.predict, data, top_k, gradcam)
+        except RequestError as exc:
+            return error(exc.status, str(exc))
+        except ResnetlabError as exc:
+            return error(400, str(exc))
+        except BAD_ERRORS as exc:
+            why = str(exc) if isinstance(exc, BadImage) else type(exc).__name__
+            return error(400, f"not a readable image ({why}); send a JPEG, PNG, BMP or TIFF")
+
+    return app
