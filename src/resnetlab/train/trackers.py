@@ -192,17 +192,18 @@ class MLflowCallback:
     def on_end(self, state: TrainState, result: TrainResult) -> None:
         if self.client is None:
             return
-        log_artifacts(self.client, self.run_id, Path(result.out_dir))
+        log_artifacts(self.client, str(self.run_id), Path(result.out_dir))
         self.client.set_terminated(self.run_id, "FINISHED")
         self.client = None
 
 
-FACTORIES = {"tensorboard": TensorBoardCallback, "mlflow": MLflowCallback}
+Tracker = TensorBoardCallback | MLflowCallback
+FACTORIES: dict[str, type[Tracker]] = {"tensorboard": TensorBoardCallback, "mlflow": MLflowCallback}
 
 
 def tracker_callbacks(
     names: tuple[str, ...] | list[str], out_dir: str | Path, config: TrainConfig
-) -> list[TensorBoardCallback | MLflowCallback]:
+) -> list[Tracker]:
     """The callbacks for ``--log NAME,...`` (each name once); a missing package fails here."""
     check_trackers(names)
     return [FACTORIES[name](out_dir, config) for name in dict.fromkeys(names)]
