@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
+import time
 
 import pytest
 
 from resnetlab.analysis.throughput import measure_throughput
 from resnetlab.cli import main
+from resnetlab.experiments import compare, speed
 from resnetlab.experiments.compare import (
     CompareConfig,
     derived_claims,
     format_table,
     model_row,
     run_compare,
+    speed_findings,
 )
+from resnetlab.experiments.speed import Spread, add_speeds, spread_of, unresolved
 from resnetlab.models import create_model
 
 
@@ -56,17 +61,80 @@ def test_throughput_is_positive_and_states_its_settings():
         )
 
 
-def test_run_folder_and_table_with_speed(tmp_path):
-    config = CompareConfig(models=["resnet18", "vgg11"], batch=2, input_size=32, iters=1)
+def test_default_compare_counts_and_times_nothing(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default compare timed a model")
+
+    monkeypatch.setattr(speed, "measure_throughput", refuse)
+    monkeypatch.setattr(compare, "measure_speeds", refuse)
+    out = tmp_path / "cmp"
+    start = time.perf_counter()
+    assert main(["compare", "--out", str(out), "--json"]) == 0  # the default models
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    print(f"default compare: {time.perf_counter() - start:.1f} s")
+    assert [r["model"] for r in rows] == compare.DEFAULT_MODELS
+    assert rows[0]["params"] == 138_357_544 and rows[1]["macs"] == 19_632_062_464  # VGG-16, -19
+    assert not any("img_s" in key or "unresolved" in key for r in rows for key in r)
+    assert not (out / "speed.jsonl").exists()
+    table = (out / "compare.txt").read_text()
+    assert "img/s" not in table and "params (M)" in table
+    assert "img_s" not in (out / "compare.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_speed_gives_medians_with_their_spread(tmp_path):
+    config = CompareConfig(models=["resnet20", "resnet32"], speed=True, batch=2, input_size=8,
+                           iters=1, warmup=1, repeats=3)  # fmt: skip
     run_dir, rows, claims = run_compare(config, tmp_path / "run", progress=False)
-    for name in ("config.json", "run.json", "compare.json", "compare.csv", "compare.png"):
+    for name in ("config.json", "run.json", "compare.json", "compare.csv", "compare.txt"):
         assert (run_dir / name).is_file(), name
-    assert all(r["train_img_s"] > 0 and r["forward_img_s"] > 0 for r in rows)
-    ratio = rows[1]["params"] / rows[0]["params"]
-    assert f"{ratio:.1f}× fewer parameters" in claims[0]
-    assert any("img/s" in c for c in claims)
+    timings = [json.loads(line) for line in (run_dir / "speed.jsonl").read_text().splitlines()]
+    assert len(timings) == 2 * 2 * 3  # models x modes x repeats
+    assert [t["model"] for t in timings[:4]] == ["resnet20"] * 2 + ["resnet32"] * 2  # interleaved
+    for row in rows:
+        assert row["repeats"] == 3
+        for mode in ("forward", "train"):
+            key = (row["model"], mode)
+            values = [t["img_s"] for t in timings if (t["model"], t["mode"]) == key]
+            assert row[f"{mode}_img_s"] == pytest.approx(statistics.median(values), abs=1e-4)
+            assert row[f"{mode}_img_s_min"] == pytest.approx(min(values), abs=1e-4)
+            assert row[f"{mode}_img_s_max"] == pytest.approx(max(values), abs=1e-4)
+            assert isinstance(row[f"{mode}_unresolved"], bool)
+    assert all("img/s" in c and ("Not resolved" in c or "exceeds the spread" in c)
+               for c in claims)  # only a contradiction of the MACs is worth a sentence here
     table = format_table(rows, config)
-    assert "batch 2, 32×32, fp32" in table and "published" in table
+    assert "batch 2, 8×8, fp32; median (min–max) of 3 repeats" in table
+    assert "train img/s (min–max)" in table
+
+
+def test_a_spread_larger_than_the_difference_is_flagged():
+    assert unresolved(Spread(10.0, 8.0, 12.0), Spread(11.0, 10.5, 11.5))  # width 4 > diff 1
+    assert not unresolved(Spread(10.0, 9.9, 10.1), Spread(20.0, 19.8, 20.2))  # clear
+    assert spread_of([3.0, 1.0, 2.0, 10.0]) == Spread(2.5, 1.0, 10.0)
+    timings = [{"model": m, "mode": mode, "repeat": i, "img_s": v, "device": "cpu",
+                "precision": "fp32"}
+               for m, values in (("resnet18", [10.0, 10.1, 9.9]), ("resnet34", [10.5, 8.0, 13.0]),
+                                 ("vgg19", [20.0, 19.9, 20.1]))
+               for mode in ("forward", "train") for i, v in enumerate(values)]  # fmt: skip
+    rows = [{"model": "resnet18", "params": 11, "macs": 1800, "skips": 8, "top1": None},
+            {"model": "resnet34", "params": 21, "macs": 3600, "skips": 16, "top1": None},
+            {"model": "vgg19", "params": 143, "macs": 19600, "skips": 0, "top1": None}]  # fmt: skip
+    rows = add_speeds(rows, timings)
+    assert [r["train_unresolved"] for r in rows] == [True, True, False]
+    config = CompareConfig(speed=True)
+    table = format_table([dict(r, top1_source="", file_mib=None, fp32_mib=0.0, depth=0)
+                          for r in rows], config)  # fmt: skip
+    lines = table.splitlines()
+    assert lines[2].endswith("~") and lines[3].endswith("~") and not lines[4].endswith("~")
+    assert "~: the spread over repeats is at least the difference" in table
+    findings = speed_findings(rows, config)
+    contradiction = [f for f in findings if f.startswith("ResNet-34 trained faster than ResNet-18")]
+    assert len(contradiction) == 1 and "2.00× the MACs. Not resolved" in contradiction[0]
+    vgg = [f for f in findings if "ResNet-18 trains at" in f][0]
+    assert "exceeds the spread" in vgg  # 20 against 10 img/s: resolved
+    rows[1]["train_img_s"], rows[1]["train_img_s_min"], rows[1]["train_img_s_max"] = 15, 14.9, 15.1
+    clear = [f for f in speed_findings(rows, config) if "trained faster than ResNet-18" in f]
+    assert "exceeds the spread" in clear[0] and "Not resolved" not in clear[0]
 
 
 def test_cli_json_and_resume(tmp_path, capsys):
@@ -87,6 +155,9 @@ def test_cli_json_and_resume(tmp_path, capsys):
 def test_cli_rejects_unknown_model_and_bad_settings(capsys, tmp_path):
     assert main(["compare", "resnet5O", "--no-speed"]) == 2
     assert re.search(r"unknown model 'resnet5O'.*resnet50", capsys.readouterr().err)
-    assert main(["compare", "resnet18", "--batch", "1", "--out", str(tmp_path / "x")]) == 2
+    x = str(tmp_path / "x")
+    assert main(["compare", "resnet18", "--speed", "--batch", "1", "--out", x]) == 2
     assert "batch (--batch) must be >= 2, got 1" in capsys.readouterr().err
+    assert main(["compare", "resnet18", "--speed", "--repeats", "2", "--out", x]) == 2
+    assert "repeats (--repeats) must be >= 3, got 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

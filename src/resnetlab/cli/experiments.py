@@ -142,9 +142,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "compare",
-        help="parameters, MACs, depth, skips, published accuracy, size and speed",
-        description="The comparison table of VGG and ResNet models; counts computed, accuracy "
-        "and file size published (with source), throughput measured here.",
+        help="parameters, MACs, depth, skips, published accuracy and size (--speed: timed too)",
+        description="The comparison table of VGG and ResNet models: counts computed, accuracy "
+        "and file size published (with source), in seconds. --speed also measures throughput "
+        "here, as the median and min-max over --repeats, flagged where that spread is at least "
+        "the difference between two models.",
     )
     add_settings(p, CompareConfig, positional={"models": "MODEL"})
     fmt = p.add_mutually_exclusive_group()

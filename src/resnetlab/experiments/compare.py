@@ -1,7 +1,9 @@
 """The comparison table: parameters, MACs, depth, skips, published accuracy, size and speed.
 
-Counts are computed from the models; accuracy and file size are quoted from their published
-sources; throughput is measured on this machine with the settings stated next to it.
+Counts are computed from the models (built on PyTorch's meta device: no weights, no time);
+accuracy and file size are quoted from their published sources. Throughput is opt-in
+(``speed``): measured on this machine in ``repeats`` interleaved rounds, reported as the median
+and min–max, and flagged wherever that spread is at least the difference it would show.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
 from ..analysis.gradients import BLOCK_TYPES
-from ..analysis.throughput import measure_throughput
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
@@ -23,6 +25,7 @@ from ..models.summary import count_macs, count_parameters
 from ..settings import setting
 from . import runs
 from .findings import compare_finding
+from .speed import Spread, add_speeds, measure_speeds, unresolved
 
 DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV_FILE_SIZE = "torchvision weights metadata (_file_size, IMAGENET1K_V1)"
@@ -38,11 +41,12 @@ class CompareConfig:
         factory=lambda: list(DEFAULT_MODELS),
     )
     mac_size: int = setting(224, "input px for the MAC counts", ">= 1")
-    speed: bool = setting(True, "measure throughput")
+    speed: bool = setting(False, "also time each model, over --repeats rounds (minutes on a CPU)")
     batch: int = setting(8, "batch for throughput", ">= 2")
     input_size: int = setting(224, "input px for throughput", ">= 1")
     iters: int = setting(3, "timed iterations", ">= 1")
     warmup: int = setting(1, "untimed iterations first", ">= 0")
+    repeats: int = setting(3, "timing repeats; the spread needs at least 3", ">= 3")
     device: str = setting("cpu", "device for throughput: cpu, cuda or cuda:N")
 
 
@@ -96,10 +100,19 @@ def published_file_size(info: ModelInfo) -> float | None:
     return float(size) if size is not None else None
 
 
+def counting_model(name: str) -> nn.Module:
+    """The model on the meta device (shapes only, nothing initialised); on CPU if it refuses."""
+    try:
+        with torch.device("meta"):
+            return create_model(name)
+    except (NotImplementedError, RuntimeError):
+        return create_model(name)
+
+
 def model_row(name: str, config: CompareConfig) -> dict:
-    """One line of the table, counted and (optionally) timed on this machine."""
+    """One line of the table: counted, never timed (see :func:`measure_speeds`)."""
     info = model_info(name)
-    model = create_model(name)
+    model = counting_model(name)
     params, _ = count_parameters(model)
     channels = info.input_size[0]
     macs = sum(count_macs(model, (channels, config.mac_size, config.mac_size)).values())
@@ -116,23 +129,57 @@ def model_row(name: str, config: CompareConfig) -> dict:
         "file_mib": published_file_size(info),
         "fp32_mib": round(params * 4 / MIB, 2),
     }
-    if config.speed:
-        settings = {
-            "batch": config.batch,
-            "input_size": config.input_size,
-            "iters": config.iters,
-            "warmup": config.warmup,
-            "device": config.device,
-        }
-        forward = measure_throughput(model, mode="forward", **settings)
-        train = measure_throughput(model, mode="train", **settings)
-        row |= {
-            "forward_img_s": round(forward.images_per_s, 4),
-            "train_img_s": round(train.images_per_s, 4),
-            "speed_device": forward.device,
-            "precision": forward.precision,
-        }
     return row
+
+
+def speed_findings(rows: list[dict], config: CompareConfig) -> list[str]:
+    """Sentences on the measured speed, each with its spread: each ResNet against the largest
+    VGG, and every pair whose measured order contradicts its counted MACs."""
+    timed = [r for r in rows if "train_img_s" in r]
+    if len(timed) < 2:
+        return []
+
+    def spread(r: dict) -> Spread:
+        return Spread(r["train_img_s"], r["train_img_s_min"], r["train_img_s_max"])
+
+    def figure(r: dict) -> str:
+        low, high = r["train_img_s_min"], r["train_img_s_max"]
+        return f"{r['train_img_s']:.3g} img/s ({low:.3g}–{high:.3g})"
+
+    def verdict(a: dict, b: dict) -> str:
+        sa, sb = spread(a), spread(b)
+        diff, width = abs(sa.median - sb.median), max(sa.width, sb.width)
+        if unresolved(sa, sb):
+            return (
+                f" Not resolved: the spread over repeats ({width:.3g} img/s) is at least the "
+                f"difference ({diff:.3g} img/s), so this order is noise, not a finding."
+            )
+        return f" The difference ({diff:.3g} img/s) exceeds the spread ({width:.3g} img/s)."
+
+    where = (f"Measured here ({timed[0]['speed_device']}, batch {config.batch}, "
+             f"{config.input_size} px, fp32, median of {timed[0]['repeats']} repeats, min–max "
+             "in brackets)")  # fmt: skip
+    findings = []
+    vggs = [r for r in timed if r["model"].startswith("vgg")]
+    if vggs:
+        vgg = max(vggs, key=lambda r: r["params"])
+        for res in (r for r in timed if r["skips"] > 0):
+            ratio = res["train_img_s"] / vgg["train_img_s"]
+            findings.append(
+                f"{where}: {display_name(res['model'])} trains at {figure(res)}, "
+                f"{display_name(vgg['model'])} at {figure(vgg)} ({ratio:.2f}×)." + verdict(res, vgg)
+            )
+    for i, a in enumerate(timed):
+        for b in timed[i + 1:]:
+            fast, slow = (a, b) if a["train_img_s"] > b["train_img_s"] else (b, a)
+            if fast["macs"] > slow["macs"]:
+                findings.append(
+                    f"{display_name(fast['model'])} trained faster than "
+                    f"{display_name(slow['model'])} ({figure(fast)} against {figure(slow)}) "
+                    f"although it needs {fast['macs'] / slow['macs']:.2f}× the MACs."
+                    + verdict(fast, slow)
+                )
+    return findings
 
 
 def derived_claims(rows: list[dict], config: CompareConfig) -> list[str]:
@@ -156,13 +203,6 @@ def derived_claims(rows: list[dict], config: CompareConfig) -> list[str]:
             better = "higher" if res["top1"] > vgg["top1"] else "lower"
             claim += f", with {better} published top-1 ({res['top1']:.2f} vs {vgg['top1']:.2f} %)"
         claims.append(claim + ".")
-        if "train_img_s" in res and "train_img_s" in vgg:
-            speed = res["train_img_s"] / vgg["train_img_s"]
-            claims.append(
-                f"Measured here ({res['speed_device']}, batch {config.batch}, "
-                f"{config.input_size} px, fp32): {r} trains at {res['train_img_s']:.3g} img/s, "
-                f"{v} at {vgg['train_img_s']:.3g} img/s ({speed:.2f}×)."
-            )
     return claims
 
 
@@ -175,9 +215,17 @@ COLUMNS = [
     ("top1", "top-1 % [pub.]", lambda r: "-" if r["top1"] is None else f"{r['top1']:.2f}"),
     ("file_mib", "file MiB [pub.]", lambda r: "-" if r["file_mib"] is None else f"{r['file_mib']:.1f}"),  # noqa: E501
     ("fp32_mib", "fp32 MiB", lambda r: f"{r['fp32_mib']:.1f}"),
-    ("forward_img_s", "fwd img/s", lambda r: f"{r['forward_img_s']:.3g}"),
-    ("train_img_s", "train img/s", lambda r: f"{r['train_img_s']:.3g}"),
+    ("forward_img_s", "fwd img/s (min–max)", lambda r: speed_cell(r, "forward")),
+    ("train_img_s", "train img/s (min–max)", lambda r: speed_cell(r, "train")),
 ]  # fmt: skip
+UNRESOLVED = "~"
+
+
+def speed_cell(row: dict, mode: str) -> str:
+    """``median (min–max)``, marked when the spread does not resolve it from another model."""
+    cell = f"{row[f'{mode}_img_s']:.3g} ({row[f'{mode}_img_s_min']:.3g}–"
+    cell += f"{row[f'{mode}_img_s_max']:.3g})"
+    return cell + (f" {UNRESOLVED}" if row.get(f"{mode}_unresolved") else "")
 
 
 def format_table(rows: list[dict], config: CompareConfig) -> str:
@@ -205,9 +253,17 @@ def format_table(rows: list[dict], config: CompareConfig) -> str:
     if config.speed and rows and "speed_device" in rows[0]:
         lines.append(
             f"img/s: measured on this machine ({rows[0]['speed_device']}), batch {config.batch}, "
-            f"{config.input_size}×{config.input_size}, fp32, {config.iters} timed iteration(s) "
-            f"after {config.warmup} warm-up; train = forward + backward + SGD step."
+            f"{config.input_size}×{config.input_size}, fp32; median (min–max) of "
+            f"{rows[0]['repeats']} repeats, models interleaved, each {config.iters} timed "
+            f"iteration(s) after {config.warmup} warm-up; train = forward + backward + SGD step."
         )
+        flagged = [display_name(r["model"]) for r in rows
+                   if r.get("forward_unresolved") or r.get("train_unresolved")]  # fmt: skip
+        if flagged:
+            lines.append(
+                f"{UNRESOLVED}: the spread over repeats is at least the difference to another "
+                f"model's median, so that order is not resolved ({', '.join(flagged)})."
+            )
     return "\n".join(lines)
 
 
@@ -283,6 +339,10 @@ def run_compare(
             "--batch must be at least 2 (BatchNorm in training), --iters and --input-size at "
             "least 1."
         )
+    if config.speed and config.repeats < 3:
+        raise ResnetlabError(
+            f"--repeats {config.repeats}: a spread needs at least 3 repeats; use --repeats 3."
+        )
     if config.speed:
         _check_device(config.device)
     run_dir = runs.new_run_dir("compare", out, resume=resume)
@@ -294,7 +354,9 @@ def run_compare(
         runs.append_jsonl(log, model_row(name, config))
     by_name = {r["model"]: r for r in runs.read_jsonl(log)}
     rows = [by_name[m] for m in config.models]
-    claims = derived_claims(rows, config)
+    if config.speed:
+        rows = add_speeds(rows, measure_speeds(config, run_dir / "speed.jsonl", progress))
+    claims = derived_claims(rows, config) + speed_findings(rows, config)
     table = format_table(rows, config)
     names = {r["model"]: display_name(r["model"]) for r in rows}
     found = [f for f in [compare_finding(rows, names)] if f is not None]

@@ -291,9 +291,10 @@ def run_degradation(
     resume: bool = False,
     command: str | None = None,
     progress: bool = True,
+    log: tuple[str, ...] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Train the plain and residual net of every depth and write the results; returns
-    (run folder, the contents of degradation.json)."""
+    (run folder, the contents of degradation.json). ``log`` names trackers for each net's run."""
     from ..train import recipe_config
 
     base = recipe_config(config.recipe)
@@ -314,6 +315,7 @@ def run_degradation(
     schedule = {
         "max_iters": iterations, "milestones": tuple(milestones), "eval_every": eval_every,
         "checkpoint_every": eval_every, "log_every": max(1, min(100, iterations // 100)),
+        "log": tuple(log),
     }  # fmt: skip
     kinds = [arm_kind(v) for v in config.variants]
     nets = [(kind, d) for kind in kinds for d in sorted(set(config.depths))]

@@ -24,7 +24,7 @@ OPTIONS_FILE = "config.json"  # the settings, as every run folder has them
 PHASES = ("phase1-head", "phase2-full")
 # Settings that may change when a run is resumed; any other difference is refused.
 RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_dir",
-             "keep_checkpoints"}  # fmt: skip
+             "keep_checkpoints", "log"}  # fmt: skip
 # Engine settings the recipe sets per phase (below: fine-tuning's own, or in engine_config).
 DERIVED = ("data_root", "normalisation", "num_workers", "max_iters", "eval_every", "eval_splits",
            "checkpoint_every", "log_every")  # fmt: skip

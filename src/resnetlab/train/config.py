@@ -30,6 +30,7 @@ AUTO_BOOL = (True, False, "auto")
 DEFAULT_ITERS = 64000
 MILESTONE_FRACTIONS = (0.5, 0.75)
 LENGTH_KEYS = ("max_iters", "epochs")
+TRACKERS = ("tensorboard", "mlflow")
 
 
 @dataclass
@@ -143,12 +144,16 @@ class TrainConfig:
     out_dir: str = setting("runs/run", "run folder")
     resume: bool = setting(False, "continue the run in out_dir (--out)")
     progress: bool = setting(True, "show a progress bar")
+    log: tuple[str, ...] = setting(
+        (), "experiment trackers to log to: tensorboard, mlflow, e.g. tensorboard,mlflow"
+    )
 
     def __post_init__(self) -> None:
         if self.milestones is not None:
             self.milestones = tuple(int(m) for m in self.milestones)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.eval_splits = tuple(self.eval_splits)
+        self.log = tracker_names(self.log) if isinstance(self.log, str) else tuple(self.log)
         if self.class_weights is not None:
             self.class_weights = tuple(float(w) for w in self.class_weights)
         self.validate()
@@ -166,6 +171,7 @@ class TrainConfig:
             )
         if self.milestones is not None and list(self.milestones) != sorted(self.milestones):
             raise ResnetlabError(f"milestones must increase, got {list(self.milestones)}.")
+        check_trackers(self.log)
 
     def total_iters(self, batches_per_epoch: int) -> int:
         """``max_iters``, ``epochs`` converted to iterations (rounded up), or 64,000."""
@@ -203,6 +209,20 @@ def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     if any(key in overrides for key in LENGTH_KEYS):
         values = {k: v for k, v in values.items() if k not in LENGTH_KEYS}
     return {**values, **overrides}
+
+
+def tracker_names(text: str) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` as a tuple of names (checked by :func:`check_trackers`)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def check_trackers(names: tuple[str, ...] | list[str]) -> None:
+    """Refuse a tracker name that is not one of ``TRACKERS``, listing the valid ones."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ResnetlabError(
+                f"unknown tracker {name!r} in log (--log); valid: {', '.join(TRACKERS)}."
+            )
 
 
 def check_normalisation(values: dict[str, list[float]]) -> None:

@@ -40,13 +40,14 @@ from .prepare import (
     seed_all,
 )
 from .state import Callback, TrainState
+from .trackers import tracker_callbacks
 
 StepMetrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 # Settings that may change when a run is resumed; any other difference is refused. The length
 # may change, and the lr milestones with it.
 RESUMABLE = {"max_iters", "epochs", "milestones", "eval_every", "checkpoint_every", "log_every",
              "progress", "resume", "device", "num_workers", "out_dir", "data_root",
-             "eval_batch_size", "eval_splits", "activation_checkpointing"}  # fmt: skip
+             "eval_batch_size", "eval_splits", "activation_checkpointing", "log"}  # fmt: skip
 
 
 @dataclass
@@ -99,6 +100,7 @@ def prepare(
 ) -> Run:
     """Build (or resume) the run ``train`` describes; writes nothing to the run folder."""
     ckpt = resume_checkpoint(config, Path(config.out_dir) / "last.pt", RESUMABLE)
+    trackers = tracker_callbacks(config.log, Path(config.out_dir), config)  # missing: fail now
     seed_all(config.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -121,6 +123,7 @@ def prepare(
         model.set_grad_checkpointing(True)
     callbacks = list(callbacks or [])
     plan = make_plan(config, dist, model, hooked=bool(callbacks), image_size=data.image_size)
+    callbacks += trackers  # after the plan: trackers only observe, so CUDA graphs stay allowed
     preprocess = preprocess_for(config, data.train)
     loaders = make_loaders(config, data, dist, plan, preprocess)
     bpe = len(loaders["train"])

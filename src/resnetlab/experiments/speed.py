@@ -1,0 +1,95 @@
+"""Throughput over repeats for the comparison table: median, min–max, and what they resolve.
+
+Every model is timed ``repeats`` times, round by round (models interleaved), so a change in the
+machine's load during the run hits every model alike instead of one; each timing is appended to
+a JSON-lines log, so an interrupted measurement resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm import tqdm
+
+from ..analysis.throughput import measure_throughput
+from ..models import create_model
+from . import runs
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A timing over repeats: the median and the range (min–max) of the repeats."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+def spread_of(values: list[float]) -> Spread:
+    """Median and min–max of the repeats of one measurement."""
+    return Spread(statistics.median(values), min(values), max(values))
+
+
+def unresolved(a: Spread, b: Spread) -> bool:
+    """True when the larger spread of the two is at least the difference of their medians, so
+    the measurement does not tell which of the two is faster."""
+    return max(a.width, b.width) >= abs(a.median - b.median)
+
+
+MODES = ("forward", "train")
+
+
+def measure_speeds(config: Any, log: Path, progress: bool = True) -> list[dict]:
+    """Time every model ``repeats`` times, round by round (models interleaved, so a change in
+    the machine's load hits all of them alike); each timing is appended to ``log`` (resumable)."""
+    done = {(r["model"], r["mode"], r["repeat"]) for r in runs.read_jsonl(log)}
+    todo = [(repeat, name) for repeat in range(config.repeats) for name in config.models
+            if any((name, mode, repeat) not in done for mode in MODES)]  # fmt: skip
+    settings = {"batch": config.batch, "input_size": config.input_size, "iters": config.iters,
+                "warmup": config.warmup, "device": config.device}  # fmt: skip
+    models: dict[str, nn.Module] = {}
+    for repeat, name in tqdm(todo, desc="timing", unit="run", disable=not progress):
+        model = models.setdefault(name, create_model(name))
+        for mode in MODES:
+            if (name, mode, repeat) in done:
+                continue
+            result = measure_throughput(model, mode=mode, **settings)
+            model.zero_grad(set_to_none=True)
+            runs.append_jsonl(log, {"model": name, "mode": mode, "repeat": repeat,
+                                    "img_s": result.images_per_s, "device": result.device,
+                                    "precision": result.precision})  # fmt: skip
+    return runs.read_jsonl(log)
+
+
+def add_speeds(rows: list[dict], timings: list[dict]) -> list[dict]:
+    """Median and min–max of each model's repeats into its row, and a flag per figure that is
+    not resolved against another model's (its spread at least the difference)."""
+    spreads: dict[str, dict[str, Spread]] = {}
+    for row in rows:
+        spreads[row["model"]] = {}
+        for mode in MODES:
+            key = (row["model"], mode)
+            values = [t["img_s"] for t in timings if (t["model"], t["mode"]) == key]
+            spread = spreads[row["model"]][mode] = spread_of(values)
+            row |= {f"{mode}_img_s": round(spread.median, 4),
+                    f"{mode}_img_s_min": round(spread.low, 4),
+                    f"{mode}_img_s_max": round(spread.high, 4)}  # fmt: skip
+        row["repeats"] = len(values)
+        first = next(t for t in timings if t["model"] == row["model"])
+        row["speed_device"], row["precision"] = first["device"], first["precision"]
+    for row in rows:
+        for mode in MODES:
+            mine = spreads[row["model"]][mode]
+            row[f"{mode}_unresolved"] = any(
+                unresolved(mine, other[mode]) for name, other in spreads.items()
+                if name != row["model"]
+            )  # fmt: skip
+    return rows
