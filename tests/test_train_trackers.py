@@ -11,7 +11,7 @@ from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import CifarResNet
 from resnetlab.train import Callback, TrainConfig, train
-from resnetlab.train import engine as engine_module
+import resnetlab.train.setup as train_setup
 from resnetlab.train.trackers import (
     MLflowCallback,
     TensorBoardCallback,
@@ -169,13 +169,13 @@ def test_unknown_tracker_lists_the_valid_ones(tmp_path, capsys):
 
 def test_trackers_observe_only_so_cuda_graphs_stay_allowed(tmp_path, monkeypatch):
     seen = []
-    real = engine_module.make_plan
+    real = train_setup.make_plan
 
     def spy(*args, hooked, **kwargs):
         seen.append(hooked)
         return real(*args, hooked=hooked, **kwargs)
 
-    monkeypatch.setattr(engine_module, "make_plan", spy)
+    monkeypatch.setattr(train_setup, "make_plan", spy)
     tiny(config=settings(tmp_path, ("tensorboard",), max_iters=2, eval_splits=("val",)))
     assert seen == [False]  # with only trackers the run is not "hooked"
     hooks = [name for name in vars(Callback) if name.startswith("on_")]

@@ -16,23 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..data import open_data, split_val
+from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import CifarResNet, create_model, list_models, model_info
 from ..settings import setting
+from ..train import TrainingDiverged, recipe_config, train
+from ..train.config import DEFAULT_ITERS
 from . import runs
+from .degradation_curves import (
+    FINAL_WINDOW,
+    LABEL,
+    SPLITS,
+    display,
+    final_errors,
+    plot_degradation,
+    read_curves,
+    verdict,
+)
 from .findings import degradation_findings
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
 DEFAULT_SIZE = {"cifar": 32, "imagenet": 64}
-FINAL_WINDOW = 0.1  # final training error: mean over the last 10 % of iterations
-LABEL = {"plain": "plain", "residual": "ResNet"}
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -72,10 +82,6 @@ def net_name(kind: str, depth: int) -> str:
     if kind not in LABEL:  # an extra arm, e.g. plain-dirac20
         return f"{kind}{depth}"
     return f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
-
-
-def display(kind: str, depth: int) -> str:
-    return f"{LABEL.get(kind, kind)}-{depth}"
 
 
 def registered(family: str, name: str) -> bool:
@@ -139,8 +145,6 @@ def scaled_milestones(milestones: tuple[int, ...], recipe_iters: int, budget: in
 
 def open_bundle(config: DegradationConfig, val_size: int | float | None) -> Any:
     """The data for every run: opened once, subsampled and resized as the config says."""
-    from ..data import open_data, split_val
-    from ..data.synthetic import make_shapes, resize_split, subsample
 
     size = config.input_size or (DEFAULT_SIZE["imagenet"] if config.family == "imagenet" else None)
     if config.data == "synthetic":
@@ -160,117 +164,6 @@ def open_bundle(config: DegradationConfig, val_size: int | float | None) -> Any:
             setattr(bundle, name, resize_split(getattr(bundle, name), size))
         bundle.image_size = (size, size)
     return bundle
-
-
-def read_curves(folder: Path) -> dict[str, dict[str, list]]:
-    """Training error (per log interval) and val/test error (per evaluation) from metrics.jsonl."""
-    curves: dict[str, dict[str, list]] = {s: {"step": [], "error": []} for s in SPLITS}
-    for r in runs.read_jsonl(folder / "metrics.jsonl"):
-        for split in SPLITS:
-            key = "error" if split == "train" else f"{split}_error"
-            if r.get("kind") == ("train" if split == "train" else "eval") and key in r:
-                curves[split]["step"].append(int(r["step"]))
-                curves[split]["error"].append(float(r[key]))
-        if r.get("kind") == "train" and "time_s" in r:
-            curves["train"].setdefault("time_s", []).append(float(r["time_s"]))
-    return curves
-
-
-def final_errors(curves: dict[str, dict[str, list]], iterations: int) -> dict[str, Any]:
-    """Final training error (mean over the last ``FINAL_WINDOW`` of iterations) and the last
-    val/test errors, all fractions; None where a curve is empty."""
-    train = curves["train"]
-    start = iterations - max(1, round(FINAL_WINDOW * iterations))
-    window = [e for s, e in zip(train["step"], train["error"], strict=True) if s > start]
-    window = window or train["error"][-1:]
-    out: dict[str, Any] = {"train": float(np.mean(window)) if window else None}
-    for split in ("val", "test"):
-        out[split] = curves[split]["error"][-1] if curves[split]["error"] else None
-    out["steps"] = max([0, *train["step"], *curves["test"]["step"], *curves["val"]["step"]])
-    return out
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f} %"
-
-
-def _versus(deep: dict, shallow: dict, key: str, lower: bool, name: str = "") -> tuple[bool, str]:
-    """Whether the deeper net's ``key`` error is lower (or higher) than the shallower's, and
-    the comparison in words, e.g. ``"12.3 % > plain-20 8.1 %"``."""
-    a, b = deep[key], shallow[key]
-    if a is None or b is None:
-        return False, "n/a"
-    ok = a < b if lower else a > b
-    sign = ("<" if ok else ">=") if lower else (">" if ok else "<=")
-    return ok, f"{_pct(a)} {sign} {name}{_pct(b)}"
-
-
-def verdict(finals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The paper's two claims, each checked on the deepest vs the shallowest net of its kind.
-
-    ``finals`` maps a net's name to ``kind``, ``depth`` and its final errors (fractions).
-    """
-    claims = []
-    for number, kind in ((1, "plain"), (2, "residual")):
-        nets = [f for f in finals.values() if f["kind"] == kind and f["train"] is not None]
-        nets.sort(key=lambda f: f["depth"])
-        if len(nets) < 2:
-            continue
-        deep, shallow = nets[-1], nets[0]
-        d, s = display(kind, deep["depth"]), display(kind, shallow["depth"])
-        train_ok, train_words = _versus(deep, shallow, "train", kind == "residual", f"{s} ")
-        extra, facts = "", {"deep": deep["depth"], "shallow": shallow["depth"], "label": (d, s)}
-        facts["train_gap"] = deep["train"] - shallow["train"]
-        if kind == "plain":
-            holds = train_ok
-            text = f"Claim 1, the deeper plain net has the higher training error: {d} final "
-            text += f"training error {train_words}"
-            if len(nets) > 2:
-                errors = [f["train"] for f in nets]
-                rises = all(a < b for a, b in zip(errors, errors[1:], strict=False))
-                extra = (
-                    f" (training error rises with every step in depth: {'yes' if rises else 'no'})"
-                )
-        else:
-            held = "test" if deep["test"] is not None and shallow["test"] is not None else "val"
-            held_ok, held_words = _versus(deep, shallow, held, True)
-            holds = train_ok and held_ok
-            text = f"Claim 2, the deeper ResNet has the lower training and {held} error: {d} final "
-            text += f"training error {train_words}, {held} error {held_words}"
-            facts |= {"held_out": held, "train_holds": train_ok, f"{held}_holds": held_ok}
-        text += f": {'holds' if holds else 'does not hold'}{extra}."
-        claims.append({"claim": number, "holds": holds, "text": text, **facts})
-    return claims
-
-
-def plot_degradation(curves: dict[str, dict], title: str, path: Path) -> Path:
-    """The paper's figure: plain (left) and ResNet (right), one colour per depth, training
-    error dashed and test error bold, error % against iterations."""
-    plt = runs.pyplot()
-    depths = sorted({c["depth"] for c in curves.values()})
-    colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, kind in zip(axes, ("plain", "residual"), strict=True):
-        for c in sorted(
-            (c for c in curves.values() if base_kind(c["kind"]) == kind),
-            key=lambda c: (c["depth"], c["kind"]),
-        ):
-            colour = colours((depths.index(c["depth"]) + 3 * (c["kind"] not in LABEL)) % 10)
-            name = display(kind, c["depth"])
-            train, test = c["curves"]["train"], c["curves"]["test"]
-            ax.plot(train["step"], [100 * e for e in train["error"]], "--", color=colour,
-                    linewidth=0.9, label=f"{name} train")  # fmt: skip
-            if test["step"]:
-                ax.plot(test["step"], [100 * e for e in test["error"]], "-", color=colour,
-                        linewidth=2.2, label=f"{name} test")  # fmt: skip
-        ax.set_title(f"{LABEL[kind]} nets", fontsize=10)
-        ax.set_xlabel("iterations")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    axes[0].set_ylabel("error (%)")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return runs.save_figure(fig, path)
 
 
 def _budget_banner(iterations: int, recipe_iters: int, milestones: list[int]) -> str | None:
@@ -295,11 +188,10 @@ def run_degradation(
 ) -> tuple[Path, dict[str, Any]]:
     """Train the plain and residual net of every depth and write the results; returns
     (run folder, the contents of degradation.json). ``log`` names trackers for each net's run."""
-    from ..train import recipe_config
 
     base = recipe_config(config.recipe)
-    check_config(config, base.max_iters)
-    recipe_iters = int(base.max_iters)
+    recipe_iters = base.max_iters or DEFAULT_ITERS  # the recipes state their length in iterations
+    check_config(config, recipe_iters)
     iterations = config.budget or recipe_iters
     milestones = scaled_milestones(base.milestones_at(recipe_iters), recipe_iters, iterations)
     if base.schedule != "multistep":
@@ -337,7 +229,6 @@ def run_degradation(
 def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,
                folder: Path, resume: bool, progress: bool) -> None:  # fmt: skip
     """One engine run of one net: the recipe, with the budget's schedule, into ``folder``."""
-    from ..train import TrainingDiverged, recipe_config, train
 
     name = net_name(kind, depth)
     values = {"data": config.data, "seed": config.seed, "out_dir": str(folder), "resume": resume,

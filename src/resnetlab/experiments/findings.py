@@ -46,7 +46,8 @@ def degradation_findings(claims: list[dict], iterations: int, recipe_iters: int)
     budget = (f"This run trained {iterations:,} of the recipe's {recipe_iters:,} iterations"
               f" ({100 * iterations / recipe_iters:.1f} %)")  # fmt: skip
     out = []
-    plain, res = by_number.get(1), by_number.get(2)
+    plain: dict[str, Any] = by_number.get(1) or {}
+    res: dict[str, Any] = by_number.get(2) or {}
     if plain:
         d, s = plain["label"]
         gap = plain["train_gap"]
@@ -102,8 +103,11 @@ def degradation_findings(claims: list[dict], iterations: int, recipe_iters: int)
     return out
 
 
+VERDICT_WORDS: dict[bool | None, str] = {True: "holds", False: "does not hold"}
+
+
 def _word(holds: bool | None) -> str:
-    return {True: "holds", False: "does not hold"}.get(holds, "cannot tell")
+    return VERDICT_WORDS.get(holds, "cannot tell")
 
 
 def seed_mlp_finding(rows: list[dict]) -> dict | None:
@@ -231,7 +235,7 @@ def compare_finding(rows: list[dict], names: dict[str, str]) -> dict | None:
     )
     deeper = [r for r in resnets if r["depth"] > vgg["depth"]]
     cheaper = [r for r in deeper if r["macs"] < vgg["macs"]]
-    holds = bool(deeper) and len(cheaper) == len(deeper)
+    holds: bool | None = bool(deeper) and len(cheaper) == len(deeper)
     if not deeper:
         relation = (f"No ResNet here is deeper than {v}, so the table cannot test the claim; "
                     "add resnet34 or deeper.")  # fmt: skip

@@ -139,11 +139,13 @@ def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | Non
 def _build(entry: Entry, config: GradientFlowConfig, seed: int, in_channels: int) -> nn.Module:
     torch.manual_seed(seed)
     if entry.info is None:
-        depth = int(MLP_NAME.match(entry.name.split("-")[0]).group(1))
+        match = MLP_NAME.match(entry.name.split("-")[0])
+        assert match is not None, "MLP entries are made from matching names"
+        depth = int(match.group(1))
         return mlp_stack(depth, config.mlp_width, skip=entry.kind == "residual")
     options = {} if in_channels == 3 else {"in_channels": in_channels}
-    weights = config.checkpoint or False
-    if weights and Path(weights).is_file():
+    weights: str | bool = config.checkpoint or False
+    if isinstance(weights, str) and Path(weights).is_file():
         weights = str(Path(weights).resolve())
     return create_model(entry.name, pretrained=weights, **options)
 

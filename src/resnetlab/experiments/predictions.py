@@ -37,7 +37,8 @@ def split_predictions(
     checkpoint = out / "best.pt" if (out / "best.pt").is_file() else out / "last.pt"
     if data is None:
         data = open_data(config.data, val_size=config.val_size, seed=config.seed,
-                         root=config.data_root, on_bad=config.on_bad)  # fmt: skip
+                         root=Path(config.data_root) if config.data_root else None,
+                         on_bad=config.on_bad)  # fmt: skip
     split = next((s for s in ("test", "val") if getattr(data, s, None) is not None
                   and len(getattr(data, s)) > 0), None)  # fmt: skip
     if split is None:

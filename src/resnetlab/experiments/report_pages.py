@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runfolder import MACHINE_KEYS, VERSION_KEYS
+from .findings import VERDICT_WORDS
 
 MAX_ROWS = 40
 LABELS = {
@@ -172,7 +173,7 @@ def _image_tag(path: Path, captions: dict[str, str]) -> str:
 
 def _finding_html(f: dict) -> str:
     source = f" ({html.escape(f['source'])})" if f.get("source") else ""
-    mark = {True: "holds", False: "does not hold"}.get(f.get("holds"), "")
+    mark = VERDICT_WORDS.get(f.get("holds"), "")
     return (
         f"<div class='finding'><p><b>Claim{source}:</b> {html.escape(f['claim'])}</p>"
         f"<p><b>Measured:</b> {html.escape(f['measured'])}</p>"
@@ -182,7 +183,7 @@ def _finding_html(f: dict) -> str:
 
 def _finding_md(f: dict) -> list[str]:
     source = f" ({f['source']})" if f.get("source") else ""
-    mark = {True: "holds", False: "does not hold"}.get(f.get("holds"), "")
+    mark = VERDICT_WORDS.get(f.get("holds"), "")
     return [f"- **Claim{source}:** {f['claim']}", f"  **Measured:** {f['measured']}",
             f"  **So{': ' + mark if mark else ''}.** {f['relation']}", ""]  # fmt: skip
 

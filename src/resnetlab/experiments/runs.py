@@ -72,7 +72,8 @@ def new_run_dir(experiment: str, out: str | Path | None = None, *, resume: bool 
 
 def start_run(run_dir: Path, config: Any, command: str | None = None) -> None:
     """Write ``config.json`` and ``run.json``; a resumed run must have the same config."""
-    config_dict = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
+    config_dict = dataclasses.asdict(config) if is_instance else dict(config)
     config_dict = json.loads(json.dumps(config_dict, default=str))
     previous = run_dir / "config.json"
     if previous.is_file():

@@ -113,20 +113,20 @@ def training_curve(records: list[dict], title: str, path: Path) -> Path | None:
     if not series:
         return None
     plt = runs.pyplot()
-    panels = [p for p in (errors, {"train_loss": series.get("train_loss")}) if any(p.values())]
+    panels = [p for p in (errors, {"train_loss": series.get("train_loss", [])}) if any(p.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         is_error = panel is errors
         percent = is_error and all(v <= 1.0 for s in panel.values() for _, v in s)
         for key, points in panel.items():
-            steps, values = zip(*points, strict=True)
-            values = [v * 100 for v in values] if percent else list(values)
-            ax.plot(steps, values, label=key.replace("_", " "), linewidth=1.2, marker="o",
+            steps, ys = zip(*points, strict=True)
+            shown = [v * 100 for v in ys] if percent else list(ys)
+            ax.plot(steps, shown, label=key.replace("_", " "), linewidth=1.2, marker="o",
                     markersize=2.5)  # fmt: skip
         ax.set_xlabel("iteration")
         ax.set_ylabel("error (%)" if is_error else "training loss (cross-entropy)")
-        values = [v for points in panel.values() for _, v in points]
-        if not is_error and min(values) > 0 and max(values) / min(values) > 10:
+        every = [v for points in panel.values() for _, v in points]
+        if not is_error and min(every) > 0 and max(every) / min(every) > 10:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

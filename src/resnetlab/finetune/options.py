@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import ResnetlabError
 from ..files import LOCK_NAME
 from ..settings import check_settings, compose, setting
-from ..train.config import TrainConfig
+from ..train.config import TrainConfig, check_trackers
 from ..train.distributed import check_device
 from .build import say
 from .operating_point import parse_threshold
@@ -123,6 +123,7 @@ class FinetuneOptions:
         if self.class_weights and self.balanced_sampling:
             raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
         check_settings(self)
+        check_trackers(self.log)
         check_device(self.device)
         parse_threshold(self.threshold)  # a bad --threshold fails before any work
         if self.pretrained in ("", "none", "None", "scratch"):

@@ -159,8 +159,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_params = list(self.module.parameters())
-        torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - self.decay)
+        ema_params: list[torch.Tensor] = list(self.module.parameters())
+        params: list[torch.Tensor] = list(model.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
         for ema_buffer, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 

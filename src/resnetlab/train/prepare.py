@@ -150,7 +150,7 @@ def make_loaders(
         common["pixel_mean"] = preprocess["pixel_mean"]
     else:
         common["num_workers"] = config.num_workers
-    train_options = {"augment": config.augment, "flip": config.flip}
+    train_options: dict[str, Any] = {"augment": config.augment, "flip": config.flip}
     if in_memory:
         train_options["pad"] = config.pad
     loaders = {

@@ -23,6 +23,7 @@ from ..data import open_data
 from ..errors import ResnetlabError
 from ..files import write_json
 from ..models import create_model, model_info
+from ..models.base import Backbone
 from . import distributed
 from .checkpoint import restore, resume_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -58,7 +59,7 @@ class Run:
     dist: Dist
     data: Any
     model: nn.Module
-    forward: nn.Module
+    forward: Callable[..., torch.Tensor]  # the model, wrapped for DDP and/or compiled
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
     autocast: torch.autocast
@@ -108,14 +109,15 @@ def prepare(
         model_info(config.model)
     if data is None:
         data = open_data(config.data, val_size=config.val_size, seed=config.seed,
-                         root=config.data_root, on_bad=config.on_bad)  # fmt: skip
+                         root=Path(config.data_root) if config.data_root else None,
+                         on_bad=config.on_bad)  # fmt: skip
     check_classes(data, config.class_weights)
     if model is None:
         model = create_model(config.model, num_classes=len(data.classes),
                              in_channels=data.in_channels, pretrained=config.pretrained or False,
                              **config.model_options)  # fmt: skip
     if config.activation_checkpointing:  # the same math, less memory: see Backbone
-        if not hasattr(model, "set_grad_checkpointing"):
+        if not isinstance(model, Backbone):
             raise ResnetlabError(
                 "activation_checkpointing needs a model with set_grad_checkpointing() (every "
                 f"resnetlab network); {type(model).__name__} has none: set it to false."
@@ -130,7 +132,7 @@ def prepare(
     if plan.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     fmt = torch.channels_last if plan.channels_last else torch.preserve_format
-    model.to(dist.device, memory_format=fmt).train()
+    model.to(dist.device, memory_format=fmt).train()  # type: ignore[call-overload]  # stub lacks it
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
     tensor_lr = dist.device if plan.cuda_graphs else None
@@ -144,7 +146,7 @@ def prepare(
         best = restore(ckpt, model, optimizer, ema, meters, tensor_lr)
         state.step, state.elapsed_s = ckpt["step"], float(ckpt.get("elapsed_s", 0.0))
         set_rng_state(ckpt["rng"])
-    forward = distributed.wrap(model, dist)
+    forward: Callable[..., torch.Tensor] = distributed.wrap(model, dist)
     forward = torch.compile(forward) if plan.compile else forward
     weight = torch.tensor(config.class_weights, device=dist.device) if config.class_weights \
         else None  # fmt: skip

@@ -17,15 +17,13 @@ import os
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..download import resnetlab_home
 from ..errors import ResnetlabError
 from ..files import write_json
 from .config import TrainConfig, check_trackers
-
-if TYPE_CHECKING:
-    from .engine import TrainResult, TrainState
+from .state import Callback, TrainResult, TrainState
 
 # The module each tracker needs, and the extra of pyproject.toml that installs it.
 NEEDS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
@@ -60,7 +58,7 @@ def scalars(prefix: str, record: dict[str, Any]) -> dict[str, float]:
             if key not in ("kind", "step") and isinstance(value, int | float)}  # fmt: skip
 
 
-class TensorBoardCallback:
+class TensorBoardCallback(Callback):
     """Event files in ``<run>/tensorboard``: train and eval scalars, hparams, the report text."""
 
     def __init__(self, out_dir: str | Path, config: TrainConfig) -> None:
@@ -85,8 +83,6 @@ class TensorBoardCallback:
             text = json.dumps(self.config.to_dict(), indent=2)
             self.writer.add_text("config", f"```\n{text}\n```", 0)
 
-    def on_step(self, state: TrainState) -> None: ...
-
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
         self._write("train", state, record)
 
@@ -110,7 +106,7 @@ class TensorBoardCallback:
         self.writer = None
 
 
-class MLflowCallback:
+class MLflowCallback(Callback):
     """One MLflow run per run folder: params, train/eval metrics by step, artifacts at the end."""
 
     def __init__(self, out_dir: str | Path, config: TrainConfig) -> None:
@@ -171,8 +167,6 @@ class MLflowCallback:
         if not keys:
             return -1
         return max(m.step for m in self.client.get_metric_history(self.run_id, keys[0]))
-
-    def on_step(self, state: TrainState) -> None: ...
 
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
         self._write("train", state, record)
