@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     done = subprocess.run(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from resnetlab.cli import main
 
 
@@ -31,6 +33,7 @@ def test_summary_of_the_seed_fine_tuning_example(capsys) -> None:
     assert "published" not in out
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_with_exit_code_2() -> None:
     for argv, needle in [
         (["summary", "resnt50"], "Did you mean resnet50"),

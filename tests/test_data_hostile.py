@@ -290,6 +290,7 @@ def test_truncated_tar_gz_is_one_redownload_error(tmp_path, home, cut):
         open_data(zipped)
 
 
+@pytest.mark.slow
 def test_truncated_tar_gz_through_the_cli(tmp_path):
     cut = _truncated_tar(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(SRC), "RESNETLAB_HOME": str(tmp_path / "home")}

@@ -16,6 +16,8 @@ from PIL import Image
 
 from resnetlab.data import DataBundle, TensorLoader, folder, open_data
 
+pytestmark = pytest.mark.slow  # decodes the CIFAR-10 JPEG set once (about 12 s)
+
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",

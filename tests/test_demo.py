@@ -35,6 +35,7 @@ def test_shapes_refuse_impossible_sizes() -> None:
         make_shapes(20, 0, 20, size=4)
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_and_names_the_report(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     threads = torch.get_num_threads()

@@ -154,6 +154,7 @@ def test_tiny_run_writes_curves_verdict_and_report(tmp_path, capsys) -> None:
     assert main(argv) == 2  # a non-empty folder without --resume is refused, not overwritten
 
 
+@pytest.mark.slow
 def test_imagenet_pair_runs_on_small_inputs(tmp_path) -> None:
     config = DegradationConfig(
         data="synthetic", family="imagenet", depths=[18, 34], budget=1, batch_size=4,

@@ -22,6 +22,7 @@ def _tiny(**changes) -> GradientFlowConfig:
     return GradientFlowConfig(**(base | changes))
 
 
+@pytest.mark.slow
 def test_run_folder_contents(tmp_path):
     run_dir = run_gradient_flow(_tiny(), tmp_path / "gf", progress=False)
     for name in ("config.json", "run.json", "gradient_flow.json", "gradient_flow.csv",
@@ -79,6 +80,7 @@ def test_real_data_batch(shared_dir, tmp_path):
     assert all(v > 0 for v in profiles["resnet20"]["input_grad_norm"]["mean"])
 
 
+@pytest.mark.slow
 def test_profile_at_a_trained_checkpoint(shared_dir, tmp_path):
     checkpoint = next((shared_dir / "peer" / "cifar-resnets").glob("resnet20-*.th"))
     init = run_gradient_flow(_tiny(models=["resnet20"], seeds=1), tmp_path / "a", progress=False)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from resnetlab.cli import main
 
 
+@pytest.mark.slow
 def test_cli_resnet20(tmp_path, capsys):
     out = tmp_path / "rf"
     assert main(["receptive-field", "resnet20", "--out", str(out)]) == 0

@@ -20,6 +20,8 @@ from resnetlab.data import open_data
 from resnetlab.finetune import load_model
 from resnetlab.finetune.preprocess import load_image, normalise, prepare_images
 
+pytestmark = pytest.mark.slow  # real fine-tuning runs end to end
+
 CLASSES = ("normal", "pneumonia")
 
 

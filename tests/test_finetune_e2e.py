@@ -23,6 +23,8 @@ from resnetlab.finetune.preprocess import load_image, normalise, prepare_images
 from resnetlab.train import load_checkpoint
 from resnetlab.weights import load_weights
 
+pytestmark = pytest.mark.slow  # real fine-tuning runs end to end
+
 CLASSES = ("cat", "dog")
 
 

@@ -117,6 +117,7 @@ def test_grey_sum_from_a_project_checkpoint_sums_the_stem(tmp_path):
     assert data.train.images.shape[1:] == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_class_weights_reach_the_engine_and_counts_are_printed(tmp_path, capsys):
     result = finetune(options(tmp_path, class_weights=True, epochs=1))
     out = capsys.readouterr().out
@@ -129,6 +130,7 @@ def test_class_weights_reach_the_engine_and_counts_are_printed(tmp_path, capsys)
     assert "greyscale images: --grey sum" in out
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_phase(tmp_path, capsys):
     # a learning rate so small that nothing improves: stop after `patience` epochs
     result = finetune(options(tmp_path, lr=1e-12, epochs=6, patience=2, monitor="loss"))
@@ -151,6 +153,7 @@ class _Interrupt(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path):
     whole = finetune(options(tmp_path, epochs=3, patience=None, out_dir=str(tmp_path / "whole")))
     first = options(tmp_path, epochs=3, patience=None)

@@ -135,6 +135,7 @@ class _Interrupt(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_checkpoints_kept_on_request_and_a_pruned_run_resumes_mid_phase(data, tmp_path, capsys):
     torch.manual_seed(3)  # weights to start from, so that the run has both phases
     weights = save_checkpoint({"model": create_model("resnet20").state_dict()}, tmp_path / "w.pt")

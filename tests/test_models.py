@@ -36,7 +36,11 @@ PUBLISHED_PARAMS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", TORCHVISION_EQUIVALENTS)
+# VGG's 120M-parameter heads take seconds each on a CPU: run with the slow tests.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n.startswith("vgg") else n
+    for n in TORCHVISION_EQUIVALENTS
+])  # fmt: skip
 def test_torchvision_weights_load_strictly_and_outputs_match(name: str) -> None:
     torch.manual_seed(0)
     reference = getattr(tvm, name)().eval()

@@ -51,6 +51,7 @@ def test_split(shared_dir) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PEER))
 def test_peer_checkpoint_reproduces_published_accuracy(shared_dir, test_split, name):
     file, params, expected = PEER[name]

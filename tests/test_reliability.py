@@ -181,6 +181,7 @@ def test_a_locked_run_folder_refuses_a_second_run_until_its_owner_dies(tmp_path)
     assert result.steps == 6
 
 
+@pytest.mark.slow
 def test_two_train_commands_into_one_folder_leave_one_consistent_run(tmp_path) -> None:
     out = tmp_path / "same"
     np_data = tmp_path / "toy.npz"

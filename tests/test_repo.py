@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +65,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own() -> None:
     """An import cycle hidden by import order fails here: each module is imported first."""
     done = subprocess.run([sys.executable, "-c", IMPORT_EACH], cwd=ROOT, capture_output=True,

@@ -257,6 +257,7 @@ def test_lesion_command_writes_a_report(tmp_path, tiny_npz, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_peer_resnet20_lesion_on_real_data(shared_dir, tmp_path):
     """The intact error of the peer net matches its README; one deletion matches a direct run."""
     weights = shared_dir / "peer" / "cifar-resnets" / PEER20[0]

@@ -105,6 +105,7 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(tmp_path):
     data = tmp_path / "patches.npz"
     write_npz(data)

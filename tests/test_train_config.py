@@ -139,6 +139,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_bad_values_are_one_line_and_exit_2(tmp_path):
     out = str(tmp_path / "r")
     for args, word in [(("--lr", "fast"), "--lr"), (("--schedule", "cosin"), "cosine"),

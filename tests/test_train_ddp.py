@@ -81,6 +81,7 @@ def train_losses(run) -> list[float]:
     return [r["loss"] for r in records if r["kind"] == "train"]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_same_global_batch(script, tmp_path):
     launch(script, tmp_path / "one", "plain", 1)
     launch(script, tmp_path / "two", "plain", 2)
@@ -99,6 +100,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(script, tmp_pa
     assert results[0]["metrics"]["test_error"] == results[1]["metrics"]["test_error"]
 
 
+@pytest.mark.slow
 def test_ranks_hold_identical_resnet_weights(script, tmp_path):
     launch(script, tmp_path / "bn", "resnet20", 2)
     ckpt = load_checkpoint(tmp_path / "bn" / "last.pt")

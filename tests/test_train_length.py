@@ -97,6 +97,7 @@ def test_both_lengths_are_one_line_naming_both_flags(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_fraction_of_an_epoch_from_the_cli_runs_that_many_steps(tmp_path, capsys):
     data, out = tmp_path / "set.npz", tmp_path / "run"
     write_npz(data)  # 160 train images, batch 2: 80 batches per epoch; 0.05 epochs = 4 steps
@@ -120,6 +121,7 @@ def test_a_fraction_of_an_epoch_from_the_cli_runs_that_many_steps(tmp_path, caps
     assert load_checkpoint(out / "last.pt")["step"] == 4
 
 
+@pytest.mark.slow
 def test_resume_with_a_new_length_rescales_the_milestones(tmp_path):
     first = train(small(tmp_path, max_iters=4), data=toy_bundle())
     assert first.steps == 4

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
+import resnetlab.train.setup as train_setup
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import CifarResNet
 from resnetlab.train import Callback, TrainConfig, train
-import resnetlab.train.setup as train_setup
 from resnetlab.train.trackers import (
     MLflowCallback,
     TensorBoardCallback,
