@@ -38,6 +38,9 @@ class Preprocessed(nn.Module):
     normalisation, the model, logits over ``temperature`` and softmax."""
 
     output_name = "probabilities"
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+    luma: torch.Tensor
 
     def __init__(
         self,

@@ -128,7 +128,7 @@ def start(
     """Write ``run.json`` with status "running". A resumed run keeps its command, start time
     and earlier wall time, and adds ``{"at", "step"}`` to ``timing.resumed``."""
     folder = Path(folder)
-    record = {
+    record: dict[str, Any] = {
         "schema": SCHEMA,
         "command": command or command_line(),
         "status": "running",
@@ -202,7 +202,8 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
     schema-1 shape; a schema-1 record is returned as it is."""
     if raw.get("schema") == SCHEMA:
         return raw
-    nested = raw.get("machine") if isinstance(raw.get("machine"), dict) else {}
+    machine_facts = raw.get("machine")
+    nested = machine_facts if isinstance(machine_facts, dict) else {}
     flat = {**nested, **{k: v for k, v in raw.items() if not isinstance(v, dict | list)}}
     if "processor" in flat and "cpu" not in flat:
         flat["cpu"] = flat["processor"]

@@ -110,7 +110,7 @@ def compose(
     class's ``__composed__``, so a field added to ``source`` reaches the class with no edit."""
     skip, new = set(exclude), dict(defaults or {})
 
-    def decorate(cls: type) -> type:
+    def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
         own = cls.__dict__.get("__annotations__", {})
         added = []
         for f in dataclasses.fields(source):
@@ -140,7 +140,7 @@ def help_of(f: dataclasses.Field) -> str:
     if f.default in (None, dataclasses.MISSING, (), "") or "default" in text:
         return text
     if isinstance(f.default, bool):
-        shown = "on" if f.default else "off"
+        shown: object = "on" if f.default else "off"
     elif isinstance(f.default, tuple):
         shown = ",".join(map(str, f.default))
     else:

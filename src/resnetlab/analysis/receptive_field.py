@@ -167,8 +167,13 @@ def geometry_copy(model: nn.Module) -> nn.Module:
         for child_name, child in list(parent.named_children()):
             new: nn.Module | None = None
             if isinstance(child, nn.Conv2d):
-                geometry: Any = (child.kernel_size, child.stride, child.padding, child.dilation)
-                new = nn.Conv2d(1, 1, *geometry, bias=False).double()
+                geometry: dict[str, Any] = {
+                    "kernel_size": child.kernel_size,
+                    "stride": child.stride,
+                    "padding": child.padding,
+                    "dilation": child.dilation,
+                }
+                new = nn.Conv2d(1, 1, **geometry, bias=False).double()
                 nn.init.constant_(new.weight, 1.0 / new.weight.numel())
             elif isinstance(child, nn.MaxPool2d):
                 new = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode)

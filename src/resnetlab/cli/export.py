@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,7 +71,8 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         in_channels = args.input_size[0] if args.input_size else None
         model = build_model(args.source, args.model, args.pretrained, args.num_classes, in_channels)
-        size = model.info.input_size
+        info: Any = model.info  # set by create_model
+        size = info.input_size
         essentials = model_essentials(model, args.source, args.license)
     size = tuple(args.input_size) if args.input_size else size
     if args.with_preprocessing:

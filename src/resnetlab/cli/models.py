@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,9 +73,11 @@ def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int
     else:
         options = {"in_channels": args.input_size[0]} if args.input_size else {}
         model = create_model(args.name, **options)
-        input_size = model.info.input_size
+        created: Any = model.info  # set by create_model
+        input_size = created.input_size
     if args.num_classes is not None or args.head_dropout:
-        linears = [m for m in model.get_head().modules() if isinstance(m, torch.nn.Linear)]
+        get_head: Any = model.get_head  # every resnetlab model has one
+        linears = [m for m in get_head().modules() if isinstance(m, torch.nn.Linear)]
         classes = args.num_classes or linears[-1].out_features
         replace_head(model, classes, dropout=args.head_dropout)
     if args.freeze:
@@ -84,7 +87,7 @@ def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int
 
 def run_summary(args: argparse.Namespace) -> int:
     model, input_size = _summary_model(args)
-    info = model.info
+    info: Any = model.info  # set by create_model
     rows = summarize(model, input_size)
     if args.name == info.name:
         print(f"{info.name}: {info.description}")

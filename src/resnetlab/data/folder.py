@@ -157,8 +157,8 @@ def layout(
     for d in dirs:  # class folders with no images are almost always a mistake
         p = d.split("/")
         if len(p) == depth - 1 and p[:head] == prefix:
-            split = SPLIT_ALIASES.get(p[-2]) if split_layout else "train"
-            if split is not None and p[-1] not in groups.get(split, {}):
+            folder_split = SPLIT_ALIASES.get(p[-2]) if split_layout else "train"
+            if folder_split is not None and p[-1] not in groups.get(folder_split, {}):
                 raise ResnetlabError(
                     f"{source}: class folder {d}/ has no images; remove it or add images"
                 )

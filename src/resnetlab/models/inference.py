@@ -32,7 +32,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         ) from exc
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
         if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
@@ -43,6 +43,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         conv = modules.get(src.target)
         if isinstance(conv, nn.Conv2d) and len(src.users) == 1 and calls[src.target] == 1 \
                 and calls[node.target] == 1:  # fmt: skip
+            assert isinstance(src.target, str) and isinstance(node.target, str)  # call_module
             pairs.append((src.target, node.target))
     return pairs
 
@@ -53,6 +54,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for conv_name, bn_name in conv_bn_pairs(model):
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        # as conv_bn_pairs found them: a Conv2d and a BatchNorm2d with running statistics
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        assert bn.running_mean is not None and bn.running_var is not None
         weight, bias = fuse_conv_bn_weights(
             conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
         )

@@ -140,6 +140,7 @@ def check_options(info: ModelInfo, options: dict) -> None:
     valid = info.options
     unknown = [key for key in options if valid is not None and key not in valid]
     if unknown:
+        assert valid is not None  # unknown is empty when the builder does not say
         listed = ", ".join(["pretrained", *valid])
         raise ResnetlabError(
             f"{info.name} has no option {', '.join(map(repr, unknown))}; its options are "
@@ -170,7 +171,8 @@ def create_model(
         model = info.builder(num_classes=target_classes, **options)
     except ValueError as exc:
         raise ResnetlabError(f"{name}: {exc}.") from None
-    model.info = info  # type: ignore[attr-defined]
+    # nn.Module types its attributes as Tensor | Module, but any value may be set on it
+    model.info = info  # type: ignore[assignment]
     if pretrained:
         load_pretrained(model, pretrained, num_classes=num_classes)
     return model

@@ -8,7 +8,7 @@ Every builder registers itself (``@register_model``) and takes the options of
 from __future__ import annotations
 
 import functools
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -53,6 +53,11 @@ class ResNet(Backbone):
     ``stem="deep"`` replaces the 7×7 conv by three 3×3 ones (ResNet-C) and ``avg_down=True``
     subsamples projection shortcuts by average pooling (ResNet-D), He et al. 2019 §4.
     """
+
+    layer1: nn.Module  # the stages, set by name in __init__
+    layer2: nn.Module
+    layer3: nn.Module
+    layer4: nn.Module
 
     def __init__(
         self,
@@ -136,7 +141,8 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
             nn.init.constant_(m.bias, 0)
     if zero_init_residual:
         for m in model.modules():
-            bn = m.residual_bn() if hasattr(m, "residual_bn") else None
+            block: Any = m  # a residual block when it has residual_bn
+            bn = block.residual_bn() if hasattr(block, "residual_bn") else None
             if bn is not None and getattr(m, "skip", True):
                 nn.init.constant_(bn.weight, 0)
 

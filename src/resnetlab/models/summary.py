@@ -7,6 +7,7 @@ input channels per group × kernel area), the convention behind torchvision's "G
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +63,8 @@ class StageRow:
 @torch.no_grad()
 def summarize(model: nn.Module, input_size: tuple[int, ...]) -> list[StageRow]:
     """Per-stage output shape, parameters and MACs for a resnetlab model, then a total row."""
-    stages = model.stage_modules()
+    stage_modules: Any = model.stage_modules  # every resnetlab model has one
+    stages = stage_modules()
     macs = count_macs(model, input_size)
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []

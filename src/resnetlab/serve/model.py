@@ -141,7 +141,8 @@ def load_served(
         subject = trained.load_subject(source)
         ckpt = load_checkpoint(subject.weights) if subject.weights else {}
         model = subject.model.to(device)
-        c, h, _ = model.info.input_size
+        info: Any = model.info  # set by create_model
+        c, h, _ = info.input_size
         norm = subject.normalisation
         prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h,
                              list(norm.get("mean") or [0.0] * c),

@@ -11,6 +11,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -77,7 +78,7 @@ def _looks_like_tag(text: str) -> bool:
     return not any(c in text for c in "/\\.") and not Path(text).is_file()
 
 
-def _load_source(pretrained: str | Path) -> tuple[Path, dict]:
+def _load_source(pretrained: bool | str | Path) -> tuple[Path, dict]:
     text = str(pretrained)
     if "://" in text:
         return _load_fetched(text, lambda: hub.fetch(text))
@@ -111,7 +112,7 @@ def _load_fetched(url: str, fetch: Callable[[], Path]) -> tuple[Path, dict]:
         ) from None
 
 
-def _as_url(pretrained: str | Path, path: Path) -> str:
+def _as_url(pretrained: bool | str | Path, path: Path) -> str:
     text = str(pretrained)
     return (
         text
@@ -162,12 +163,13 @@ def _head_keys(model: nn.Module, own: StateDict) -> list[str]:
 
 def _rebuild_head(model: nn.Module, state: StateDict) -> bool:
     """Give the model a Linear head of the weights' size; False when its head is not a Linear."""
-    if not hasattr(model, "set_head") or not isinstance(model.get_head(), nn.Linear):
+    net: Any = model  # a resnetlab model when it has set_head, get_head and head_name
+    if not hasattr(net, "set_head") or not isinstance(net.get_head(), nn.Linear):
         return False
-    weight = state.get(f"{model.head_name}.weight")
+    weight = state.get(f"{net.head_name}.weight")
     if weight is None or weight.ndim != 2:
         return False
-    model.set_head(nn.Linear(weight.shape[1], weight.shape[0]))
+    net.set_head(nn.Linear(weight.shape[1], weight.shape[0]))
     return True
 
 
