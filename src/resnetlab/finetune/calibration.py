@@ -8,6 +8,8 @@ ROC-AUC is the same) but makes the probabilities mean what they say.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -95,7 +97,7 @@ def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
     """ECE/MCE (both bin schemes), Brier and NLL before and after temperature scaling."""
-    out = {}
+    out: dict[str, Any] = {}
     y = labels.long().cpu()
     for name, t in (("before", 1.0), ("after", temperature)):
         scaled = logits.double().cpu() / t

@@ -45,9 +45,9 @@ def test_figures(
     """Rates at the threshold and at 0.5, each with bootstrap intervals of ROC-AUC, PR-AUC,
     accuracy, sensitivity and specificity (the same resamples for both cuts)."""
     positive = labels == 1
-    out = {}
+    out: dict[str, Any] = {}
     for name, cut in (("at_threshold", threshold), ("at_0.5", DEFAULT_CUT)):
-        rates = binary_rates(probs, positive, cut)
+        rates: dict[str, Any] = binary_rates(probs, positive, cut)
         if positive.all() or not positive.any():
             out[name] = rates
             continue

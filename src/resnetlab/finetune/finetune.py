@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..data import ImageSet
 from ..errors import ResnetlabError
 from ..files import RunLock, write_json, write_text_atomic
 from ..train import Callback, TrainConfig, train
@@ -158,6 +159,7 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
         weights = prepare.inverse_frequency(counts["train"])
         say("class weights (inverse frequency): " + ", ".join(f"{w:.3f}" for w in weights))
     if options.balanced_sampling:
+        assert isinstance(data.train, ImageSet)  # prepare_bundle holds every split in memory
         data.train = prepare.oversample(data.train, options.seed)
         say(f"balanced sampling: training set oversampled to {len(data.train):,} images")
     batch = min(options.batch_size, len(data.train))
@@ -234,7 +236,8 @@ def phase_plan(options: FinetuneOptions, model: nn.Module) -> list[Phase]:
     ``unfreeze_to``, ``freeze`` stages kept frozen, per-stage lrs falling towards the stem)."""
     from ..transfer import resolve_stages
 
-    stages = list(model.stage_modules())
+    stage_modules: Any = model.stage_modules  # every registered model has it (Backbone)
+    stages = list(stage_modules())
     pretrained = options.pretrained is not None
     head_epochs = options.head_epochs if options.head_epochs is not None else 2 * pretrained
     frozen = list(options.freeze)

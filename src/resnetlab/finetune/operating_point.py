@@ -41,6 +41,7 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, spec: str | float
     rule, target = parse_threshold(spec)
     scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
     if rule == "fixed":
+        assert target is not None  # parse_threshold gives every rule but youden a number
         return {"rule": "fixed", "target": target, "threshold": float(target)}
     if positive.all() or not positive.any():
         raise ResnetlabError(
@@ -54,8 +55,10 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, spec: str | float
     if rule == "youden":
         pick = int(np.argmax(sens + spec_ - 1))
     elif rule == "sensitivity":  # the highest threshold that still reaches the sensitivity
+        assert target is not None
         pick = int(np.flatnonzero(sens >= target - 1e-12)[0])
     else:  # the lowest threshold that keeps the specificity
+        assert target is not None
         pick = int(np.flatnonzero(spec_ >= target - 1e-12)[-1])
     return {
         "rule": rule,

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ResnetlabError
 from ..files import LOCK_NAME
@@ -115,6 +115,19 @@ class FinetuneOptions:
         False, "keep each phase's last.pt (weights and optimiser state) when the run is done "
         "(default: deleted once no resume needs them)",
     )  # fmt: skip
+
+    if TYPE_CHECKING:
+        # Added by ``compose`` at run time (this block never runs); declared here, with the
+        # types TrainConfig gives them, for the TrainConfig settings fine-tuning itself reads.
+        __composed__: ClassVar[tuple[str, ...]]
+        model: str = setting()
+        model_options: dict[str, Any] = setting()
+        on_bad: str = setting()
+        batch_size: int = setting()
+        optimizer: str = setting()
+        device: str = setting()
+        seed: int = setting()
+        resume: bool = setting()
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)

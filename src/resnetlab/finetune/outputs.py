@@ -132,6 +132,7 @@ def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row
     for split, (raw, labels) in logits.items():
         tta = options.tta and split == "test"
         probs = test_probs if tta else torch.softmax(raw / fit["temperature"], 1)
+        assert probs is not None  # test_probs is computed whenever tta applies to test
         m = classification_metrics(probs.clamp_min(1e-12).log(), labels, classes)
         where = (
             f"val, best epoch {best_row['epoch']:g} ({best_row['phase']}) by {options.monitor}"

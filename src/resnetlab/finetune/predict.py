@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -97,8 +98,8 @@ def predict_files(
                 why = str(exc) if isinstance(exc, BadImage) else type(exc).__name__
                 failed.append((str(path), f"not a readable image ({why})"))
             if failed and on_bad == "error":
-                path, reason = failed[0]
-                raise ResnetlabError(f"{path}: {reason}; fix it or pass --on-bad skip")
+                first, reason = failed[0]
+                raise ResnetlabError(f"{first}: {reason}; fix it or pass --on-bad skip")
         if not images:
             continue
         probs = image_probabilities(
@@ -121,7 +122,8 @@ def render(predictions: list[Prediction], fmt: str) -> str:
     if fmt == "json":
         rows = []
         for p in predictions:
-            row = {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+            top = [{"class": c, "probability": v} for c, v in p.top]
+            row: dict[str, Any] = {"path": p.path, "top": top}
             if p.decision is not None:
                 row |= {"probability": p.probability, "threshold": p.threshold,
                         "decision": p.decision}  # fmt: skip

@@ -154,6 +154,8 @@ def choose_preprocessing(
         engine_checkpoint_norm(weights_file) if weights_file is not None and meta is None else None
     )
     interpolation = "bilinear"
+    mean: list[float] | None
+    std: list[float] | None
     if meta is not None:
         crop, resize = int(meta.get("crop", 224)), int(meta.get("resize", 256))
         mean, std = list(meta.get("mean", IMAGENET[0])), list(meta.get("std", IMAGENET[1]))
@@ -163,7 +165,8 @@ def choose_preprocessing(
             f"{interpolation}, mean/std {_fmt(mean)}/{_fmt(std)}"
         )
     elif pretrained:
-        crop = model.info.input_size[-1]
+        info: Any = model.info  # set by create_model
+        crop = info.input_size[-1]
         resize = round(crop * 256 / 224) if crop >= 224 else crop
         mean, std = norm if norm is not None else IMAGENET
         where = "the checkpoint's training run" if norm is not None else "ImageNet (assumed)"
@@ -183,6 +186,7 @@ def choose_preprocessing(
         if native < crop:
             notes.append(f"{native}-px images upscaled to {crop} px ({interpolation})")
     if mean is not None:
+        assert std is not None  # mean and std are set together
         mean, std = _fit_channels(mean, channels), _fit_channels(std, channels)
     prep = Preprocessing(
         crop,
@@ -215,19 +219,21 @@ def _fmt(values: list[float]) -> str:
 
 def prepare_bundle(bundle: DataBundle, prep: Preprocessing) -> DataBundle:
     """Every split resized and channel-matched once, held in memory as uint8."""
-    sets = {}
+    sets: dict[str, ImageSet | None] = {}
     for name in SPLITS:
         part = getattr(bundle, name)
         sets[name] = None if part is None else _prepare_split(part, prep)
+    train = sets["train"]
+    assert train is not None  # every bundle has a train split
     if not prep.mean:  # from scratch: channel statistics of the prepared training images
         from ..train.prepare import channel_stats
 
-        prep.mean, prep.std = channel_stats(sets["train"].images)
+        prep.mean, prep.std = channel_stats(train.images)
         prep.notes[-1] = (
             f"normalisation: training-image mean/std {_fmt(prep.mean)}/{_fmt(prep.std)}"
         )
     return DataBundle(
-        sets["train"],
+        train,
         sets["val"],
         sets["test"],
         list(bundle.classes),

@@ -63,8 +63,8 @@ def fold_split(bundle: DataBundle, folds: int, fold: int, seed: int) -> list[str
 
 def check_no_leak(bundle: DataBundle) -> str | None:
     """A note on the groups; a group in two splits is an error."""
-    parts = {n: groups_of(getattr(bundle, n)) for n in ("train", "val", "test")}
-    parts = {n: g for n, g in parts.items() if g}
+    found = {n: groups_of(getattr(bundle, n)) for n in ("train", "val", "test")}
+    parts = {n: g for n, g in found.items() if g}
     if not parts:
         return None
     bad = straddling(parts)

@@ -10,6 +10,7 @@ of Sun & Xu (2014).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def bootstrap_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Point estimate and percentile interval of each metric in ``METRICS``."""
     scores = np.asarray(scores, np.float64)
     positive = np.asarray(positive, bool)
@@ -88,7 +89,7 @@ def bootstrap_intervals(
     weights = stratified_weights(positive, n_resamples, seed)
     draws = weighted_metrics(scores, positive, threshold, weights)
     tail = (1 - level) / 2 * 100
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name in METRICS:
         low, high = np.nanpercentile(draws[name], [tail, 100 - tail])
         out[name] = {"value": float(point[name][0]), "low": float(low), "high": float(high)}
