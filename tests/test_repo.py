@@ -27,6 +27,7 @@ def test_readme_starts_with_setup_and_test_commands() -> None:
 def test_ci_runs_readme_commands() -> None:
     script = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in script and 'eval "$install"' in script and 'eval "$tests"' in script
+    assert ".venv/bin/mypy" in script and '"mypy==' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_the_package_has_no_import_cycle(shared_dir) -> None:

@@ -103,7 +103,7 @@ def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels:
     skip = base_kind(kind) == "residual"
     model = CifarResNet(depth, num_classes, in_channels=in_channels, skip=skip, **options)
     # The facts of the registered 20-layer net of the same kind, at this depth.
-    model.info = dataclasses.replace(  # type: ignore[attr-defined]
+    model.info = dataclasses.replace(  # type: ignore[assignment]  # any attribute may be set
         model_info("resnet20" if skip else "plain20"), name=name, depth=depth,
         input_size=(in_channels, 32, 32), num_classes=num_classes,
         builder=lambda **o: CifarResNet(depth, skip=skip, **o),

@@ -128,6 +128,7 @@ class FinetuneOptions:
         device: str = setting()
         seed: int = setting()
         resume: bool = setting()
+        log: tuple[str, ...] = setting()
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)
