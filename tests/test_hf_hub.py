@@ -19,7 +19,6 @@ from timm.models import save_for_hf
 from resnetlab import create_model
 from resnetlab.errors import ResnetlabError
 from resnetlab.finetune.prepare import weights_preprocessing
-from resnetlab.models import list_models
 from resnetlab.weights import imagenet_classes
 
 REVISION = "0123456789abcdef" * 2 + "01234567"  # a commit hash: 40 hex digits
@@ -124,7 +123,6 @@ def test_timm_vgg_classifier_convs_become_resnetlab_linears(tmp_path, hf_home):
     assert model.pretrained_cfg["preprocessing"]["resize"] == 256  # crop_pct 0.875
 
 
-@pytest.mark.skipif("resnet50d" not in list_models(), reason="ResNet-D is not registered yet")
 def test_timm_resnet_d_loads(tmp_path, hf_home):
     reference = timm_repo(tmp_path / "d", "resnet50d")
     fill_cache(hf_home, "timm/resnet50d.ra2_in1k", tmp_path / "d")
