@@ -26,7 +26,8 @@ def test_readme_starts_with_setup_and_test_commands() -> None:
 
 def test_ci_runs_readme_commands() -> None:
     script = (ROOT / ".ci" / "run").read_text()
-    assert "README.md" in script and 'eval "$install"' in script and 'eval "$tests"' in script
+    assert "README.md" in script and 'eval "$install"' in script and 'eval "$2"' in script
+    assert 'run_with "$own" "$tests"' in script  # README's test command, whole, on one python3
     assert ".venv/bin/mypy" in script and '"mypy==' in (ROOT / "pyproject.toml").read_text()
 
 
