@@ -201,3 +201,24 @@ def test_finetune_and_degradation_take_log(tmp_path, capsys):
                  "--log", "tensorbord"]) == 2  # fmt: skip
     assert "valid: tensorboard, mlflow" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_train_command_attaches_its_report_to_the_mlflow_run(tmp_path, home, monkeypatch):
+    """``resnetlab train`` renders its report after training; the MLflow run still gets it."""
+    from mlflow.tracking import MlflowClient
+
+    from resnetlab.cli import main
+    from test_train_length import write_npz
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    data, out = tmp_path / "set.npz", tmp_path / "run"
+    write_npz(data)
+    argv = ["train", "--model", "resnet20", "--data", str(data), "--out", str(out),
+            "--batch-size", "8", "--max-iters", "2", "--log-every", "1", "--no-progress",
+            "--log", "mlflow"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "report.html").is_file()
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(read_record(out)["run_id"])}
+    assert {"report.html", "config.json", "run.json"} <= artifacts

@@ -67,6 +67,7 @@ def _report(config: TrainConfig, result: Any, out: Path) -> None:
     """Per-class metrics of the best checkpoint on the test split, then the run's report."""
     from ..experiments.predictions import split_predictions
     from ..experiments.report import render_report
+    from ..train.trackers import attach_report
 
     facts = split_predictions(config, result.model, out)
     if facts is not None:
@@ -74,6 +75,7 @@ def _report(config: TrainConfig, result: Any, out: Path) -> None:
               f"{100 * facts['accuracy']:.2f}%, macro F1 {facts['macro_f1']:.4f}; per class "
               f"in {out / 'per_class.json'}")  # fmt: skip
     html_path, _ = render_report([out])
+    attach_report(out)  # the report into the run's MLflow run, when it logs to one
     print(f"report: {html_path.resolve()}")
 
 
