@@ -256,9 +256,12 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write rows of dicts as CSV (columns in first-seen order) atomically."""
-    columns: list[str] = []
+def write_csv(
+    path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None
+) -> Path:
+    """Write rows of dicts as CSV atomically: ``columns`` first, then the others in first-seen
+    order."""
+    columns = list(columns or [])
     for row in rows:
         columns += [key for key in row if key not in columns]
     buffer = io.StringIO()

@@ -9,13 +9,13 @@ step are dropped so the folder reads as if the run had never stopped.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import runfolder
 from ..files import write_text_atomic
 from .distributed import Dist, all_reduce_max, all_reduce_sum
 
@@ -29,14 +29,9 @@ class MetricsWriter:
         self.jsonl = folder / "metrics.jsonl"
         self.csv = folder / "metrics.csv"
         self.records: list[dict[str, Any]] = []
-        if keep_until_step is not None and self.jsonl.is_file():
-            for line in self.jsonl.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a crash
-                    continue
-                if record.get("step", 0) <= keep_until_step:
-                    self.records.append(record)
+        if keep_until_step is not None:  # a line cut short by a crash is left out
+            kept = runfolder.read_jsonl(self.jsonl)
+            self.records = [r for r in kept if r.get("step", 0) <= keep_until_step]
         self.columns = list(FIRST_COLUMNS)
         for record in self.records:
             self._add_columns(record)
@@ -45,13 +40,12 @@ class MetricsWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        runfolder.append_jsonl(self.jsonl, record)
         if self._add_columns(record):
             self._rewrite_csv()
         else:
             with open(self.csv, "a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(record)
+                csv.DictWriter(f, self.columns, lineterminator="\n").writerow(record)
 
     def _add_columns(self, record: dict[str, Any]) -> bool:
         new = [k for k in record if k not in self.columns]
@@ -59,11 +53,7 @@ class MetricsWriter:
         return bool(new)
 
     def _rewrite_csv(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.records)
-        write_text_atomic(self.csv, buffer.getvalue())
+        runfolder.write_csv(self.csv, self.records, self.columns)
 
 
 class Meters:
