@@ -15,7 +15,6 @@ from ..errors import ResnetlabError
 from ..experiments.degradation import DegradationConfig
 from ..experiments.demo import DemoConfig
 from ..train.config import check_trackers, tracker_names
-from .experiments import command_line
 from .flags import add_settings, given_settings, settings_from_args
 
 
@@ -30,7 +29,7 @@ def run_degradation_command(args: argparse.Namespace) -> int:
     config = settings_from_args(DegradationConfig, args, **default_depths)
     with _threads(args.threads):
         run_dir, result = run_degradation(
-            config, args.out, resume=args.resume, command=command_line(args), log=args.log
+            config, args.out, resume=args.resume, log=args.log
         )
     print(format_finals(result))
     html_path, _ = render_report([run_dir])
@@ -56,7 +55,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     config = settings_from_args(DemoConfig, args)
     with _threads(args.threads):
         run_dir, html_path = run_demo(
-            config, args.out, resume=args.resume, command=command_line(args)
+            config, args.out, resume=args.resume
         )
     demo = json.loads((run_dir / "demo.json").read_text())
     print("Verdict:\n" + "\n".join(f"- {line}" for line in demo["verdict"]) + "\n")
@@ -102,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log", type=tracker_names, default=(), metavar="NAME,NAME,...",
                    help="log each net's run to tensorboard and/or mlflow")  # fmt: skip
     _common(p, None, "default: torch's choice; 1 is often faster on a busy machine")
-    p.set_defaults(func=run_degradation_command, _parser=p)
+    p.set_defaults(func=run_degradation_command)
 
     p = subparsers.add_parser(
         "demo",
@@ -115,4 +114,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(
         p, 1, "default 1: the demo's nets are tiny, and more threads pay only on an idle machine"
     )
-    p.set_defaults(func=run_demo_command, _parser=p)
+    p.set_defaults(func=run_demo_command)

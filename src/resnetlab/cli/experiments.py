@@ -10,17 +10,11 @@ import argparse
 import json
 import sys
 
-from .. import runfolder
 from ..errors import ResnetlabError
 from ..experiments.compare import CompareConfig
 from ..experiments.gradient_flow import GradientFlowConfig
 from ..experiments.receptive_field import ReceptiveFieldConfig
 from .flags import add_settings, given_settings, settings_from_args
-
-
-def command_line(args: argparse.Namespace | None = None) -> str:
-    """The command as typed (``resnetlab.runfolder.command_line``; ``args`` is not needed)."""
-    return runfolder.command_line()
 
 
 def _done(run_dir, report: bool) -> None:
@@ -42,7 +36,7 @@ def run_gradient_flow_command(args: argparse.Namespace) -> int:
         raise ResnetlabError("--checkpoint needs the model's name. Add --models NAME.")
     fixed = {"models": ["mlp10", "mlp20"]} if args.mlp else {}
     config = settings_from_args(GradientFlowConfig, args, **fixed)
-    run_dir = run_gradient_flow(config, args.out, resume=args.resume, command=command_line(args))
+    run_dir = run_gradient_flow(config, args.out, resume=args.resume)
     result = json.loads((run_dir / "gradient_flow.json").read_text())
     if args.mlp:
         for row in result["seed_mlp"]:
@@ -66,7 +60,7 @@ def run_receptive_field_command(args: argparse.Namespace) -> int:
 
     config = settings_from_args(ReceptiveFieldConfig, args)
     run_dir, result = run_receptive_field(
-        config, args.out, resume=args.resume, command=command_line(args)
+        config, args.out, resume=args.resume
     )
     print(format_layers(result["layers"]))
     print("\nper stage:")
@@ -87,7 +81,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
     config = settings_from_args(CompareConfig, args)
     run_dir, rows, claims = run_compare(
-        config, args.out, resume=args.resume, command=command_line(args)
+        config, args.out, resume=args.resume
     )
     if args.json:
         print(json.dumps({"rows": rows, "claims": claims}, indent=2))
@@ -127,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mlp", action="store_true", help="only the MLP stacks of 10 and 20 blocks")
     add_settings(p, GradientFlowConfig)
     _common(p)
-    p.set_defaults(func=run_gradient_flow_command, _parser=p)
+    p.set_defaults(func=run_gradient_flow_command)
 
     p = subparsers.add_parser(
         "receptive-field",
@@ -138,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings(p, ReceptiveFieldConfig, positional={"model": "MODEL"})
     _common(p)
-    p.set_defaults(func=run_receptive_field_command, _parser=p)
+    p.set_defaults(func=run_receptive_field_command)
 
     p = subparsers.add_parser(
         "compare",
@@ -153,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     _common(p)
-    p.set_defaults(func=run_compare_command, _parser=p)
+    p.set_defaults(func=run_compare_command)
 
     p = subparsers.add_parser(
         "report",
@@ -163,4 +157,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
     p.add_argument("--out", help="output folder (default: the run folder, if only one)")
-    p.set_defaults(func=run_report_command, _parser=p)
+    p.set_defaults(func=run_report_command)

@@ -8,59 +8,23 @@ MODEL_OR_RUN is a registered model name (weights from ``--pretrained VALUE``, ha
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
-from ..experiments.landscape import LandscapeConfig
-from ..experiments.lesion import LesionConfig
-from ..experiments.paths import PathsConfig
-from ..experiments.shattered import ShatteredConfig
-from .experiments import _common, _done, command_line
+from ..experiments.landscape import LandscapeConfig, run_landscape
+from ..experiments.lesion import LesionConfig, run_lesion
+from ..experiments.paths import PathsConfig, run_paths
+from ..experiments.shattered import ShatteredConfig, run_shattered
+from .experiments import _common, _done
 from .flags import add_settings, settings_from_args
 
 
-def _print(result: dict) -> None:
+def _run_study(config_class: type, runner: Callable[..., Any], args: argparse.Namespace) -> int:
+    """Build the study's config from the flags, run it (resumable), print its summary."""
+    config = settings_from_args(config_class, args)
+    run_dir, result = runner(config, args.out, resume=args.resume)
     print("\n".join(result["summary"]))
-
-
-def run_lesion_command(args: argparse.Namespace) -> int:
-    from ..experiments.lesion import run_lesion
-
-    config = settings_from_args(LesionConfig, args)
-    run_dir, result = run_lesion(config, args.out, resume=args.resume, command=command_line(args))
-    _print(result)
-    _done(run_dir, args.report)
-    return 0
-
-
-def run_landscape_command(args: argparse.Namespace) -> int:
-    from ..experiments.landscape import run_landscape
-
-    config = settings_from_args(LandscapeConfig, args)
-    run_dir, result = run_landscape(
-        config, args.out, resume=args.resume, command=command_line(args)
-    )
-    _print(result)
-    _done(run_dir, args.report)
-    return 0
-
-
-def run_paths_command(args: argparse.Namespace) -> int:
-    from ..experiments.paths import run_paths
-
-    config = settings_from_args(PathsConfig, args)
-    run_dir, result = run_paths(config, args.out, resume=args.resume, command=command_line(args))
-    _print(result)
-    _done(run_dir, args.report)
-    return 0
-
-
-def run_shattered_command(args: argparse.Namespace) -> int:
-    from ..experiments.shattered import run_shattered
-
-    config = settings_from_args(ShatteredConfig, args)
-    run_dir, result = run_shattered(
-        config, args.out, resume=args.resume, command=command_line(args)
-    )
-    _print(result)
     _done(run_dir, args.report)
     return 0
 
@@ -73,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings(p, LesionConfig, positional={"models": "MODEL_OR_RUN"})
     _common(p)
-    p.set_defaults(func=run_lesion_command, _parser=p)
+    p.set_defaults(func=partial(_run_study, LesionConfig, run_lesion))
 
     p = subparsers.add_parser(
         "loss-landscape",
@@ -83,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings(p, LandscapeConfig, positional={"model": "MODEL_OR_RUN"})
     _common(p)
-    p.set_defaults(func=run_landscape_command, _parser=p)
+    p.set_defaults(func=partial(_run_study, LandscapeConfig, run_landscape))
 
     p = subparsers.add_parser(
         "paths",
@@ -92,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings(p, PathsConfig, positional={"model": "MODEL_OR_RUN"})
     _common(p)
-    p.set_defaults(func=run_paths_command, _parser=p)
+    p.set_defaults(func=partial(_run_study, PathsConfig, run_paths))
 
     p = subparsers.add_parser(
         "shattered",
@@ -101,4 +65,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings(p, ShatteredConfig)
     _common(p)
-    p.set_defaults(func=run_shattered_command, _parser=p)
+    p.set_defaults(func=partial(_run_study, ShatteredConfig, run_shattered))
