@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 
 from resnetlab import create_model
 from resnetlab.analysis.gradcam import cam_maps
-from resnetlab.finetune.uncertainty import bootstrap_intervals
+from resnetlab.evaluation.uncertainty import bootstrap_intervals
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:

@@ -35,9 +35,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from resnetlab.finetune.card import build_from_card, load_model, write_card
+from resnetlab.card import build_from_card, load_model, write_card
+from resnetlab.data.preprocess import Preprocessing
 from resnetlab.finetune.predict import predict_files
-from resnetlab.finetune.preprocess import Preprocessing
 from resnetlab.serve import load_served
 from resnetlab.weights import save_weights
 

@@ -20,17 +20,17 @@ import torch
 from PIL import Image
 from torch import nn
 
+from resnetlab.card import LoadedModel
 from resnetlab.cli import build_parser
 from resnetlab.cli.finetune import given_options
 from resnetlab.cli.train import parse_overrides
 from resnetlab.data import FileImageSet, FileLoader, archive, folder, open_data
+from resnetlab.data.preprocess import Preprocessing
 from resnetlab.errors import ResnetlabError
 from resnetlab.finetune import FinetuneOptions
-from resnetlab.finetune.card import LoadedModel
 from resnetlab.finetune.evaluate import _split_images
 from resnetlab.finetune.predict import expand_inputs, predict_files
 from resnetlab.finetune.prepare import _prepare_split
-from resnetlab.finetune.preprocess import Preprocessing
 from resnetlab.train import TrainConfig, train
 from test_data_safety import write_folder  # the same small image folder
 

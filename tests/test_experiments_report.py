@@ -11,8 +11,8 @@ import pytest
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.gradient_flow import GradientFlowConfig, run_gradient_flow
-from resnetlab.experiments.report import render_report
 from resnetlab.experiments.runs import write_json
+from resnetlab.reports.report import render_report
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 
 from resnetlab import create_model
 from resnetlab.cli import main
+from resnetlab.data.preprocess import Preprocessing, normalise, prepare_images
 from resnetlab.errors import ResnetlabError
 from resnetlab.export import Preprocessed, export_model
-from resnetlab.finetune.preprocess import Preprocessing, normalise, prepare_images
 from resnetlab.weights import save_weights
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from resnetlab.experiments.degradation import verdict
-from resnetlab.experiments.findings import (
+from resnetlab.reports.findings import (
     conv_gradient_finding,
     degradation_findings,
     response_finding,

@@ -13,15 +13,15 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from resnetlab.data.splits import assign_groups, grouped_folds, grouped_holdout
 from resnetlab.errors import ResnetlabError
-from resnetlab.finetune.calibration import (
+from resnetlab.evaluation.calibration import (
     brier_score,
     calibration_errors,
     calibration_summary,
     fit_temperature,
 )
-from resnetlab.finetune.metrics import average_precision
-from resnetlab.finetune.operating_point import binary_rates, choose_threshold, parse_threshold
-from resnetlab.finetune.uncertainty import bootstrap_intervals, delong_test, weighted_metrics
+from resnetlab.evaluation.metrics import average_precision
+from resnetlab.evaluation.operating_point import binary_rates, choose_threshold, parse_threshold
+from resnetlab.evaluation.uncertainty import bootstrap_intervals, delong_test, weighted_metrics
 
 
 def scores_and_labels(n: int = 400, seed: int = 0, ties: bool = True):

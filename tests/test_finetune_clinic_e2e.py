@@ -17,8 +17,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from resnetlab.cli import main
 from resnetlab.data import open_data
+from resnetlab.data.preprocess import load_image, normalise, prepare_images
 from resnetlab.finetune import load_model
-from resnetlab.finetune.preprocess import load_image, normalise, prepare_images
 
 pytestmark = pytest.mark.slow  # real fine-tuning runs end to end
 

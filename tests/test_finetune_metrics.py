@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from resnetlab.finetune.metrics import classification_metrics, roc_auc
+from resnetlab.evaluation.metrics import classification_metrics, roc_auc
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

@@ -18,7 +18,7 @@ from PIL import Image
 
 from resnetlab import runfolder
 from resnetlab.cli import main
-from resnetlab.experiments.report import render_report
+from resnetlab.reports.report import render_report
 
 CLASSES = ("circle", "square", "stripe")
 

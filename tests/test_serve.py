@@ -22,9 +22,9 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from resnetlab import create_model
+from resnetlab.card import build_from_card, write_card
 from resnetlab.cli import main
-from resnetlab.finetune.card import build_from_card, write_card
-from resnetlab.finetune.preprocess import Preprocessing, normalise, prepare_images
+from resnetlab.data.preprocess import Preprocessing, normalise, prepare_images
 from resnetlab.serve import load_served
 from resnetlab.serve.app import create_app
 from resnetlab.weights import save_weights

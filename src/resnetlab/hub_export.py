@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .card import load_model, write_card
 from .errors import ResnetlabError
 from .files import write_json, write_text_atomic
-from .finetune.card import load_model, write_card
 from .models import create_model
 from .weights.hf_hub import CONFIG, EXPORT_FORMAT
 from .weights.io import save_weights
@@ -225,7 +225,7 @@ def model_card_markdown(card: dict[str, Any], config: dict[str, Any]) -> str:
     lines = ["---", *_yaml(front), "---", "", f"# {arch} fine-tuned: {run}", ""]
     lines += [f"- {line}" for line in card.get("summary") or []]
     lines += ["", "## Data", "", description, "", "## Use", "", "```python",
-              "from resnetlab import create_model", "",
+              "from . import create_model", "",
               f"model = create_model({arch!r}, in_channels={config['in_channels']}, "
               "pretrained=\"hf-hub:ORG/NAME\")  # or the folder's path",
               "```", "", "```bash", "resnetlab predict THIS_FOLDER image.png", "```", "",

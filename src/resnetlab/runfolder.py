@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from .files import write_json, write_text_atomic
+from .version import __version__
+
+RUNS_ROOT = Path("runs")  # where a run goes when no folder is named
 
 SCHEMA = 1
 RUN_FILE = "run.json"
@@ -100,8 +103,6 @@ def versions() -> dict[str, Any]:
     """Python, torch, torchvision, resnetlab and, where present, CUDA and cuDNN."""
     import torch
     import torchvision
-
-    from . import __version__
 
     cuda = torch.version.cuda if torch.cuda.is_available() else None
     cudnn = torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from .. import runfolder
 from ..errors import ResnetlabError
+from ..version import __version__
 
 # Modules that define sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -49,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="resnetlab",
         description="VGG, ResNet and their plain twins: models, experiments, fine-tuning.",
     )
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -20,7 +20,7 @@ from .flags import add_settings, given_settings, settings_from_args
 
 def run_degradation_command(args: argparse.Namespace) -> int:
     from ..experiments.degradation import FAMILIES, run_degradation
-    from ..experiments.report import render_report
+    from ..reports.report import render_report
 
     check_trackers(args.log)
     given = given_settings(args, DegradationConfig)

@@ -20,7 +20,7 @@ from .flags import add_settings, given_settings, settings_from_args
 def _done(run_dir, report: bool) -> None:
     print(f"run folder: {run_dir}", file=sys.stderr)
     if report:
-        from ..experiments.report import render_report
+        from ..reports.report import render_report
 
         html_path, _ = render_report([run_dir])
         print(f"report: {html_path}", file=sys.stderr)
@@ -96,7 +96,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    from ..experiments.report import render_report
+    from ..reports.report import render_report
 
     html_path, md_path = render_report(args.run_dirs, args.out)
     print(f"{html_path}\n{md_path}")

@@ -15,31 +15,13 @@ import torch
 from PIL import Image
 
 from ..analysis.gradcam import METHODS, cam_maps, overlay
+from ..card import load_source
+from ..data.preprocess import load_image, normalise, prepare_images
 from ..errors import ResnetlabError
+from ..evaluation.clinic import read_predictions
+from ..evaluation.uncertainty import delong_test
 from ..files import atomic_write, write_json
-from ..finetune.card import load_model
-from ..finetune.clinic import read_predictions
-from ..finetune.predict import card_calibration, expand_inputs
-from ..finetune.preprocess import Preprocessing, load_image, normalise, prepare_images
-from ..finetune.uncertainty import delong_test
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from .export import build_model, is_fine_tuned
-
-
-def load_source(source: str, pretrained: str | None, device: str):
-    """(model, preprocessing, class names, temperature) of a run/model file or a model name."""
-    if is_fine_tuned(source):
-        loaded = load_model(source, device)
-        temperature, _, _ = card_calibration(loaded.card)
-        return loaded.model, loaded.preprocessing, loaded.classes, temperature
-    model = build_model(source, None, pretrained, None, None).to(device).eval()
-    info: Any = model.info  # set by create_model
-    c, h, _ = info.input_size
-    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if c == 3 else ([0.5] * c, [0.25] * c)
-    prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h, mean, std, channels=c)
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    return model, prep, list(names or range(head.out_features)), 1.0
+from ..finetune.predict import expand_inputs
 
 
 def _class_index(text: str | None, classes: list) -> int | None:

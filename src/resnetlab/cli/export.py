@@ -10,44 +10,12 @@ from typing import Any
 
 import torch
 
+from ..card import Calibrated, build_model, export_input_size, is_fine_tuned, locate, read_card
 from ..errors import ResnetlabError
 from ..export import FORMATS, INPUT_KINDS, SUFFIXES, Preprocessed, export_model
-from ..finetune.card import Calibrated, export_input_size, locate, read_card
 from ..hub_export import deploy_metadata, export_hub, model_essentials, run_essentials
-from ..models import create_model, list_models
-from ..weights.io import checkpoint_metadata
 
 HUB = "hub"
-
-
-def build_model(
-    source: str,
-    model_name: str | None,
-    pretrained: str | None,
-    num_classes: int | None,
-    in_channels: int | None,
-) -> torch.nn.Module:
-    """A model from a registered name (optionally with weights) or from a checkpoint file."""
-    options = {"in_channels": in_channels} if in_channels is not None else {}
-    if source in list_models():
-        return create_model(
-            source, num_classes=num_classes, pretrained=pretrained or False, **options
-        )
-    path = Path(source)
-    if not path.is_file():
-        raise ResnetlabError(
-            f"{source!r} is neither a model name nor a checkpoint file; see `resnetlab models`."
-        )
-    name = model_name or checkpoint_metadata(path).get("model")
-    if not name:
-        raise ResnetlabError(f"{path} does not say which model it holds; pass --model NAME.")
-    return create_model(name, num_classes=num_classes, pretrained=path, **options)
-
-
-def is_fine_tuned(source: str) -> bool:
-    """A fine-tuning run folder, or a model file with its model card beside it."""
-    path = Path(source)
-    return path.is_dir() or (path.is_file() and (path.parent / "model_card.json").is_file())
 
 
 def run_export(args: argparse.Namespace) -> int:

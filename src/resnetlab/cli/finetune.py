@@ -70,8 +70,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from ..experiments.report import render_report
     from ..finetune import lr_find
+    from ..reports.report import render_report
 
     options, began, clock = _options(args, "lr-find"), runfolder.now(), time.perf_counter()
     lr_find(options, iters=args.iters, start=args.start_lr, end=args.end_lr, phase=args.phase)

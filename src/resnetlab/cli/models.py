@@ -60,7 +60,7 @@ def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int
 
     source = Path(args.name)
     if source.is_dir() or source.is_file():
-        from ..finetune.card import build_from_card, locate, read_card
+        from ..card import build_from_card, locate, read_card
 
         card = read_card(locate(source)[0])
         model = build_from_card(card)
@@ -92,7 +92,7 @@ def run_summary(args: argparse.Namespace) -> int:
     if args.name == info.name:
         print(f"{info.name}: {info.description}")
     else:
-        from ..finetune.card import run_summary as card_summary
+        from ..card import run_summary as card_summary
 
         print(card_summary(args.name))
     print(f"input {' x '.join(map(str, input_size))}")

@@ -65,8 +65,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _report(config: TrainConfig, result: Any, out: Path) -> None:
     """Per-class metrics of the best checkpoint on the test split, then the run's report."""
-    from ..experiments.predictions import split_predictions
-    from ..experiments.report import render_report
+    from ..evaluation.predictions import split_predictions
+    from ..reports.report import render_report
     from ..train.trackers import attach_report
 
     facts = split_predictions(config, result.model, out)

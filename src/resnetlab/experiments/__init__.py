@@ -1,1 +1,2 @@
-"""The classic experiments, each a function that writes a run folder, and the report renderer."""
+"""The studies: the classic experiments and the studies of trained nets, each writing a run
+folder that `resnetlab.reports` renders."""

@@ -22,9 +22,9 @@ from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
 from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
+from ..reports.findings import compare_finding
 from ..settings import setting
 from . import runs
-from .findings import compare_finding
 from .speed import Spread, add_speeds, measure_speeds, unresolved
 
 DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

@@ -24,6 +24,7 @@ from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import CifarResNet, create_model, list_models, model_info
+from ..reports.findings import degradation_findings
 from ..settings import setting
 from ..train import TrainingDiverged, recipe_config, train
 from ..train.config import DEFAULT_ITERS
@@ -38,7 +39,6 @@ from .degradation_curves import (
     read_curves,
     verdict,
 )
-from .findings import degradation_findings
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}

@@ -156,7 +156,7 @@ def run_demo(
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """Run the three experiments into one folder and render it; returns (folder, report.html)."""
-    from .report import render_report
+    from ..reports.report import render_report
 
     degradation = degradation_config(config)
     run_dir = runs.new_run_dir("demo", out, resume=resume)

@@ -28,9 +28,9 @@ from ..analysis.gradients import (
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import ModelInfo, create_model, model_info
+from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding
 from ..settings import setting
 from . import runs
-from .findings import conv_gradient_finding, response_finding, seed_mlp_finding
 
 DEFAULT_MODELS = [
     "mlp10", "mlp20", "plain20", "resnet20", "plain56", "resnet56", "plain110", "resnet110",

@@ -8,7 +8,6 @@ interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from pathlib import Path
@@ -16,35 +15,13 @@ from typing import Any
 
 from .. import runfolder
 from ..errors import ResnetlabError
-from ..files import atomic_write, write_json
-from ..runfolder import append_jsonl, read_jsonl, write_csv
+from ..figures import pyplot, save_figure
+from ..files import write_json
+from ..runfolder import RUNS_ROOT, append_jsonl, read_jsonl, write_csv
 
 __all__ = ["append_jsonl", "finish_run", "new_run_dir", "pyplot", "read_jsonl", "save_figure",
            "start_run", "write_csv", "write_json"]  # fmt: skip
 
-RUNS_ROOT = Path("runs")
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
-    return Path(path)
-
-
-def pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def new_run_dir(experiment: str, out: str | Path | None = None, *, resume: bool = False) -> Path:

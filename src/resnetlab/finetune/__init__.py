@@ -2,14 +2,15 @@
 evaluation with the practitioner's metric set, and the learning-rate range test.
 """
 
-from .card import LoadedModel, export_input_size, load_model, read_card, run_summary, write_card
-from .evaluate import evaluate_run, format_metrics, image_probabilities
+from ..card import LoadedModel, export_input_size, load_model, read_card, run_summary, write_card
+from ..data.preprocess import Preprocessing, prepare_images
+from ..evaluation.logits import format_metrics, image_probabilities
+from ..evaluation.metrics import classification_metrics, roc_curve
+from .evaluate import evaluate_run
 from .finetune import finetune
 from .lr_find import LrFindResult, lr_find
-from .metrics import classification_metrics, roc_curve
 from .options import FinetuneOptions, FinetuneResult, saved_options
 from .predict import Prediction, expand_inputs, predict_files, render
-from .preprocess import Preprocessing, prepare_images
 
 __all__ = [
     "FinetuneOptions",

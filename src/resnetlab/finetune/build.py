@@ -12,6 +12,10 @@ from torch import nn
 
 from ..download import NetworkError
 from ..errors import ResnetlabError
+from ..models import create_model, model_info
+from ..transfer import replace_head
+from ..weights import list_weights
+from .prepare import choose_preprocessing
 
 if TYPE_CHECKING:
     from .options import FinetuneOptions
@@ -26,8 +30,6 @@ def weights_source(spec: str | None, model: str) -> str | None:
     """``auto``: the ImageNet weights if published for ``model``, else none; a run folder
     given as weights means its model file (fine-tuning or training run)."""
     if spec == "auto":
-        from ..models import model_info
-        from ..weights import list_weights
 
         info = model_info(model)
         published = [w for w in list_weights(info.torchvision_name or info.name)
@@ -48,9 +50,6 @@ def weights_source(spec: str | None, model: str) -> str | None:
 
 def build_model(options: FinetuneOptions, bundle: Any) -> tuple[nn.Module, Any, str | None]:
     """The model with its new head, and the preprocessing its weights expect."""
-    from ..models import create_model
-    from ..transfer import replace_head
-    from .prepare import choose_preprocessing
 
     spec = weights_source(options.pretrained, options.model)
     torch.manual_seed(options.seed)  # the new head (and a model from scratch) starts the same

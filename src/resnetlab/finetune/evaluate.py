@@ -1,77 +1,26 @@
-"""Logits of a model over a labelled split, and ``resnetlab evaluate``: the full metric set
-with confusion-matrix and ROC plots.
+"""``resnetlab evaluate``: a trained model on a labelled split, with the full metric set and
+confusion-matrix and ROC plots.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..data import DataBundle, open_data
+from ..card import load_model
+from ..data import DataBundle, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
+from ..data.preprocess import Preprocessing, load_image, prepare_images
 from ..errors import ResnetlabError
+from ..evaluation.clinic import analyse
+from ..evaluation.logits import image_logits, image_probabilities
+from ..evaluation.metrics import classification_metrics
+from ..evaluation.plots import plot_confusion, plot_roc
+from ..files import write_json
 from ..models.inference import optimize_for_inference
-from .clinic import analyse, summary_lines
-from .metrics import classification_metrics
 from .prepare import open_finetune_data
-from .preprocess import Preprocessing, normalise, prepare_images
-
-
-@torch.no_grad()
-def loader_logits(model: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over an evaluation loader; the modes of all modules are restored
-    (a fine-tuner keeps frozen BatchNorm layers in eval mode)."""
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    logits, labels = [], []
-    for x, y in loader.epoch(0):
-        logits.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    for module, mode in zip(model.modules(), modes, strict=True):
-        module.training = mode
-    return torch.cat(logits), torch.cat(labels)
-
-
-@torch.no_grad()
-def image_probabilities(
-    model: nn.Module,
-    images: torch.Tensor,
-    prep: Preprocessing,
-    *,
-    batch_size: int = 64,
-    tta: bool = False,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Class probabilities for uint8 images (N, C, H, W) of any size, preprocessed as ``prep``
-    says, of the logits over ``temperature``; ``tta`` averages each image's and its mirror's."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
-        p = torch.softmax(model(x).float() / temperature, dim=1)
-        if tta:
-            p = (p + torch.softmax(model(x.flip(-1)).float() / temperature, dim=1)) / 2
-        out.append(p.cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
-@torch.no_grad()
-def image_logits(
-    model: nn.Module, images: torch.Tensor, prep: Preprocessing, *, batch_size: int = 64
-) -> torch.Tensor:
-    """Raw logits for uint8 images (what temperature scaling is fitted on)."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
-        out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def evaluate_run(
@@ -88,8 +37,6 @@ def evaluate_run(
     """All metrics of a fine-tuned model on a labelled split of ``data``; plots and
     ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``.
     On the run's own data the splits are the run's (a held-out val or test re-created)."""
-    from .card import load_model
-    from .plots import plot_confusion, plot_roc
 
     loaded = load_model(source, device)
     bundle, how = run_splits(data, loaded.card, on_bad)
@@ -127,7 +74,6 @@ def evaluate_run(
                            test_probs=probs if tta else None, evaluated=split)  # fmt: skip
         metrics["clinical"] = clinical
     if out is not None:
-        from ..files import write_json
 
         out = Path(out)
         write_json(out / f"metrics_{split}.json", metrics)
@@ -165,8 +111,6 @@ def _same_data(recorded: str, given: str) -> bool:
 def _split_images(part: Any, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images of a split and their labels: the in-memory tensor, or each file decoded
     and preprocessed (unreadable files raise or are left out, as ``part.on_bad`` says)."""
-    from ..data import ImageSet
-    from .preprocess import load_image
 
     if isinstance(part, ImageSet):
         return part.images, part.labels
@@ -181,26 +125,3 @@ def _split_images(part: Any, prep: Preprocessing) -> tuple[torch.Tensor, torch.T
     if not images:
         raise ResnetlabError(f"{part.source}: none of the images could be read; check the files")
     return torch.cat(images), part.labels[torch.tensor(keep)]
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A short table: the headline numbers, precision/recall/F1 per class, and for two
-    classes the rates at the card's threshold and at 0.5 with their intervals."""
-    lines = [
-        f"{metrics.get('split', 'split')}: n {metrics['n']}, loss {metrics['loss']:.4f}, "
-        f"accuracy {metrics['accuracy']:.4f}, "
-        f"balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-        f"ROC-AUC {metrics['roc_auc']:.4f}, macro F1 {metrics['macro_f1']:.4f}",
-        f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
-    ]
-    for name, row in metrics["per_class"].items():
-        lines.append(
-            f"{name[:20]:<20} {row['precision']:>9.4f} {row['recall']:>9.4f} "
-            f"{row['f1']:>9.4f} {row['support']:>8}"
-        )
-    lines.append("confusion matrix [true][predicted]: " + json.dumps(metrics["confusion_matrix"]))
-    if "splits" in metrics:
-        lines.append(f"splits: {metrics['splits']}")
-    if "clinical" in metrics:
-        lines += summary_lines(metrics["clinical"])
-    return "\n".join(lines)

@@ -24,15 +24,18 @@ import torch
 from torch import nn
 
 from .. import runfolder
-from ..data import ImageSet
+from ..data import ImageSet, make_loader
 from ..errors import ResnetlabError
+from ..evaluation.logits import loader_logits
+from ..evaluation.metrics import classification_metrics
 from ..files import RunLock, write_json, write_text_atomic
-from ..train import Callback, TrainConfig, train
+from ..runfolder import append_jsonl, read_jsonl
+from ..train import Callback, TrainConfig, save_checkpoint, train
 from ..train.prepare import check_classes
+from ..transfer import freeze, param_groups, resolve_stages, unfreeze
 from ..weights import load_checkpoint
 from . import outputs, prepare
 from .build import build_model, say, weights_source
-from .metrics import classification_metrics
 from .options import (
     OPTIONS_FILE,
     PHASES,
@@ -73,7 +76,6 @@ class Tracker(Callback):
         return best is None or (value < best if self.monitor == "loss" else value > best)
 
     def on_start(self, state: Any) -> None:
-        from ..experiments.runs import read_jsonl
 
         keep = [
             r
@@ -90,8 +92,6 @@ class Tracker(Callback):
                 self.since = self.since + 1 if r["phase"] == self.phase else 0
 
     def on_eval(self, state: Any, record: dict[str, Any]) -> None:
-        from ..experiments.runs import append_jsonl
-        from .evaluate import loader_logits
 
         logits, labels = loader_logits(state.model, self.loader)
         metrics = classification_metrics(logits, labels, self.classes)
@@ -104,7 +104,6 @@ class Tracker(Callback):
         append_jsonl(self.path, row)
         if self._better(metrics[self.monitor], self.best):
             self.best, self.since = metrics[self.monitor], 0
-            from ..train import save_checkpoint
 
             save_checkpoint({"model": state.model.state_dict()}, self.run_dir / outputs.BEST_MODEL)
             write_json(self.run_dir / "best.json", row)
@@ -234,7 +233,6 @@ class Phase:
 def phase_plan(options: FinetuneOptions, model: nn.Module) -> list[Phase]:
     """Phase 1 (head only; with pretrained weights by default) and phase 2 (unfrozen down to
     ``unfreeze_to``, ``freeze`` stages kept frozen, per-stage lrs falling towards the stem)."""
-    from ..transfer import resolve_stages
 
     stage_modules: Any = model.stage_modules  # every registered model has it (Backbone)
     stages = list(stage_modules())
@@ -275,7 +273,6 @@ def check_nothing_frozen(frozen: Sequence[str], head_epochs: float = 0) -> None:
 
 def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks) -> None:
     """Freeze as the phase says and run it on the engine, unless it finished before."""
-    from ..transfer import freeze, param_groups, unfreeze
 
     unfreeze(model)
     if phase.frozen is None or phase.frozen:
@@ -300,7 +297,6 @@ def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks)
 
 
 def _val_loader(data: Any, prep: Any, batch: int, device: str) -> Any:
-    from ..data import make_loader
 
     where = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     return make_loader(

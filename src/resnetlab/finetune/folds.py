@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 
 from .. import runfolder
-from ..experiments.report import render_report
+from ..card import read_card
+from ..evaluation.clinic import read_predictions
+from ..evaluation.uncertainty import bootstrap_intervals
 from ..files import write_json, write_text_atomic
+from ..reports.report import render_report
 from ..runfolder import write_csv
 from .build import say
-from .card import read_card
-from .clinic import read_predictions
 from .finetune import finetune
 from .options import OPTIONS_FILE, FinetuneOptions
-from .uncertainty import bootstrap_intervals
 
 KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1", "loss")
 

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError
+from ..evaluation.plots import plot_lr_find
 from ..files import write_json
 from ..train import Callback, TrainingDiverged, train
+from ..transfer import freeze, param_groups
+from . import prepare
 from .build import build_model, say, weights_source
 from .finetune import check_nothing_frozen, engine_config
 from .options import FinetuneOptions
@@ -94,9 +97,6 @@ def lr_find(
 ) -> LrFindResult:
     """Sweep the lr for the phase-2 model (``phase="full"``) or the head alone (``"head"``);
     writes ``lr_find.json`` and ``lr_find.png`` (and the engine's records in ``sweep/``)."""
-    from ..transfer import freeze, param_groups
-    from . import prepare
-    from .plots import plot_lr_find
 
     if not 0 < start < end or iters < 5:
         raise ResnetlabError("need 0 < --start-lr < --end-lr and at least 5 iterations.")

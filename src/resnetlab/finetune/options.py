@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ResnetlabError
+from ..evaluation.operating_point import parse_threshold
 from ..files import LOCK_NAME
 from ..settings import check_settings, compose, setting
 from ..train.config import TrainConfig, check_trackers
 from ..train.distributed import check_device
 from .build import say
-from .operating_point import parse_threshold
 
 MONITORS = ("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1")
 GREY = ("auto", "repeat", "sum")

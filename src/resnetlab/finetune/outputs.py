@@ -13,18 +13,19 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..card import build_from_card, write_card
+from ..evaluation import clinic
+from ..evaluation.gallery import decisions, draw_gallery
+from ..evaluation.logits import format_metrics, image_logits, image_probabilities
+from ..evaluation.metrics import classification_metrics
+from ..evaluation.plots import plot_confusion, plot_history, plot_roc
 from ..files import write_text_atomic
+from ..reports.report import render_report
 from ..runfolder import read_jsonl
 from ..train.metrics import MetricsWriter
 from ..weights import load_checkpoint, load_weights, save_weights
-from . import clinic
 from .build import say
-from .card import build_from_card, write_card
-from .evaluate import format_metrics, image_logits, image_probabilities
-from .gallery import decisions, draw_gallery
-from .metrics import classification_metrics
 from .options import PHASES, FinetuneResult
-from .plots import plot_confusion, plot_history, plot_roc
 
 CHECKPOINTS = ("last.pt", "best.pt")  # the engine's, in each phase folder
 BEST_MODEL = "best_model.pt"  # the tracker's best model while the run is going
@@ -244,7 +245,6 @@ def merge_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def write_report(run_dir: Path, card: dict[str, Any], data_summary: str) -> None:
     """``run.json``, ``data.txt``, ``choices.txt``, then the experiments' report renderer
     (``report.html`` + ``report.md``), which shows them with the card's summary and plots."""
-    from ..experiments.report import render_report
     train = card["training"]
     runfolder.finish(run_dir, "completed", extra={"data": train["data"]})
     write_text_atomic(run_dir / "data.txt", data_summary + "\n")

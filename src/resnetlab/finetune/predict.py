@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from ..card import LoadedModel, card_calibration
 from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
+from ..data.preprocess import load_image, prepare_images
 from ..errors import ResnetlabError
+from ..evaluation.logits import image_probabilities
 from ..models.inference import optimize_for_inference
-from .card import LoadedModel
-from .evaluate import image_probabilities
-from .preprocess import load_image, prepare_images
 
 
 @dataclass
@@ -34,13 +34,6 @@ class Prediction:
     probability: float | None = None
     threshold: float | None = None
     decision: str | None = None
-
-
-def card_calibration(card: dict) -> tuple[float, float | None, str | None]:
-    """(temperature, threshold, positive class) from a model card (1, None, None if absent)."""
-    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-    point = card.get("operating_point") or {}
-    return temperature, point.get("threshold"), point.get("positive_class")
 
 
 def expand_inputs(items: list[str]) -> list[Path]:

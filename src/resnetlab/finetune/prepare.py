@@ -13,9 +13,11 @@ from tqdm.auto import tqdm
 
 from ..data import DataBundle, FileImageSet, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
+from ..data.preprocess import Preprocessing, load_image, prepare_images
 from ..errors import ResnetlabError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from .preprocess import Preprocessing, load_image, prepare_images
+from ..train.prepare import channel_stats
+from ..weights import load_checkpoint
 from .splitting import check_no_leak, fold_split, hold_out
 
 SPLITS = ("train", "val", "test")
@@ -119,7 +121,6 @@ def weights_preprocessing(model: nn.Module) -> dict[str, Any] | None:
 
 def engine_checkpoint_norm(path: Path) -> tuple[list[float], list[float]] | None:
     """Mean/std a project training checkpoint (``resnetlab train``) normalised its inputs with."""
-    from ..weights import load_checkpoint
 
     if path.suffix == ".safetensors":
         return None
@@ -226,7 +227,6 @@ def prepare_bundle(bundle: DataBundle, prep: Preprocessing) -> DataBundle:
     train = sets["train"]
     assert train is not None  # every bundle has a train split
     if not prep.mean:  # from scratch: channel statistics of the prepared training images
-        from ..train.prepare import channel_stats
 
         prep.mean, prep.std = channel_stats(train.images)
         prep.notes[-1] = (

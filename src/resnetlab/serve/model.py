@@ -17,15 +17,12 @@ import torch
 from PIL import Image
 
 from ..analysis.gradcam import cam_maps, overlay
-from ..cli.explain import load_source
-from ..cli.export import is_fine_tuned
+from ..card import CARD_NAME, card_calibration, is_fine_tuned, load_model, load_source
 from ..data.folder import decode
+from ..data.preprocess import Preprocessing, prepare_images
+from ..data.preprocess import normalise as normalise_prep
 from ..errors import ResnetlabError
 from ..experiments import trained
-from ..finetune.card import CARD_NAME, load_model
-from ..finetune.predict import card_calibration
-from ..finetune.preprocess import Preprocessing, prepare_images
-from ..finetune.preprocess import normalise as normalise_prep
 from ..models.inference import optimize_for_inference
 from ..weights import load_checkpoint
 

@@ -12,8 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ResnetlabError
-from .preprocess import Preprocessing
+from .data.preprocess import Preprocessing
+from .errors import ResnetlabError
+from .files import write_json
+from .models import create_model, list_models
+from .models.summary import count_parameters
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .transfer import replace_head
+from .weights import load_weights
+from .weights.io import checkpoint_metadata
+from .weights.pretrained import load_state_dict_strict
 
 CARD_NAME = "model_card.json"
 CARD_FORMAT = "resnetlab-model-card/1"
@@ -33,7 +41,6 @@ class LoadedModel:
 
 def write_card(folder: Path, card: dict[str, Any]) -> Path:
     """Write ``model_card.json`` atomically."""
-    from ..files import write_json
 
     path = Path(folder) / CARD_NAME
     write_json(path, {"format": CARD_FORMAT, **card})
@@ -74,8 +81,6 @@ def locate(source: str | Path) -> tuple[Path, Path]:
 
 def build_from_card(card: dict[str, Any]) -> nn.Module:
     """The card's architecture with its head, randomly initialised (weights are loaded next)."""
-    from ..models import create_model
-    from ..transfer import replace_head
 
     spec = card["model"]
     model = create_model(
@@ -89,8 +94,6 @@ def build_from_card(card: dict[str, Any]) -> nn.Module:
 
 def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
     """Load a fine-tuned model (run folder or model file + card) in eval mode."""
-    from ..weights import load_weights
-    from ..weights.pretrained import load_state_dict_strict
 
     card_path, weights = locate(source)
     card = read_card(card_path)
@@ -99,6 +102,13 @@ def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
     model.to(device).eval()
     prep = Preprocessing.from_dict(card["preprocessing"])
     return LoadedModel(model, card, prep, list(card["classes"]), weights)
+
+
+def card_calibration(card: dict) -> tuple[float, float | None, str | None]:
+    """(temperature, threshold, positive class) from a model card (1, None, None if absent)."""
+    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+    point = card.get("operating_point") or {}
+    return temperature, point.get("threshold"), point.get("positive_class")
 
 
 class Calibrated(nn.Module):
@@ -124,7 +134,6 @@ def export_input_size(source: str | Path) -> tuple[nn.Module, tuple[int, int, in
 
 def run_summary(source: str | Path) -> str:
     """For ``resnetlab summary RUN_DIR``: architecture, head, parameters (total/trainable)."""
-    from ..models.summary import count_parameters
 
     card = read_card(locate(source)[0])
     model = build_from_card(card)
@@ -143,3 +152,49 @@ def run_summary(source: str | Path) -> str:
             f"({m.get('measured_on', split)})"
         )
     return "\n".join(lines)
+
+
+def build_model(
+    source: str,
+    model_name: str | None,
+    pretrained: str | None,
+    num_classes: int | None,
+    in_channels: int | None,
+) -> torch.nn.Module:
+    """A model from a registered name (optionally with weights) or from a checkpoint file."""
+    options = {"in_channels": in_channels} if in_channels is not None else {}
+    if source in list_models():
+        return create_model(
+            source, num_classes=num_classes, pretrained=pretrained or False, **options
+        )
+    path = Path(source)
+    if not path.is_file():
+        raise ResnetlabError(
+            f"{source!r} is neither a model name nor a checkpoint file; see `resnetlab models`."
+        )
+    name = model_name or checkpoint_metadata(path).get("model")
+    if not name:
+        raise ResnetlabError(f"{path} does not say which model it holds; pass --model NAME.")
+    return create_model(name, num_classes=num_classes, pretrained=path, **options)
+
+
+def is_fine_tuned(source: str) -> bool:
+    """A fine-tuning run folder, or a model file with its model card beside it."""
+    path = Path(source)
+    return path.is_dir() or (path.is_file() and (path.parent / "model_card.json").is_file())
+
+
+def load_source(source: str, pretrained: str | None, device: str):
+    """(model, preprocessing, class names, temperature) of a run/model file or a model name."""
+    if is_fine_tuned(source):
+        loaded = load_model(source, device)
+        temperature, _, _ = card_calibration(loaded.card)
+        return loaded.model, loaded.preprocessing, loaded.classes, temperature
+    model = build_model(source, None, pretrained, None, None).to(device).eval()
+    info: Any = model.info  # set by create_model
+    c, h, _ = info.input_size
+    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if c == 3 else ([0.5] * c, [0.25] * c)
+    prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h, mean, std, channels=c)
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    return model, prep, list(names or range(head.out_features)), 1.0

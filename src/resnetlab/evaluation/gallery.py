@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..analysis.gradcam import cam_maps, overlay
-from ..experiments.runs import pyplot, save_figure
-from .preprocess import Preprocessing, normalise, prepare_images
+from ..data.preprocess import Preprocessing, normalise, prepare_images
+from ..figures import pyplot, save_figure
 
 WRONG, RIGHT = 8, 4
 

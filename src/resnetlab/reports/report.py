@@ -15,8 +15,8 @@ from pathlib import Path
 from .. import runfolder
 from ..errors import ResnetlabError
 from ..files import write_text_atomic
-from . import runs, train_report
-from .report_pages import (
+from . import train_report
+from .pages import (
     MAX_ROWS,
     RunSection,
     definitions,
@@ -139,7 +139,7 @@ def collect(folder: Path, out: Path) -> RunSection:
     if isinstance(run.get("model"), dict):
         section.model = definitions(run["model"])
     _results(section)
-    records = runs.read_jsonl(folder / "metrics.jsonl")
+    records = runfolder.read_jsonl(folder / "metrics.jsonl")
     if any(r.get("kind") == "train" for r in records) and not section.summary:
         section.summary = train_report.findings(run, config, records)
     lines, tables = train_report.per_class_findings(folder)
@@ -180,7 +180,7 @@ def render_report(run_dirs: list[str | Path], out: str | Path | None = None) -> 
         if len(run_dirs) == 1:
             out = Path(run_dirs[0])
         else:
-            out = runs.RUNS_ROOT / f"report-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+            out = runfolder.RUNS_ROOT / f"report-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     for folder in map(Path, run_dirs):
         _check_run_folder(folder)
     out = Path(out)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..experiments.runs import pyplot, save_figure
+from ..figures import pyplot, save_figure
 from .calibration import calibration_errors, reliability
 from .metrics import roc_auc, roc_curve
 from .uncertainty import weighted_metrics

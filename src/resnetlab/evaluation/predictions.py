@@ -16,12 +16,12 @@ from torch import nn
 
 from ..data import open_data
 from ..files import atomic_write, write_json
-from ..finetune.evaluate import loader_logits
-from ..finetune.metrics import classification_metrics
-from ..finetune.plots import plot_confusion
 from ..train import TrainConfig, load_checkpoint
 from ..train.distributed import Dist
 from ..train.prepare import Plan, make_loaders
+from .logits import loader_logits
+from .metrics import classification_metrics
+from .plots import plot_confusion
 
 PER_CLASS = "per_class.json"
 PREDICTIONS = "test_predictions.npz"

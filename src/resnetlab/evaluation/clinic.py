@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ResnetlabError
-from ..experiments.runs import write_csv
+from ..runfolder import write_csv
 from .calibration import calibration_summary, fit_temperature
 from .operating_point import binary_rates, choose_threshold
 from .plots import plot_pr, plot_reliability

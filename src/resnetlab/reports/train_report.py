@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from ..figures import pyplot, save_figure
 
 CURVE_KEYS = ("train_error", "val_error", "test_error")
 PER_CLASS = "per_class.json"
@@ -112,7 +112,7 @@ def training_curve(records: list[dict], title: str, path: Path) -> Path | None:
     errors = {k: v for k, v in series.items() if k.endswith("_error")}
     if not series:
         return None
-    plt = runs.pyplot()
+    plt = pyplot()
     panels = [p for p in (errors, {"train_loss": series.get("train_loss", [])}) if any(p.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
@@ -132,4 +132,4 @@ def training_curve(records: list[dict], title: str, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
