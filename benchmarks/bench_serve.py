@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from resnetlab.card import build_from_card, load_model, write_card
+from resnetlab.artifact import load_trained as load_model
+from resnetlab.card import build_from_card, write_card
 from resnetlab.data.preprocess import Preprocessing
 from resnetlab.finetune.predict import predict_files
 from resnetlab.serve import load_served

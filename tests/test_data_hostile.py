@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from resnetlab.card import LoadedModel
+from resnetlab.artifact import Trained as LoadedModel
 from resnetlab.cli import build_parser
 from resnetlab.cli.finetune import given_options
 from resnetlab.cli.train import parse_overrides

@@ -15,10 +15,10 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from resnetlab.artifact import load_trained as load_model
 from resnetlab.cli import main
 from resnetlab.data import open_data
 from resnetlab.data.preprocess import load_image, normalise, prepare_images
-from resnetlab.finetune import load_model
 
 pytestmark = pytest.mark.slow  # real fine-tuning runs end to end
 

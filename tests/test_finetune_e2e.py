@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from resnetlab import create_model
+from resnetlab.artifact import export_input_size, run_summary
+from resnetlab.artifact import load_trained as load_model
 from resnetlab.cli import main
 from resnetlab.data.preprocess import load_image, normalise, prepare_images
 from resnetlab.export import export_model
-from resnetlab.finetune import export_input_size, load_model, run_summary
 from resnetlab.train import load_checkpoint
 from resnetlab.weights import load_weights
 

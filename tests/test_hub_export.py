@@ -17,9 +17,9 @@ from huggingface_hub import metadata_load
 from PIL import Image
 
 from resnetlab import create_model
+from resnetlab.artifact import load_trained as load_model
 from resnetlab.cli import main
 from resnetlab.export import read_metadata
-from resnetlab.finetune import load_model
 from test_hf_hub import fill_cache
 
 pytestmark = pytest.mark.slow  # one fine-tuning run for the module

@@ -1,42 +1,30 @@
-"""The model card (``model_card.json``): what a fine-tuned model is, what it expects, how it
-was trained and how well it did, and loading a model back from a run folder or a model file.
+"""The model card (``model_card.json``) beside ``model.safetensors``: what a trained model is,
+what it expects, how it decides, how it was made and how well it did. Every run that yields a
+model (``train``, ``finetune``, each fold, each degradation arm) ends with these two files.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .data.preprocess import Preprocessing
 from .errors import ResnetlabError
 from .files import write_json
-from .models import create_model, list_models
+from .models import create_model
 from .models.summary import count_parameters
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .preprocessing import Preprocessing
 from .transfer import replace_head
-from .weights import load_weights
-from .weights.io import checkpoint_metadata
-from .weights.pretrained import load_state_dict_strict
+from .weights.io import save_weights
 
 CARD_NAME = "model_card.json"
 CARD_FORMAT = "resnetlab-model-card/1"
-WEIGHT_FILES = ("model.safetensors", "model.pt")
-
-
-@dataclass
-class LoadedModel:
-    """A model in eval mode with its card, ready for prediction or evaluation."""
-
-    model: nn.Module
-    card: dict[str, Any]
-    preprocessing: Preprocessing
-    classes: list[str]
-    weights: Path
+WEIGHTS = "model.safetensors"
+SMALL_IMAGES = 64  # the engine holds images up to this size in memory, at their own size
 
 
 def write_card(folder: Path, card: dict[str, Any]) -> Path:
@@ -54,29 +42,25 @@ def read_card(path: Path) -> dict[str, Any]:
         card = json.loads(path.read_text())
     except FileNotFoundError:
         raise ResnetlabError(
-            f"no model card at {path}; give a fine-tuning run folder or a model file with "
-            f"{CARD_NAME} beside it."
+            f"no model card at {path}; give a run folder or a model file with {CARD_NAME} "
+            "beside it."
         ) from None
     except (OSError, ValueError) as exc:
         raise ResnetlabError(f"{path} is not a readable model card ({exc}).") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise ResnetlabError(f"{path} is not a resnetlab model card (format {CARD_FORMAT}).")
+    for key in ("model", "classes", "preprocessing"):
+        if key not in card:
+            raise ResnetlabError(f"{path}: the card has no {key!r}; re-create the run's card.")
     return card
 
 
-def locate(source: str | Path) -> tuple[Path, Path]:
-    """(card path, weights path) for a run folder or a model file with a card beside it."""
-    source = Path(source)
-    if source.is_dir():
-        weights = next((source / n for n in WEIGHT_FILES if (source / n).is_file()), None)
-        if weights is None:
-            raise ResnetlabError(
-                f"{source} holds no {' or '.join(WEIGHT_FILES)}; is the fine-tuning run finished?"
-            )
-        return source / CARD_NAME, weights
-    if source.is_file():
-        return source.parent / CARD_NAME, source
-    raise ResnetlabError(f"{source} does not exist; give a run folder or a model file.")
+def card_preprocessing(values: Mapping[str, Any], where: str) -> Preprocessing:
+    """The card's ``preprocessing`` as the record; a bad field is one line naming it."""
+    try:
+        return Preprocessing.from_dict(dict(values))
+    except (ResnetlabError, TypeError) as exc:
+        raise ResnetlabError(f"{where}: preprocessing: {exc}") from None
 
 
 def build_from_card(card: dict[str, Any]) -> nn.Module:
@@ -92,109 +76,70 @@ def build_from_card(card: dict[str, Any]) -> nn.Module:
     return replace_head(model, len(card["classes"]), dropout=spec.get("head_dropout", 0.0))
 
 
-def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load a fine-tuned model (run folder or model file + card) in eval mode."""
-
-    card_path, weights = locate(source)
-    card = read_card(card_path)
-    model = build_from_card(card)
-    load_state_dict_strict(model, load_weights(weights), source=weights.name)
-    model.to(device).eval()
-    prep = Preprocessing.from_dict(card["preprocessing"])
-    return LoadedModel(model, card, prep, list(card["classes"]), weights)
-
-
-def card_calibration(card: dict) -> tuple[float, float | None, str | None]:
-    """(temperature, threshold, positive class) from a model card (1, None, None if absent)."""
-    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-    point = card.get("operating_point") or {}
-    return temperature, point.get("threshold"), point.get("positive_class")
-
-
-class Calibrated(nn.Module):
-    """The model's logits over the card's temperature: its softmax is the calibrated one."""
-
-    def __init__(self, model: nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.model, self.temperature = model, float(temperature)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) / self.temperature
-
-
-def export_input_size(source: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
-    """For ``resnetlab export RUN_DIR``: the model (with the card's temperature, when it has
-    one) and its (C, H, W) input size from the card."""
-    loaded = load_model(source)
-    prep = loaded.preprocessing
-    temperature = loaded.card.get("calibration", {}).get("temperature")
-    model = loaded.model if temperature is None else Calibrated(loaded.model, temperature).eval()
-    return model, (prep.channels, prep.crop, prep.crop)
-
-
-def run_summary(source: str | Path) -> str:
-    """For ``resnetlab summary RUN_DIR``: architecture, head, parameters (total/trainable)."""
-
-    card = read_card(locate(source)[0])
-    model = build_from_card(card)
-    total, _ = count_parameters(model)
-    spec, prep = card["model"], Preprocessing.from_dict(card["preprocessing"])
-    lines = [
-        f"{spec['name']} fine-tuned for {len(card['classes'])} classes: "
-        + ", ".join(card["classes"]),
-        f"head: dropout {spec.get('head_dropout', 0.0)} + Linear; parameters {total:,} "
-        f"(trainable while fine-tuning: {spec.get('trainable', total):,})",
-        f"input: {prep.describe()}",
-    ]
-    for split, m in card.get("metrics", {}).items():
-        lines.append(
-            f"{split}: accuracy {m['accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f} "
-            f"({m.get('measured_on', split)})"
-        )
-    return "\n".join(lines)
-
-
-def build_model(
-    source: str,
-    model_name: str | None,
-    pretrained: str | None,
-    num_classes: int | None,
-    in_channels: int | None,
-) -> torch.nn.Module:
-    """A model from a registered name (optionally with weights) or from a checkpoint file."""
-    options = {"in_channels": in_channels} if in_channels is not None else {}
-    if source in list_models():
-        return create_model(
-            source, num_classes=num_classes, pretrained=pretrained or False, **options
-        )
-    path = Path(source)
-    if not path.is_file():
+def check_against_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], classes: list, channels: int,
+    where: str, field: str = "classes",
+) -> None:  # fmt: skip
+    """Refuse a card whose class list or input channels disagree with the weights (one line
+    naming the field), before a mismatch could reach a prediction as a wrong index."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head = state.get(f"{names[-1]}.weight") if names else None
+    if head is not None and head.shape[0] != len(classes):
         raise ResnetlabError(
-            f"{source!r} is neither a model name nor a checkpoint file; see `resnetlab models`."
+            f"{where}: {field} lists {len(classes)} names but the weights' head has "
+            f"{head.shape[0]} outputs; give one name per output."
         )
-    name = model_name or checkpoint_metadata(path).get("model")
-    if not name:
-        raise ResnetlabError(f"{path} does not say which model it holds; pass --model NAME.")
-    return create_model(name, num_classes=num_classes, pretrained=path, **options)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    stem = state.get(f"{convs[0]}.weight") if convs else None
+    if stem is not None and stem.shape[1] != channels:
+        raise ResnetlabError(
+            f"{where}: preprocessing.channels is {channels} but the weights take "
+            f"{stem.shape[1]} input channel(s); fix the card's channels, mean and std."
+        )
 
 
-def is_fine_tuned(source: str) -> bool:
-    """A fine-tuning run folder, or a model file with its model card beside it."""
-    path = Path(source)
-    return path.is_dir() or (path.is_file() and (path.parent / "model_card.json").is_file())
+def train_card(
+    config: Mapping[str, Any],
+    classes: list,
+    preprocess: Mapping[str, Any] | None,
+    model: nn.Module,
+    image_size: int | None = None,
+) -> dict[str, Any]:
+    """The card of a ``resnetlab train`` run from its settings (``config.json``), its classes
+    and normalisation (the checkpoint's ``preprocess``) and the model. Inputs are the training
+    images' size (``image_size``; else the per-pixel mean's or the model's), resized whole up to
+    64 px as the engine keeps them, else 224 px after a resize to 256."""
+    info: Any = getattr(model, "info", None)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    channels = convs[0].in_channels if convs else 3
+    norm = dict(preprocess or {})
+    pixel = norm.get("pixel_mean")
+    if pixel is not None:
+        pixel = torch.as_tensor(pixel).float()
+        image_size = int(pixel.shape[-1])
+    size = image_size or (info.input_size[-1] if info is not None else 32)
+    prep = Preprocessing.for_input(
+        channels, size if size <= SMALL_IMAGES else 224, norm.get("mean"), norm.get("std"),
+        pixel.tolist() if pixel is not None else None,
+    )  # fmt: skip
+    total, _ = count_parameters(model)
+    return {
+        "model": {"name": config.get("model") or (info.name if info is not None else None),
+                  "in_channels": channels, "options": dict(config.get("model_options") or {}),
+                  "num_classes": len(classes), "head_dropout": 0.0, "parameters": total},
+        "classes": [str(c) for c in classes],
+        "preprocessing": prep.to_dict(),
+        "calibration": {"temperature": 1.0, "fitted_on": None},
+        "operating_point": None,
+        "training": {"kind": "train", "options": dict(config)},
+    }  # fmt: skip
 
 
-def load_source(source: str, pretrained: str | None, device: str):
-    """(model, preprocessing, class names, temperature) of a run/model file or a model name."""
-    if is_fine_tuned(source):
-        loaded = load_model(source, device)
-        temperature, _, _ = card_calibration(loaded.card)
-        return loaded.model, loaded.preprocessing, loaded.classes, temperature
-    model = build_model(source, None, pretrained, None, None).to(device).eval()
-    info: Any = model.info  # set by create_model
-    c, h, _ = info.input_size
-    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if c == 3 else ([0.5] * c, [0.25] * c)
-    prep = Preprocessing(h, round(h * 256 / 224) if h >= 224 else h, mean, std, channels=c)
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    return model, prep, list(names or range(head.out_features)), 1.0
+def save_artifact(
+    folder: Path, state: Mapping[str, torch.Tensor], card: dict[str, Any]
+) -> Path:
+    """``model.safetensors`` (the card's essentials in its header) and ``model_card.json``."""
+    meta = {"model": card["model"]["name"], "classes": card["classes"],
+            "preprocessing": card["preprocessing"]}  # fmt: skip
+    save_weights(dict(state), Path(folder) / WEIGHTS, metadata=meta)
+    return write_card(folder, card)

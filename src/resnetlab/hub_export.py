@@ -1,4 +1,5 @@
-"""``resnetlab export RUN --format hub``: a fine-tuning run as a Hugging Face Hub model folder.
+"""``resnetlab export RUN --format hub``: a run (train or finetune) as a Hugging Face Hub model
+folder.
 
 The folder holds ``model.safetensors`` (resnetlab's keys; a dropout head stored as its Linear),
 ``config.json`` (architecture, classes, preprocessing, temperature and threshold, licence:
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .card import load_model, write_card
+from .artifact import load_trained
+from .card import write_card
 from .errors import ResnetlabError
 from .files import write_json, write_text_atomic
 from .models import create_model
@@ -43,11 +45,13 @@ def run_essentials(card: dict[str, Any], source_run: str, licence: str | None) -
         "in_channels": spec["in_channels"],
         "model_options": dict(spec.get("options") or {}),
         "label_names": list(card["classes"]),
-        "preprocessing": {k: prep[k] for k in ("resize", "crop", "mean", "std",
-                                                "interpolation", "channels", "grey") if k in prep},
         "source_run": source_run,
         "license": licence or weights_licence(card),
-    }  # fmt: skip
+    }
+    if prep:  # none for a model whose weights record none
+        out["preprocessing"] = {k: prep[k] for k in ("resize", "crop", "mean", "std",
+                                "interpolation", "channels", "grey", "pixel_mean")
+                                if prep.get(k) is not None}  # fmt: skip
     temperature = (card.get("calibration") or {}).get("temperature")
     if temperature is not None:
         out["temperature"] = float(temperature)
@@ -64,25 +68,6 @@ def weights_licence(card: dict[str, Any]) -> str:
     return source.get("licence") or UNKNOWN_LICENCE
 
 
-def model_essentials(model: nn.Module, source: str, licence: str | None) -> dict[str, Any]:
-    """The same essentials for a registered model or checkpoint, from its ``pretrained_cfg``."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    info = getattr(model, "info", None)
-    out: dict[str, Any] = {
-        "architecture": info.name if info is not None else type(model).__name__,
-        "source": source,
-        "license": licence or cfg.get("licence") or UNKNOWN_LICENCE,
-    }
-    if cfg.get("classes"):
-        out |= {"label_names": list(cfg["classes"]), "num_classes": len(cfg["classes"])}
-    if isinstance(cfg.get("preprocessing"), dict):
-        out["preprocessing"] = dict(cfg["preprocessing"])
-    for key in ("temperature", "threshold", "positive_class"):
-        if cfg.get(key) is not None:
-            out[key] = cfg[key]
-    return out
-
-
 def deploy_metadata(essentials: dict[str, Any], input_size: tuple[int, ...], io: str) -> dict:
     """ONNX ``metadata_props`` (string values; lists and dicts as JSON)."""
     prep = essentials.get("preprocessing") or {}
@@ -96,7 +81,6 @@ def deploy_metadata(essentials: dict[str, Any], input_size: tuple[int, ...], io:
         "preprocessing": prep or None,
         "io": io,
         "source_run": essentials.get("source_run"),
-        "source": essentials.get("source"),
         "temperature": essentials.get("temperature"),
         "threshold": essentials.get("threshold"),
         "positive_class": essentials.get("positive_class"),
@@ -141,13 +125,17 @@ def check_target(out: Path) -> None:
 
 
 def export_hub(source: str | Path, out: str | Path, *, licence: str | None = None) -> Path:
-    """Write the Hub folder for a fine-tuning run (or model file with its card) and check that
-    it loads back to the same outputs."""
+    """Write the Hub folder for a run (or model file with its card) and check that it loads
+    back to the same outputs."""
     out = Path(out)
     check_target(out)
-    loaded = load_model(source)
+    loaded = load_trained(source)
+    if loaded.run is None:
+        raise ResnetlabError(
+            f"--format hub exports a run: a train or fine-tuning run folder; {source!r} is not one."
+        )
     card = loaded.card
-    essentials = run_essentials(card, Path(source).resolve().name, licence)
+    essentials = run_essentials(card, loaded.run.resolve().name, licence)
     config = hub_config(essentials)
     out.mkdir(parents=True, exist_ok=True)
     state = plain_head(loaded.model, card["model"].get("head_dropout", 0.0))

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..analysis.gradcam import METHODS, cam_maps, overlay
-from ..card import load_source
-from ..data.preprocess import load_image, normalise, prepare_images
+from ..artifact import load_trained
+from ..data.preprocess import load_image
 from ..errors import ResnetlabError
-from ..evaluation.clinic import read_predictions
+from ..evaluation.clinic import read_digests, read_predictions
 from ..evaluation.uncertainty import delong_test
 from ..files import atomic_write, write_json
 from ..finetune.predict import expand_inputs
@@ -52,7 +51,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    model, prep, classes, temperature = load_source(args.source, args.pretrained, args.device)
+    trained = load_trained(args.source, args.pretrained, args.device)
+    model, classes = trained.model, trained.classes
     paths = expand_inputs(args.images)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
@@ -63,12 +63,12 @@ def run_explain(args: argparse.Namespace) -> int:
     records = []
     for path in paths:
         try:
-            raw = prepare_images(load_image(path)[None], prep)
+            image = load_image(path)[None]
         except (OSError, ValueError, SyntaxError) as exc:
             raise ResnetlabError(
                 f"{path}: not a readable image ({exc}); fix it or leave it out."
             ) from None
-        x = normalise(raw.to(args.device), prep)
+        x, raw = trained.inputs(image), trained.prepared(image)
         record: dict[str, Any] = {"image": str(path)}
         for method in methods:
             result = cam_maps(model, x, method=method, layer=args.layer, target=target)
@@ -76,7 +76,7 @@ def run_explain(args: argparse.Namespace) -> int:
             stem = f"{path.stem}_{method.replace('++', 'pp')}"
             _save_npy(out / f"{stem}.npy", cam.numpy())
             _save_png(out / f"{stem}.png", overlay(raw[0], cam))
-            p = torch.softmax(result["logits"][0] / temperature, 0)[c].item()
+            p = trained.probabilities(result["logits"][:1])[0, c].item()
             record |= {"layer": result["layer"], "class": str(classes[c]), "probability": p,
                        method: {"png": f"{stem}.png", "npy": f"{stem}.npy"}}  # fmt: skip
         records.append(record)
@@ -93,6 +93,19 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ResnetlabError(
             "the two runs' test labels differ; DeLong's test needs both models on the same "
             "test images in the same order."
+        )
+    digests = {run: read_digests(Path(run)) for run in (args.run_a, args.run_b)}
+    if None in digests.values():
+        old = next(run for run, d in digests.items() if d is None)
+        raise ResnetlabError(
+            f"{old}: predictions_test.csv records no image hashes (made before they were), so "
+            "the test images cannot be shown to be the same; re-create it with `resnetlab "
+            f"evaluate {old} DATA --out {old}`."
+        )
+    if digests[args.run_a] != digests[args.run_b]:
+        raise ResnetlabError(
+            "the two runs' test images differ (their content hashes); DeLong's test needs both "
+            "models on the same test images in the same order."
         )
     result = delong_test(scores_a, scores_b, labels_a == 1)
     result |= {"run_a": str(args.run_a), "run_b": str(args.run_b), "test": "DeLong (1988)"}

@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..card import Calibrated, build_model, export_input_size, is_fine_tuned, locate, read_card
+from ..artifact import Calibrated, export_input_size, load_trained
 from ..errors import ResnetlabError
 from ..export import FORMATS, INPUT_KINDS, SUFFIXES, Preprocessed, export_model
-from ..hub_export import deploy_metadata, export_hub, model_essentials, run_essentials
+from ..hub_export import deploy_metadata, export_hub, run_essentials
 
 HUB = "hub"
 
 
 def run_export(args: argparse.Namespace) -> int:
     if args.format == HUB:
-        if not is_fine_tuned(args.source):
-            raise ResnetlabError(
-                f"--format hub exports a fine-tuning run folder; {args.source!r} is not one."
-            )
         out = export_hub(args.source, args.out, licence=args.license)
         print(f"hub -> {out}: model.safetensors, config.json, README.md, model_card.json")
         return 0
@@ -32,16 +27,12 @@ def run_export(args: argparse.Namespace) -> int:
             f"--out {args.out} is a folder; give the file to write, e.g. "
             f"{args.out / ('model' + SUFFIXES[args.format])}."
         )
-    if is_fine_tuned(args.source):
-        model, size = export_input_size(args.source)
-        card = read_card(locate(args.source)[0])
-        essentials = run_essentials(card, Path(args.source).resolve().name, args.license)
-    else:
-        in_channels = args.input_size[0] if args.input_size else None
-        model = build_model(args.source, args.model, args.pretrained, args.num_classes, in_channels)
-        info: Any = model.info  # set by create_model
-        size = info.input_size
-        essentials = model_essentials(model, args.source, args.license)
+    in_channels = args.input_size[0] if args.input_size else None
+    trained = load_trained(args.source, args.pretrained, model_name=args.model,
+                           num_classes=args.num_classes, in_channels=in_channels)  # fmt: skip
+    model, size = export_input_size(trained)
+    name = trained.run.resolve().name if trained.run is not None else args.source
+    essentials = run_essentials(trained.card, name, args.license)
     size = tuple(args.input_size) if args.input_size else size
     if args.with_preprocessing:
         model = _preprocessed(model, essentials, args.with_preprocessing)
@@ -68,6 +59,11 @@ def _preprocessed(model: torch.nn.Module, essentials: dict, kind: str) -> Prepro
             "--with-preprocessing needs the model's normalisation: export a fine-tuning run, "
             "or a model with weights (--pretrained) that record their mean and std."
         )
+    if prep.get("pixel_mean") is not None:
+        raise ResnetlabError(
+            "--with-preprocessing puts a channel mean/std into the graph, but this model "
+            "subtracts a per-pixel mean; export it without --with-preprocessing."
+        )
     if isinstance(model, Calibrated):  # the temperature goes inside Preprocessed
         model = model.model
     return Preprocessed(
@@ -82,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "source", metavar="RUN_OR_MODEL",
-        help="model name, checkpoint file, or fine-tuning run folder (its card gives the input)",
+        help="run folder (train or finetune), Hub folder, hf-hub: id, model name or weights file",
     )  # fmt: skip
     p.add_argument("--format", choices=(*FORMATS, HUB), required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (hub: a folder)")

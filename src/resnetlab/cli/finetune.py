@@ -5,6 +5,7 @@ find a learning rate, and use or measure the result.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from .flags import add_settings, given_settings
 # FinetuneOptions fields without a flag of their own: the run folder is --out, and the fold is
 # set by cross-validation.
 NO_FLAG = ("out_dir", "fold")
+SOURCE_HELP = "run folder (train or finetune), model file + card, Hub folder or hf-hub: id"
 
 
 def _add_model_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
@@ -83,12 +85,12 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..finetune import expand_inputs, load_model, predict_files, render
+    from ..finetune import expand_inputs, load_trained, predict_files, render
     from ..finetune.predict import report_failures
 
     check_device(args.device)
-    loaded = load_model(args.source, args.device)
-    paths = expand_inputs(args.images)
+    loaded = load_trained(args.source, device=args.device)
+    paths = expand_inputs(args.images, keep_empty=True)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
     predictions, failed = predict_files(
@@ -119,8 +121,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         on_bad=args.on_bad,
     )
-    print(format_metrics(metrics))
-    if args.out:
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    if args.out and not args.json:
         print(f"metrics and plots: {Path(args.out).resolve()}")
     return 0
 
@@ -151,8 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_lr_find)
 
-    p = subparsers.add_parser("predict", help="top-k classes for images with a fine-tuned model")
-    p.add_argument("source", metavar="RUN_OR_MODEL", help="run folder, or model file + card")
+    p = subparsers.add_parser("predict", help="top-k classes for images with a trained model")
+    p.add_argument("source", metavar="RUN_OR_MODEL", help=SOURCE_HELP)
     p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
     p.add_argument("--top-k", type=bounded(int, ">= 1"), default=3, metavar="INT",
                    help="classes shown per image (default 3)")  # fmt: skip
@@ -166,8 +168,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_on_bad(p, default="skip")
     p.set_defaults(func=run_predict)
 
-    p = subparsers.add_parser("evaluate", help="all metrics of a fine-tuned model on a split")
-    p.add_argument("source", metavar="RUN_OR_MODEL", help="run folder, or model file + card")
+    p = subparsers.add_parser("evaluate", help="all metrics of a trained model on a split")
+    p.add_argument("source", metavar="RUN_OR_MODEL", help=SOURCE_HELP)
     p.add_argument("data", metavar="DATA", help="labelled data (as for finetune)")
     p.add_argument(
         "--split", default="test", choices=("train", "val", "test"),
@@ -179,5 +181,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
                    help="images per forward pass (default 64)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_on_bad(p)
     p.set_defaults(func=run_evaluate)

@@ -60,12 +60,11 @@ def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int
 
     source = Path(args.name)
     if source.is_dir() or source.is_file():
-        from ..card import build_from_card, locate, read_card
+        from ..artifact import load_trained
 
-        card = read_card(locate(source)[0])
-        model = build_from_card(card)
-        prep = card["preprocessing"]
-        input_size: tuple[int, ...] = (prep["channels"], prep["crop"], prep["crop"])
+        trained = load_trained(source)
+        card, model, prep = trained.card, trained.model, trained.preprocessing
+        input_size: tuple[int, ...] = (prep.channels, prep.crop, prep.crop)
         frozen = card.get("training", {}).get("recipe", {}).get("phase2_frozen") or []
         bn = card.get("training", {}).get("options", {}).get("bn", "frozen")
         if frozen and not args.freeze:
@@ -92,7 +91,7 @@ def run_summary(args: argparse.Namespace) -> int:
     if args.name == info.name:
         print(f"{info.name}: {info.description}")
     else:
-        from ..card import run_summary as card_summary
+        from ..artifact import run_summary as card_summary
 
         print(card_summary(args.name))
     print(f"input {' x '.join(map(str, input_size))}")

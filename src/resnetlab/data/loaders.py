@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ResnetlabError
+from ..preprocessing import resize_for
 from .base import FileImageSet, ImageSet
 from .folder import BAD_ERRORS, SMALL_MAX, opened, report_bad
 
@@ -312,7 +313,7 @@ class FileLoader:
         self.skipped: set[str] = set()  # files already reported as skipped
         channels = out_channels or data.in_channels
         mode = "L" if channels == 1 else "RGB"
-        resize = resize or round(size * 256 / 224)
+        resize = resize or resize_for(size)
         augment = train if augment is None else augment
         self.dataset = FileDataset(
             data, file_transform(augment, size, resize, flip, mean, std), mode

@@ -75,9 +75,12 @@ def prepare_images(images: torch.Tensor, prep: Preprocessing, chunk: int = 256) 
 
 
 def normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 model-ready images to float32 inputs: [0, 1], minus mean, over std."""
+    """uint8 model-ready images to float32 inputs: [0, 1], minus the per-pixel mean (when the
+    model was trained with one) or the channel mean, over std."""
     mean = torch.tensor(prep.mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    if prep.pixel_mean is not None:
+        mean = torch.tensor(prep.pixel_mean, dtype=torch.float32, device=x.device)[None] + mean
     return (x.float() / 255.0 - mean) / std
 
 

@@ -9,6 +9,8 @@ at 0.5 with stratified bootstrap 95 % intervals, calibration before and after, a
 from __future__ import annotations
 
 import csv
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from .uncertainty import bootstrap_intervals
 
 RESAMPLES = 2000
 DEFAULT_CUT = 0.5  # MedMNIST's convention, reported for comparison
+DIGEST = "image_sha256"  # the predictions' column of each image's content hash
 
 
 def fit_on_val(
@@ -65,11 +68,12 @@ def analyse(
     seed: int = 0,
     test_probs: torch.Tensor | None = None,
     evaluated: str = "test",
+    digests: list[str] | None = None,
 ) -> dict[str, Any]:
     """The ``clinical`` section for {split: (logits, labels)}; plots and the predictions of the
-    ``evaluated`` split (``predictions_<split>.csv``) go to ``out_dir``; its rates with
-    intervals are under ``section[evaluated]``. ``test_probs`` overrides its calibrated
-    probabilities (mirror averaging)."""
+    ``evaluated`` split (``predictions_<split>.csv``, with each image's content hash from
+    ``digests``) go to ``out_dir``; its rates with intervals are under ``section[evaluated]``.
+    ``test_probs`` overrides its calibrated probabilities (mirror averaging)."""
     temperature = fit["temperature"]
     section: dict[str, Any] = {**fit, "calibration": {}}
     for split, (logits, labels) in splits.items():
@@ -94,12 +98,33 @@ def analyse(
     if out_dir is not None:
         plot_pr(p1, y == 1, classes[1], out_dir / f"pr_{evaluated}.png", evaluated)
         write_predictions(out_dir / f"predictions_{evaluated}.csv", logits, labels, p1, fit,
-                          classes)  # fmt: skip
+                          classes, digests)  # fmt: skip
     return section
 
 
-def write_predictions(path: Path, logits, labels, p1: np.ndarray, fit, classes) -> Path:
-    """One row per image: label, raw and calibrated probability, decision at the threshold."""
+def image_digests(part: Any, keep: Sequence[int] | None = None) -> list[str]:
+    """The sha256 of each image of a split, in order: its file's bytes, or an in-memory
+    image's pixels; ``keep``: the indices that were used (unreadable files left out)."""
+    index = range(len(part)) if keep is None else keep
+    if hasattr(part, "paths"):
+        return [hashlib.sha256(Path(part.paths[i]).read_bytes()).hexdigest() for i in index]
+    return [hashlib.sha256(part.images[i].contiguous().numpy().tobytes()).hexdigest()
+            for i in index]  # fmt: skip
+
+
+def read_digests(run_dir: Path, split: str = "test") -> list[str] | None:
+    """The images' content hashes in ``predictions_<split>.csv``; None for older runs."""
+    with (Path(run_dir) / f"predictions_{split}.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not rows[0].get(DIGEST):
+        return None
+    return [r[DIGEST] for r in rows]
+
+
+def write_predictions(path: Path, logits, labels, p1: np.ndarray, fit, classes,
+                      digests: list[str] | None = None) -> Path:  # fmt: skip
+    """One row per image: label, raw and calibrated probability, decision at the threshold,
+    and the image's content hash (where known)."""
     raw = torch.softmax(logits.double(), 1)[:, 1].numpy()
     cut = fit["threshold"]["threshold"]
     rows = [
@@ -109,6 +134,7 @@ def write_predictions(path: Path, logits, labels, p1: np.ndarray, fit, classes) 
             "probability_raw": f"{raw[i]:.6f}",
             "probability": f"{p1[i]:.6f}",
             "decision": classes[1] if p1[i] >= cut else classes[0],
+            **({DIGEST: digests[i]} if digests is not None else {}),
         }
         for i in range(len(p1))
     ]

@@ -76,9 +76,3 @@ def draw_gallery(
     save_figure(fig, path, dpi=110)
     return {"layer": result["layer"], "images": shown, "file": Path(path).name}
 
-
-def decisions(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """Predicted classes: the threshold on the second class for two classes, else argmax."""
-    if threshold is None or probs.shape[1] != 2:
-        return probs.argmax(1)
-    return (probs[:, 1] >= threshold).long()

@@ -30,41 +30,33 @@ def loader_logits(model: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def image_probabilities(
-    model: nn.Module,
-    images: torch.Tensor,
-    prep: Preprocessing,
-    *,
-    batch_size: int = 64,
-    tta: bool = False,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Class probabilities for uint8 images (N, C, H, W) of any size, preprocessed as ``prep``
-    says, of the logits over ``temperature``; ``tta`` averages each image's and its mirror's."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
-        p = torch.softmax(model(x).float() / temperature, dim=1)
-        if tta:
-            p = (p + torch.softmax(model(x.flip(-1)).float() / temperature, dim=1)) / 2
-        out.append(p.cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
-@torch.no_grad()
 def image_logits(
-    model: nn.Module, images: torch.Tensor, prep: Preprocessing, *, batch_size: int = 64
-) -> torch.Tensor:
-    """Raw logits for uint8 images (what temperature scaling is fitted on)."""
+    model: nn.Module, images: torch.Tensor, prep: Preprocessing, *, batch_size: int = 64,
+    mirror: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """Raw logits for uint8 images (N, C, H, W) of any size, preprocessed as ``prep`` says
+    (what temperature scaling is fitted on); ``mirror``: of the mirror images."""
     device = next(model.parameters()).device
     model.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):
         x = normalise(prepare_images(images[start : start + batch_size], prep).to(device), prep)
-        out.append(model(x).float().cpu())
+        out.append(model(x.flip(-1) if mirror else x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def image_probabilities(
+    model: nn.Module, images: torch.Tensor, prep: Preprocessing, *, batch_size: int = 64,
+    tta: bool = False, temperature: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """Class probabilities of the logits over ``temperature``; ``tta`` averages each image's
+    and its mirror's."""
+    probs = torch.softmax(image_logits(model, images, prep, batch_size=batch_size)
+                          / temperature, dim=1)  # fmt: skip
+    if tta:
+        mirrored = image_logits(model, images, prep, batch_size=batch_size, mirror=True)
+        probs = (probs + torch.softmax(mirrored / temperature, dim=1)) / 2
+    return probs
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -8,17 +8,20 @@ metrics are the fine-tuner's (``finetune.metrics``), so a report reads numbers, 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from ..card import CARD_NAME, read_card, write_card
 from ..data import open_data
 from ..files import atomic_write, write_json
 from ..train import TrainConfig, load_checkpoint
 from ..train.distributed import Dist
 from ..train.prepare import Plan, make_loaders
+from .clinic import image_digests
 from .logits import loader_logits
 from .metrics import classification_metrics
 from .plots import plot_confusion
@@ -65,6 +68,15 @@ def split_predictions(
         "confusion_matrix": metrics["confusion_matrix"],
     }
     write_json(out / PER_CLASS, facts)
+    if (out / CARD_NAME).is_file():  # the run's model card gains its test figures
+        card = read_card(out / CARD_NAME)
+        card.setdefault("metrics", {})[split] = {
+            **{k: metrics[k] for k in ("n", "loss", "accuracy", "balanced_accuracy", "macro_f1")},
+            "measured_on": f"{split}, {checkpoint.name} at step {facts['step']}, argmax",
+            "images_sha256": hashlib.sha256("".join(image_digests(getattr(data, split)))
+                                            .encode()).hexdigest(),
+        }  # fmt: skip
+        write_card(out, {k: v for k, v in card.items() if k != "format"})
     title = f"{split} ({facts['n']:,} images, {checkpoint.name} at step {facts['step']:,}, argmax)"
     plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion_{split}.png", title)
     return facts

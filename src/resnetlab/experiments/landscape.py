@@ -24,13 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..artifact import load_trained
 from ..errors import ResnetlabError
 from ..files import atomic_write, write_json, write_text_atomic
 from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..settings import setting
+from ..weights import load_weights
 from . import runs
-from .trained import load_split, load_subject, run_weights
+from .trained import load_split, load_subject
 
 CLAIM = (
     "Li et al. 2018 (§5-6, Fig. 5, published) report that skip connections keep the loss surface "
@@ -188,14 +190,14 @@ def _interpolation_start(spec: str, subject: Any, seed: int) -> dict[str, torch.
     if spec == "init":
         torch.manual_seed(seed)
         return create_model(subject.name).state_dict()
-    path = run_weights(Path(spec)) if Path(spec).is_dir() else Path(spec)
-    if not path.is_file():
+    if Path(spec).is_dir():
+        return load_trained(spec).model.state_dict()
+    if not Path(spec).is_file():
         raise ResnetlabError(
             f"--interpolate-from {spec}: no such file or run folder. Pass init, "
             "a run folder or a weights file."
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt.get("model", ckpt)
+    return load_weights(spec)
 
 
 def interpolate(

@@ -1,15 +1,15 @@
 """What the studies of trained networks share: the net to study, its data, and its blocks.
 
-A subject is a registered model name with ``--pretrained VALUE`` handed to ``create_model``
-unchanged (a checkpoint file, a URL or a tag such as ``cifar10``), or a training run folder
-(its ``config.json`` names the model, ``best.pt``/``last.pt`` hold the weights and the
-normalisation it was trained with). A net is seen as stem, blocks in forward order, and head,
+A subject is a registered model name with ``--pretrained VALUE`` (a checkpoint file, a URL or
+a tag such as ``cifar10``), or a run folder (its model card, or an older train run's
+``config.json`` and ``best.pt``/``last.pt``, give the weights and the normalisation it was
+trained with): both opened by the one loader, :func:`resnetlab.artifact.load_trained`.
+A net is seen as stem, blocks in forward order, and head,
 so a study can remove, reorder or re-route single blocks and reuse the intact activations.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..artifact import load_trained
 from ..errors import ResnetlabError
-from ..models import create_model
 from ..models.blocks import BasicBlock, BottleneckBlock
 from ..models.cifar import CifarResNet, PreActResNet
 from ..models.resnet import ResNet
@@ -28,7 +28,6 @@ from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENET_NORM = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 NORMALISATIONS = ("auto", "imagenet", "none")
-WEIGHT_FILES = ("best.pt", "last.pt")
 POST_ACTIVATION = (BasicBlock, BottleneckBlock)
 
 
@@ -43,18 +42,11 @@ class Subject:
     normalisation: dict[str, Any]
 
 
-def run_weights(folder: Path) -> Path:
-    """The weights file of a training run folder."""
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise ResnetlabError(f"{folder} holds no best.pt or last.pt. Pass a finished training run.")
-
-
 def load_subject(
     spec: str, pretrained: str | None = None, normalisation: str = "auto", seed: int = 0
 ) -> Subject:
-    """The net named by ``spec`` (model name or run folder), loaded and in eval mode.
+    """The net named by ``spec`` (model name or run folder), loaded by the one loader
+    (:func:`resnetlab.artifact.load_trained`) and in eval mode.
 
     ``normalisation`` ``auto``: a run folder's own, else ImageNet mean/std (the peer CIFAR
     ResNets' and the named CIFAR weights'); ``imagenet``; ``none``. A net without weights is
@@ -64,28 +56,19 @@ def load_subject(
         raise ResnetlabError(
             f"unknown normalisation {normalisation!r}. Use auto, imagenet or none."
         )
-    folder = Path(spec)
-    if folder.is_dir():
-        if pretrained:
-            raise ResnetlabError("a run folder brings its own weights. Drop --pretrained.")
-        if not (folder / "config.json").is_file():
-            raise ResnetlabError(f"{folder} has no config.json. Pass a training run folder.")
-        config = json.loads((folder / "config.json").read_text())
-        weights = run_weights(folder)
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-        options = config.get("model_options") or {}
-        model = create_model(
-            config["model"], num_classes=len(ckpt.get("classes") or []) or None, **options
-        )
-        model.load_state_dict(ckpt.get("model", ckpt))
-        norm = (ckpt.get("preprocess") or {}) if normalisation == "auto" else _named(normalisation)
-        label = f"{config['model']} ({folder.name})"
-        return Subject(model.eval(), config["model"], label, str(weights), dict(norm))
+    if Path(spec).is_dir():
+        trained = load_trained(spec, pretrained)
+        prep = trained.preprocessing
+        pixel = torch.tensor(prep.pixel_mean) if prep.pixel_mean is not None else None
+        own = {"pixel_mean": pixel, "mean": list(prep.mean), "std": list(prep.std)}
+        norm = own if normalisation == "auto" else _named(normalisation)
+        weights = str(trained.weights) if trained.weights else None
+        return Subject(trained.model, trained.card["model"]["name"], trained.label, weights, norm)
     torch.manual_seed(seed)
-    model = create_model(spec, pretrained=pretrained or False)
+    trained = load_trained(spec, pretrained or None)
     label = f"{spec} ({Path(str(pretrained)).name if pretrained else 'untrained'})"
     norm = _named("imagenet" if normalisation == "auto" else normalisation)
-    return Subject(model.eval(), spec, label, str(pretrained) if pretrained else None, norm)
+    return Subject(trained.model, spec, label, str(pretrained) if pretrained else None, norm)
 
 
 def _named(normalisation: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 evaluation with the practitioner's metric set, and the learning-rate range test.
 """
 
-from ..card import LoadedModel, export_input_size, load_model, read_card, run_summary, write_card
+from ..artifact import Trained, export_input_size, load_trained, run_summary
+from ..card import read_card, write_card
 from ..data.preprocess import Preprocessing, prepare_images
 from ..evaluation.logits import format_metrics, image_probabilities
 from ..evaluation.metrics import classification_metrics, roc_curve
@@ -15,7 +16,7 @@ from .predict import Prediction, expand_inputs, predict_files, render
 __all__ = [
     "FinetuneOptions",
     "FinetuneResult",
-    "LoadedModel",
+    "Trained",
     "LrFindResult",
     "Prediction",
     "Preprocessing",
@@ -26,7 +27,7 @@ __all__ = [
     "finetune",
     "format_metrics",
     "image_probabilities",
-    "load_model",
+    "load_trained",
     "lr_find",
     "predict_files",
     "prepare_images",

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from ..card import load_model
+from ..artifact import load_trained
 from ..data import DataBundle, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..data.preprocess import Preprocessing, load_image, prepare_images
 from ..errors import ResnetlabError
-from ..evaluation.clinic import analyse
+from ..evaluation.clinic import analyse, image_digests
 from ..evaluation.logits import image_logits, image_probabilities
 from ..evaluation.metrics import classification_metrics
 from ..evaluation.plots import plot_confusion, plot_roc
@@ -38,7 +38,7 @@ def evaluate_run(
     ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``.
     On the run's own data the splits are the run's (a held-out val or test re-created)."""
 
-    loaded = load_model(source, device)
+    loaded = load_trained(source, device=device)
     bundle, how = run_splits(data, loaded.card, on_bad)
     part = getattr(bundle, split, None) if split in ("train", "val", "test") else None
     if part is None:
@@ -56,7 +56,7 @@ def evaluate_run(
         )
     images, labels = _split_images(part, loaded.preprocessing)
     model = optimize_for_inference(loaded.model)
-    temperature = float(loaded.card.get("calibration", {}).get("temperature", 1.0))
+    temperature = loaded.temperature
     probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size,
                                 tta=tta, temperature=temperature)  # fmt: skip
     metrics = classification_metrics(probs.clamp_min(1e-12).log(), labels, loaded.classes)
@@ -71,7 +71,8 @@ def evaluate_run(
         fit = {"temperature": temperature, "threshold": point, "fitted_on": "val (model card)"}
         clinical = analyse(fit, {split: (logits, labels)}, loaded.classes,
                            Path(out) if out is not None else None,
-                           test_probs=probs if tta else None, evaluated=split)  # fmt: skip
+                           test_probs=probs if tta else None, evaluated=split,
+                           digests=image_digests(part) if len(part) == len(labels) else None)
         metrics["clinical"] = clinical
     if out is not None:
 
@@ -91,9 +92,14 @@ def run_splits(data: str, card: dict[str, Any], on_bad: str) -> tuple[DataBundle
     """``data`` split as the run split it, when it is the run's own data (its settings are in
     the card): the same held-out val/test or fold; else ``data`` as it is. The second value
     says how the splits were made (None: as the data has them)."""
-    options = (card.get("training") or {}).get("options") or {}
+    training = card.get("training") or {}
+    options = training.get("options") or {}
     if not options.get("data") or not _same_data(options["data"], data):
         return open_data(data, on_bad=on_bad), None
+    if training.get("kind") == "train":  # the engine's own split of the data
+        bundle = open_data(data, val_size=options.get("val_size"), seed=options.get("seed", 0),
+                           on_bad=on_bad)  # fmt: skip
+        return bundle, "as the run made them"
     bundle, notes = open_finetune_data(
         data, options["val_size"], options["seed"], on_bad,
         test_size=options.get("test_size") or 0.0, folds=options.get("folds") or 1,

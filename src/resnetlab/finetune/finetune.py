@@ -292,7 +292,8 @@ def _run_phase(phase: Phase, options, model: nn.Module, data, config, callbacks)
             model.load_state_dict(load_checkpoint(last)["model"])
         say(f"{phase.name}: already finished, skipped")
         return
-    result = train(config, model=model, data=data, callbacks=callbacks, param_groups=groups)
+    result = train(config, model=model, data=data, callbacks=callbacks, param_groups=groups,
+                   artifact=False)  # the run writes its one model at the end
     write_json(done, {"steps": result.steps, "trainable": trainable})
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import runfolder
 from ..card import read_card
-from ..evaluation.clinic import read_predictions
+from ..evaluation.clinic import DIGEST, read_digests, read_predictions
 from ..evaluation.uncertainty import bootstrap_intervals
 from ..files import write_json, write_text_atomic
 from ..reports.report import render_report
@@ -126,9 +126,11 @@ def summarise(root: Path, options, mean, sd, cards) -> dict[str, Any]:
         p = np.mean([a for a, _ in tests], 0)
         y = tests[0][1]
         cut = float(mean.get("threshold", 0.5))
+        digests = read_digests(root / "fold-1")  # every fold tests on the same images
         write_csv(root / "predictions_test.csv", [
             {"index": i, "label": int(a), "probability": f"{b:.6f}",
-             "decision": cards[0]["classes"][int(b >= cut)]}
+             "decision": cards[0]["classes"][int(b >= cut)],
+             **({DIGEST: digests[i]} if digests else {})}
             for i, (a, b) in enumerate(zip(y, p, strict=True))
         ])  # fmt: skip
         for name, t in (("at the mean fold threshold", cut), ("at 0.5", 0.5)):

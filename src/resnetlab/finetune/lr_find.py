@@ -135,7 +135,8 @@ def lr_find(
     sweep = LrSweep(start, end, iters)
     say(f"lr range test: {iters} steps from {start:g} to {end:g} ({phase} model)")
     try:
-        train(config, model=model, data=data, callbacks=[sweep], param_groups=groups)
+        train(config, model=model, data=data, callbacks=[sweep], param_groups=groups,
+              artifact=False)
     except TrainingDiverged:
         sweep.stopped = True  # a NaN loss ends the sweep; the steps before it count
     (out / "sweep" / "last.pt").unlink(missing_ok=True)  # a sweep's weights are of no use

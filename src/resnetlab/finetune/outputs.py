@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from .. import runfolder
-from ..card import build_from_card, write_card
+from ..artifact import decide
+from ..card import WEIGHTS, build_from_card, write_card
 from ..evaluation import clinic
-from ..evaluation.gallery import decisions, draw_gallery
+from ..evaluation.gallery import draw_gallery
 from ..evaluation.logits import format_metrics, image_logits, image_probabilities
 from ..evaluation.metrics import classification_metrics
 from ..evaluation.plots import plot_confusion, plot_history, plot_roc
@@ -60,10 +61,13 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
         "weights": _weights_facts(model, options, info),
     }
     meta = {"model": options.model, "classes": classes, "preprocessing": prep.to_dict()}
-    save_weights(model, run_dir / "model.safetensors", metadata=meta)
+    save_weights(model, run_dir / WEIGHTS, metadata=meta)
     save_weights(model, run_dir / "model.pt", metadata=meta)
     _check_reload(card, model, run_dir)
-    metrics, clinical = split_metrics(options, run_dir, model, prep, data, best_row)
+    digests = None  # the test images' content hashes, when none was left out
+    if bundle.test is not None and data.test is not None and len(bundle.test) == len(data.test):
+        digests = clinic.image_digests(bundle.test)
+    metrics, clinical = split_metrics(options, run_dir, model, prep, data, best_row, digests)
     card["calibration"] = {"temperature": clinical["temperature"], "fitted_on": "val"}
     if "threshold" in clinical:
         card["operating_point"] = clinical["threshold"]
@@ -112,7 +116,8 @@ def remove_checkpoints(phase_dir: Path) -> None:
         (Path(phase_dir) / name).unlink(missing_ok=True)
 
 
-def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row):
+def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row,
+                  digests: list[str] | None = None):  # fmt: skip
     """Metrics, plots and the clinical section (temperature and threshold fitted on val, test
     figures with intervals, calibration, gallery) of the best model on val and test."""
     classes = list(data.classes)
@@ -128,7 +133,7 @@ def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row
             model, data.test.images, prep, tta=True, temperature=fit["temperature"]
         )
     clinical = clinic.analyse(fit, logits, classes, run_dir, seed=options.seed,
-                              test_probs=test_probs)  # fmt: skip
+                              test_probs=test_probs, digests=digests)  # fmt: skip
     metrics: dict[str, dict[str, Any]] = {}
     for split, (raw, labels) in logits.items():
         tta = options.tta and split == "test"
@@ -154,7 +159,7 @@ def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row
     if probs is None:
         probs = torch.softmax(logits[split][0] / fit["temperature"], 1)
     cut = fit.get("threshold", {}).get("threshold")
-    shown = draw_gallery(model, part.images, part.labels, probs, decisions(probs, cut), prep,
+    shown = draw_gallery(model, part.images, part.labels, probs, decide(probs, cut), prep,
                          classes, run_dir / f"gallery_{split}.png")  # fmt: skip
     clinical["gallery"] = shown | {"split": split} if shown else None
     for line in clinic.summary_lines(clinical):

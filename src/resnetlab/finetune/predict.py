@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..card import LoadedModel, card_calibration
+from ..artifact import Trained
 from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
 from ..data.preprocess import load_image, prepare_images
 from ..errors import ResnetlabError
@@ -36,13 +36,17 @@ class Prediction:
     decision: str | None = None
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given, image files under folders (sorted, recursive), and glob matches."""
+def expand_inputs(items: list[str], keep_empty: bool = False) -> list[Path]:
+    """Files as given, image files under folders (sorted, recursive), and glob matches; a
+    folder without images is an error, or kept as it is (``keep_empty``) for
+    :func:`predict_files` to report by name."""
     paths: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            if not found and keep_empty:
+                found = [path]
             if not found:
                 raise ResnetlabError(
                     f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)}); "
@@ -59,7 +63,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 
 def predict_files(
-    loaded: LoadedModel,
+    loaded: Trained,
     paths: list[Path],
     *,
     top_k: int = 3,
@@ -74,7 +78,6 @@ def predict_files(
     predictions: list[Prediction] = []
     failed: list[tuple[str, str]] = []
     model = optimize_for_inference(loaded.model)
-    temperature, threshold, _ = card_calibration(loaded.card)
     for start in range(0, len(paths), batch_size):
         names, images = [], []
         for path in paths[start : start + batch_size]:
@@ -95,19 +98,19 @@ def predict_files(
                 raise ResnetlabError(f"{first}: {reason}; fix it or pass --on-bad skip")
         if not images:
             continue
-        probs = image_probabilities(
-            model, torch.stack(images), prep, tta=tta, temperature=temperature
-        )
+        probs = image_probabilities(model, torch.stack(images), prep, tta=tta,
+                                    temperature=loaded.temperature)  # fmt: skip
         values, index = probs.topk(k, dim=1)
+        decided = loaded.decide(probs).tolist()
         for n, (name, v, i) in enumerate(zip(names, values.tolist(), index.tolist(), strict=True)):
             top = [(classes[c], p) for c, p in zip(i, v, strict=True)]
-            if threshold is None or len(classes) != 2:
+            if loaded.threshold is None:
                 predictions.append(Prediction(name, top))
                 continue
-            p1 = float(probs[n, 1])
-            decision = classes[1] if p1 >= threshold else classes[0]
-            predictions.append(Prediction(name, top, p1, float(threshold), decision))
+            predictions.append(Prediction(name, top, float(probs[n, 1]), loaded.threshold,
+                                          classes[decided[n]]))  # fmt: skip
     return predictions, failed
+
 
 
 def render(predictions: list[Prediction], fmt: str) -> str:

@@ -15,7 +15,7 @@ from ..data import DataBundle, FileImageSet, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..data.preprocess import Preprocessing, load_image, prepare_images
 from ..errors import ResnetlabError
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, resize_for
 from ..train.prepare import channel_stats
 from ..weights import load_checkpoint
 from .splitting import check_no_leak, fold_split, hold_out
@@ -168,7 +168,7 @@ def choose_preprocessing(
     elif pretrained:
         info: Any = model.info  # set by create_model
         crop = info.input_size[-1]
-        resize = round(crop * 256 / 224) if crop >= 224 else crop
+        resize = resize_for(crop)
         mean, std = norm if norm is not None else IMAGENET
         where = "the checkpoint's training run" if norm is not None else "ImageNet (assumed)"
         notes.append(

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..card import WEIGHTS, save_artifact, train_card
 from ..files import RunLock, remove_stale_temps
+from ..weights.io import load_checkpoint
 from . import distributed
 from .checkpoint import non_finite_entries, save_checkpoint, training_payload
 from .config import TrainConfig
@@ -49,8 +51,11 @@ def train(
     callbacks: Sequence[Callback] = (),
     param_groups: ParamGroups | None = None,
     step_metrics: StepMetrics | None = None,
+    artifact: bool = True,
 ) -> TrainResult:
-    """Train ``config.model`` (or ``model``) on ``config.data`` (or the ``data`` bundle).
+    """Train ``config.model`` (or ``model``) on ``config.data`` (or the ``data`` bundle); a
+    finished run ends with its artefact, ``model.safetensors`` + ``model_card.json`` of
+    ``best.pt`` (else ``last.pt``), unless ``artifact`` is False (a recipe that writes its own).
 
     ``param_groups`` (list or callable of the model) replaces the default groups; each group's
     lr follows the schedule as a multiple of its own base lr. ``step_metrics(logits, y)`` adds
@@ -66,6 +71,7 @@ def train(
             if dist.main:
                 remove_stale_temps(config.out_dir)  # left by a write that a kill -9 cut short
             run = prepare(config, dist, model, data, list(callbacks), param_groups, step_metrics)
+            run.artifact = artifact
             with _CtrlC() as signals, _status_on_failure(run):
                 open_run_folder(run)
                 return _loop(run, signals)
@@ -222,10 +228,27 @@ def _end(run: Run, progress: Progress) -> TrainResult:
                **{k: v for k, v in state.last_eval.items() if k not in ("kind",)}}  # fmt: skip
     best = run.best_path if run.best_path.exists() else None
     result = TrainResult(run.out, run.last_path, best, metrics, state.step, run.model)
+    if run.dist.main and run.artifact:
+        _write_artifact(run)
     _finish(run, "completed" if state.step >= state.max_iters else "stopped by a hook")
     for cb in run.callbacks:
         cb.on_end(state, result)
     return result
+
+
+def _write_artifact(run: Run) -> None:
+    """The run's model as every command opens it: the weights of ``best.pt`` (else
+    ``last.pt``) as ``model.safetensors`` and their ``model_card.json``."""
+    path = run.best_path if run.best_path.is_file() else run.last_path
+    ckpt = load_checkpoint(path)
+    card = train_card(run.config.to_dict(), list(run.data.classes), run.preprocess, run.model,
+                      max(run.data.image_size))  # fmt: skip
+    card["weights"] = {"file": WEIGHTS, "from": path.name, "step": int(ckpt["step"])}
+    card["training"] |= {"command": runfolder.command_line(), "steps": run.state.step}
+    if math.isfinite(ckpt["best_val_error"]):
+        card["metrics"] = {"val": {"accuracy": 1.0 - float(ckpt["best_val_error"]),
+                                   "measured_on": f"val, {path.name} at step {ckpt['step']}"}}
+    save_artifact(run.out, ckpt["model"], card)
 
 
 def _diverged(run: Run, bad: int, progress: Progress, broken: Sequence[str] = ()) -> None:

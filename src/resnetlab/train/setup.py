@@ -76,6 +76,7 @@ class Run:
     writer: MetricsWriter | None = None  # rank 0 only
     graph: CapturedStep | None = None  # the step recorded as a CUDA graph, when planned
     status: str = "running"
+    artifact: bool = True  # end with model.safetensors + model_card.json (rank 0)
 
     @property
     def out(self) -> Path:

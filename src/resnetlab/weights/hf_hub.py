@@ -114,6 +114,14 @@ def load(pretrained: str | Path, model: nn.Module) -> tuple[Path, dict[str, Any]
     return weights, {"state_dict": state}, cfg
 
 
+def hub_config(pretrained: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of an ``hf-hub:`` spec (fetched) or of a Hub-layout folder."""
+    if is_hub_spec(pretrained):
+        source = parse_spec(str(pretrained))
+        return read_config(_fetch(source, CONFIG), source.spec)
+    return read_config(Path(pretrained).expanduser() / CONFIG, str(pretrained))
+
+
 def read_config(path: Path, where: str) -> dict[str, Any]:
     try:
         config = json.loads(Path(path).read_text())
