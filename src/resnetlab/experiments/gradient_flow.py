@@ -222,7 +222,7 @@ def summary_lines(seed_rows: list[dict], profiles: dict[str, dict]) -> list[str]
 
 def findings(seed_rows: list[dict], profiles: dict[str, dict], at: str) -> list[dict]:
     """The seed MLP, the conv nets' input gradients and their layer responses, each set
-    against the lesson's or the paper's claim (``experiments.findings``)."""
+    against the lesson's or the paper's claim (``reports.findings``)."""
     pairs: dict[str, dict[str, tuple[str, dict]]] = {}
     for name, profile in profiles.items():
         if not profile["group"].startswith("MLP"):
