@@ -22,7 +22,9 @@ def fit_conformal(probabilities: np.ndarray, labels: np.ndarray, coverage: float
     """The threshold on ``1 - p`` that gives sets covering the true class with probability at
     least ``coverage``, fitted on labelled (validation) probabilities (n, classes)."""
     if not 0 < coverage < 1:
-        raise ResnetlabError(f"coverage must lie strictly between 0 and 1, got {coverage}; e.g. 0.95.")
+        raise ResnetlabError(
+            f"coverage must lie strictly between 0 and 1, got {coverage}; give e.g. 0.95."
+        )
     probs, labels = np.asarray(probabilities, np.float64), np.asarray(labels, np.int64)
     n = len(labels)
     rank = math.ceil((n + 1) * coverage)
