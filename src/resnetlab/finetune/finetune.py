@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..console import say
 from ..data import ImageSet
 from ..errors import ResnetlabError
 from ..files import RunLock, write_json, write_text_atomic
@@ -31,7 +32,7 @@ from ..train import Callback, TrainConfig, train
 from ..train.prepare import check_classes
 from ..weights import load_checkpoint
 from . import outputs, prepare
-from .build import build_model, say, weights_source
+from .build import build_model, weights_source
 from .metrics import classification_metrics
 from .options import (
     OPTIONS_FILE,

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from .. import runfolder
+from ..console import say
 from ..experiments.report import render_report
 from ..files import write_json, write_text_atomic
 from ..runfolder import write_csv
-from .build import say
 from .card import read_card
 from .clinic import read_predictions
 from .finetune import finetune

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..console import say
 from ..files import write_text_atomic
 from ..runfolder import read_jsonl
 from ..train.metrics import MetricsWriter
 from ..weights import load_checkpoint, load_weights, save_weights
 from . import clinic
-from .build import say
 from .card import build_from_card, write_card
 from .evaluate import format_metrics, image_logits, image_probabilities
 from .gallery import decisions, draw_gallery
