@@ -120,7 +120,7 @@ def test_grey_sum_from_a_project_checkpoint_sums_the_stem(tmp_path):
 @pytest.mark.slow
 def test_class_weights_reach_the_engine_and_counts_are_printed(tmp_path, capsys):
     result = finetune(options(tmp_path, class_weights=True, epochs=1))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the choices made are messages, on stderr
     assert "class counts (train): 0 24, 1 8" in out
     config = json.loads((result.run_dir / "phase2-full" / "config.json").read_text())
     assert config["class_weights"] == pytest.approx([32 / 48, 32 / 16])
@@ -135,7 +135,7 @@ def test_early_stopping_ends_the_phase(tmp_path, capsys):
     # a learning rate so small that nothing improves: stop after `patience` epochs
     result = finetune(options(tmp_path, lr=1e-12, epochs=6, patience=2, monitor="loss"))
     rows = [json.loads(x) for x in (result.run_dir / "val_metrics.jsonl").read_text().splitlines()]
-    assert len(rows) < 6 and "early stop" in capsys.readouterr().out
+    assert len(rows) < 6 and "early stop" in capsys.readouterr().err
     run = json.loads((result.run_dir / "phase2-full" / "run.json").read_text())
     assert run["status"] == "stopped by a hook"
     assert (result.run_dir / "model.safetensors").is_file()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..console import say
 from ..data import open_data, split_val
 from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
@@ -199,8 +200,7 @@ def run_degradation(
     eval_every = config.eval_every or max(1, iterations // 20)
     run_dir = runs.new_run_dir("degradation", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"degradation: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    say(f"degradation: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
     bundle = open_bundle(config, base.val_size)
     sources = [f"  {n}: {getattr(bundle, n).source}" for n in SPLITS if getattr(bundle, n)]
     write_text_atomic(run_dir / "data.txt", "\n".join([bundle.summary(), *sources]) + "\n")
@@ -215,8 +215,8 @@ def run_degradation(
     for i, (kind, depth) in enumerate(nets, 1):
         name, folder = net_name(kind, depth), run_dir / net_name(kind, depth)
         if _status(folder) != "completed":
-            print(f"degradation [{i}/{len(nets)}] {display(kind, depth)}: {iterations:,} "
-                  f"iterations -> {folder}", file=sys.stderr, flush=True)  # fmt: skip
+            say(f"degradation [{i}/{len(nets)}] {display(kind, depth)}: {iterations:,} "
+                f"iterations -> {folder}")  # fmt: skip
             _train_net(config, kind, depth, bundle, schedule, folder, resume, progress)
         curves = read_curves(folder)
         results[name] = {"kind": kind, "depth": depth, "status": _status(folder), "folder": name,

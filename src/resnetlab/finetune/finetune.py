@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..console import say
 from ..data import ImageSet, make_loader
 from ..errors import ResnetlabError
 from ..evaluation.logits import loader_logits
@@ -35,7 +36,7 @@ from ..train.prepare import check_classes
 from ..transfer import freeze, param_groups, resolve_stages, unfreeze
 from ..weights import load_checkpoint
 from . import outputs, prepare
-from .build import build_model, say, weights_source
+from .build import build_model, weights_source
 from .options import (
     OPTIONS_FILE,
     PHASES,

@@ -20,12 +20,12 @@ import numpy as np
 
 from .. import runfolder
 from ..card import read_card
+from ..console import say
 from ..evaluation.clinic import read_predictions
 from ..evaluation.uncertainty import bootstrap_intervals
 from ..files import write_json, write_text_atomic
 from ..reports.report import render_report
 from ..runfolder import write_csv
-from .build import say
 from .finetune import finetune
 from .options import OPTIONS_FILE, FinetuneOptions
 

@@ -1,5 +1,5 @@
 """The settings of a fine-tuning run and the rules for resuming one. A leaf of ``finetune/``
-(it imports only ``TrainConfig`` and the small helpers ``build.say`` and ``parse_threshold``),
+(it imports only ``TrainConfig``, ``console.say`` and the small helper ``parse_threshold``),
 so every module of the package may import it without a cycle."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..console import say
 from ..errors import ResnetlabError
 from ..evaluation.operating_point import parse_threshold
 from ..files import LOCK_NAME
 from ..settings import check_settings, compose, setting
 from ..train.config import TrainConfig, check_trackers
 from ..train.distributed import check_device
-from .build import say
 
 MONITORS = ("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1")
 GREY = ("auto", "repeat", "sum")

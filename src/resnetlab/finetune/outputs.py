@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import runfolder
 from ..card import build_from_card, write_card
+from ..console import say
 from ..evaluation import clinic
 from ..evaluation.gallery import decisions, draw_gallery
 from ..evaluation.logits import format_metrics, image_logits, image_probabilities
@@ -24,7 +25,6 @@ from ..reports.report import render_report
 from ..runfolder import read_jsonl
 from ..train.metrics import MetricsWriter
 from ..weights import load_checkpoint, load_weights, save_weights
-from .build import say
 from .options import PHASES, FinetuneResult
 
 CHECKPOINTS = ("last.pt", "best.pt")  # the engine's, in each phase folder
