@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ def check_pixels(im: Image.Image) -> None:
         )
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """A PIL error as a short reason without object reprs."""
     if isinstance(exc, BadImage):
         return str(exc)
@@ -100,7 +101,36 @@ def opened(source: str | Path | bytes) -> Iterator[Image.Image]:
     except BAD_ERRORS as exc:
         if isinstance(exc, BadImage):
             raise
-        raise BadImage(_reason(exc)) from exc
+        raise BadImage(reason(exc)) from exc
+
+
+def check_image_file(path: str | Path) -> os.stat_result:
+    """The status of an image file that may be read: a regular file (a link to one is
+    followed) within the archive member limit; a device, fifo or folder is a ``BadImage``."""
+    return _checked(os.stat(path))
+
+
+def _checked(st: os.stat_result, size: int | None = None) -> os.stat_result:
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage("not a regular file (a device, fifo, socket or folder); list image files")
+    limit, size = archive.limits()[0], st.st_size if size is None else size
+    if size > limit:
+        raise BadImage(
+            f"{size / 2**20:.0f} MiB, above the limit of {limit / 2**20:g} MiB; shrink it "
+            "or raise RESNETLAB_MAX_MEMBER_MIB"
+        )
+    return st
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file, checked as :func:`check_image_file` checks it but on the
+    open file itself: a fifo is never waited on, a device never read, at most the limit read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        st = _checked(os.fstat(fd))
+        data = handle.read(archive.limits()[0] + 1)
+    _checked(st, len(data))  # it may have grown since
+    return data
 
 
 def is_image_name(name: str) -> bool:
@@ -188,6 +218,13 @@ def _size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def _size_of_file(path: Path) -> tuple[int, int] | None:
+    try:
+        return _size(read_image_file(path))
+    except BAD_ERRORS:
+        return None
+
+
 def _scan(
     source: Path, small_max: int
 ) -> tuple[list[str], list[str], dict[str, bytes] | None, tuple[int, int] | None]:
@@ -203,7 +240,7 @@ def _scan(
                 dirs.append(rel)
             elif is_image_name(rel):
                 files.append(rel)
-                size = size or _size(path.read_bytes())
+                size = size or _size_of_file(path)
         return files, dirs, None, size
     blobs: dict[str, bytes] | None = {}
     for name, read in archive.iter_files(source):
@@ -237,8 +274,7 @@ def report_bad(source: str, bad: list[str], on_bad: str, total: int | None = Non
         )
     count = f" ({total} skipped in all)" if total is not None and total != len(bad) else ""
     warnings.warn(
-        f"{source}: skipped {len(bad)} unreadable, truncated or oversized image(s): "
-        f"{first}{count}",
+        f"{source}: skipped {len(bad)} unreadable, truncated or oversized image(s): {first}{count}",
         stacklevel=3,
     )
 
@@ -259,7 +295,7 @@ def _build_small(
     first: tuple[str, tuple[int, int]] | None = None
     for split, name, label in tqdm(todo, desc=f"decoding {source.name}", unit="img"):
         try:
-            data = blobs[name] if blobs is not None else (source / name).read_bytes()
+            data = blobs[name] if blobs is not None else read_image_file(source / name)
             array = decode(data)
         except BAD_ERRORS:
             bad[split].append(f"{source}/{name}" if blobs is None else f"{source}:{name}")
