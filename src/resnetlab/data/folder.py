@@ -110,26 +110,40 @@ def check_image_file(path: str | Path) -> os.stat_result:
     return _checked(os.stat(path))
 
 
-def _checked(st: os.stat_result, size: int | None = None) -> os.stat_result:
+def _checked(st: os.stat_result) -> os.stat_result:
     if not stat.S_ISREG(st.st_mode):
         raise BadImage("not a regular file (a device, fifo, socket or folder); list image files")
-    limit, size = archive.limits()[0], st.st_size if size is None else size
+    _check_size(st.st_size)
+    return st
+
+
+def _check_size(size: int) -> None:
+    limit = archive.limits()[0]
     if size > limit:
         raise BadImage(
             f"{size / 2**20:.0f} MiB, above the limit of {limit / 2**20:g} MiB; shrink it "
             "or raise RESNETLAB_MAX_MEMBER_MIB"
         )
-    return st
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)  # a fifo is not waited on
+
+
+@contextmanager
+def open_image_file(path: str | Path) -> Iterator[io.BufferedReader]:
+    """An image file opened for reading, checked as :func:`check_image_file` checks it but on
+    the open file itself (so nothing swapped in after a check is read)."""
+    with open(path, "rb", opener=_nonblocking) as handle:
+        _checked(os.fstat(handle.fileno()))
+        yield handle
 
 
 def read_image_file(path: str | Path) -> bytes:
-    """The bytes of an image file, checked as :func:`check_image_file` checks it but on the
-    open file itself: a fifo is never waited on, a device never read, at most the limit read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        st = _checked(os.fstat(fd))
+    """The bytes of an image file: a regular file, at most the member limit read."""
+    with open_image_file(path) as handle:
         data = handle.read(archive.limits()[0] + 1)
-    _checked(st, len(data))  # it may have grown since
+    _check_size(len(data))  # it may have grown since it was checked
     return data
 
 

@@ -232,7 +232,7 @@ def check_same_images(rows: list[dict[str, str]], where: str) -> None:
             continue
         by_hash: dict[str, dict[str, str]] = {}
         for r in same_size:
-            with open(r["file"], "rb") as handle:
+            with folder.open_image_file(r["file"]) as handle:
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()
             first = by_hash.setdefault(digest, r)
             if first is not r and first["split"] != r["split"]:
