@@ -15,8 +15,10 @@ import torch
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.data import open_data, tensors
+from resnetlab.data import FileImageSet, open_data, tensors
 from resnetlab.errors import ResnetlabError
+from resnetlab.finetune.prepare import _prepare_split
+from resnetlab.finetune.preprocess import Preprocessing
 from test_data_safety import write_folder  # the same small image folder
 
 
@@ -157,6 +159,20 @@ def test_an_image_folder_file_linked_to_dev_zero_is_not_read(tmp_path, home):
     assert "zero.jpg" in one_line(exc)
     with pytest.warns(UserWarning, match="zero.jpg"):
         assert len(open_data(tmp_path / "d", on_bad="skip").train) == 6
+
+
+def test_a_large_image_linked_to_dev_zero_is_not_read_when_resized(tmp_path):
+    (tmp_path / "img").mkdir()
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / "img" / f"{k}.png")
+        Image.new("RGB", (80, 80), (40 * k, 9, 9)).save(paths[-1])
+    paths.append(tmp_path / "img" / "zero.png")
+    paths[-1].symlink_to("/dev/zero")
+    part = FileImageSet(paths, torch.tensor([0, 1, 0, 1]), ["a", "b"], "large", 3, "skip")
+    prep = Preprocessing(crop=32, resize=36, mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.warns(UserWarning, match="zero.png"):
+        assert _prepare_split(part, prep).labels.tolist() == [0, 1, 0]
 
 
 def test_a_million_rows_naming_one_file_are_refused_up_front(tmp_path, home):
