@@ -21,7 +21,7 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .transfer import replace_head
 from .weights import load_weights
 from .weights.io import checkpoint_metadata
-from .weights.pretrained import load_state_dict_strict
+from .weights.pretrained import check_classes, load_state_dict_strict
 
 CARD_NAME = "model_card.json"
 CARD_FORMAT = "resnetlab-model-card/1"
@@ -94,11 +94,11 @@ def build_from_card(card: dict[str, Any]) -> nn.Module:
 
 def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
     """Load a fine-tuned model (run folder or model file + card) in eval mode."""
-
     card_path, weights = locate(source)
     card = read_card(card_path)
     model = build_from_card(card)
     load_state_dict_strict(model, load_weights(weights), source=weights.name)
+    check_classes(model, list(card["classes"]), str(card_path))
     model.to(device).eval()
     prep = Preprocessing.from_dict(card["preprocessing"])
     return LoadedModel(model, card, prep, list(card["classes"]), weights)
