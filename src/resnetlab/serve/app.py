@@ -4,10 +4,12 @@ Routes: ``GET /`` the page, ``GET /info`` the model, ``POST /predict`` an image 
 body or as a multipart upload (field ``file``); ``?top_k=K`` and ``?gradcam=1``. Uploads
 above the limit are refused by their Content-Length and, without one, while being read (413);
 what is not a readable image is a 400 with the reason. Errors are ``{"error": message}``.
+A client that closes the connection mid-upload is one warning line in the server's log.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
@@ -15,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from ..data.folder import BAD_ERRORS, BadImage
@@ -22,6 +25,7 @@ from ..errors import ResnetlabError
 from .model import ServedModel
 
 PAGE = files(__package__).joinpath("page.html")
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format and --log-level
 
 
 class RequestError(Exception):
@@ -30,6 +34,13 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UploadCut(Exception):
+    """The client closed the connection before its upload was complete."""
+
+    def __init__(self, received: int, declared: str | None) -> None:
+        super().__init__(f"after {received} of {declared or 'an undeclared number of'} bytes")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -49,11 +60,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(length) > limit:
             raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise UploadCut(size, length) from None
     return b"".join(chunks)
 
 
@@ -110,6 +124,11 @@ def create_app(served: ServedModel, max_upload_mb: float = 20) -> FastAPI:
         try:
             data = await image_bytes(request, limit)
             return await run_in_threadpool(served.predict, data, top_k, gradcam)
+        except UploadCut as exc:  # nobody to answer; the status is for the access log
+            client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+            LOG.warning("%s closed the connection during its upload (%s); request dropped",
+                        client, exc)  # fmt: skip
+            return error(400, f"upload cut short {exc}")
         except RequestError as exc:
             return error(exc.status, str(exc))
         except ResnetlabError as exc:

@@ -1,0 +1,139 @@
+"""``resnetlab serve`` against clients that cut or are refused, and a port already taken: one
+log line or one error line, never a traceback, and the server keeps serving."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+import resnetlab.cli.serve as serve_cli
+from resnetlab.cli import main
+from resnetlab.serve import load_served
+from resnetlab.serve.app import create_app
+from test_serve import Server, fine_tune_like_run, free_port, picture
+
+
+class Records(logging.Handler):
+    """Keeps what the server logs (uvicorn's ``uvicorn.error`` log)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return fine_tune_like_run(tmp_path_factory.mktemp("hostile") / "run")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> bytes:
+    return picture(tmp_path_factory.mktemp("image") / "a.png", 0).read_bytes()
+
+
+def send_and_close(port: int, head: bytes, body: bytes) -> None:
+    """A raw client: the request head, part of a body, then the connection closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(head + body)
+
+
+def cut_requests(port: int) -> int:
+    """Uploads cut short (declared or chunked), and refused ones cut too; how many were cut."""
+    declared = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
+    chunked = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    multipart = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 90000\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")  # fmt: skip
+    over = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n"
+    for _ in range(3):
+        send_and_close(port, declared, bytes(1000))
+    send_and_close(port, chunked, b"3e8\r\n" + bytes(1000) + b"\r\n")
+    send_and_close(port, multipart, b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n")
+    send_and_close(port, over, bytes(1000))  # refused by its Content-Length: nothing to log
+    send_and_close(port, declared, b"")  # only the head
+    return 6
+
+
+def test_a_cut_upload_is_one_log_line_and_the_server_keeps_serving(run, image) -> None:
+    live = Server(create_app(load_served(str(run)), max_upload_mb=1))
+    log = Records()
+    logging.getLogger("uvicorn.error").addHandler(log)  # after uvicorn configured its logging
+    try:
+        with live:
+            expected = httpx.post(f"{live.url}/predict", content=image, timeout=30).json()
+            cut = cut_requests(live.port)
+            deadline = time.monotonic() + 20
+            while len(log.records) < cut and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # anything logged late
+            got = httpx.post(f"{live.url}/predict", content=image, timeout=30)
+            assert got.status_code == 200 and got.json()["classes"] == expected["classes"]
+            state = live.server.server_state
+            deadline = time.monotonic() + 10
+            while (state.connections or state.tasks) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not state.connections and not state.tasks  # nothing left hanging
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(log)
+    messages = [r.getMessage() for r in log.records]
+    assert not [r for r in log.records if r.exc_info], messages  # no traceback
+    assert not any("Exception in ASGI" in m for m in messages), messages
+    lines = [m for m in messages if "closed the connection during its upload" in m]
+    assert len(lines) == cut and all("\n" not in m for m in lines), messages
+    assert "after 1000 of 200000 bytes" in lines[0]
+    assert len(messages) == cut, messages  # one line per cut upload, nothing else
+
+
+def test_a_port_in_use_is_one_line_before_the_model_is_loaded(run, capsys, monkeypatch) -> None:
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(serve_cli, "load_served", never)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out and "Traceback" not in err
+    line = err.strip()
+    assert "\n" not in line and f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
+    assert main(["serve", str(run), "--host", "no-such-host.invalid"]) == 2
+    assert "cannot listen on no-such-host.invalid" in capsys.readouterr().err
+
+
+def test_serve_answers_on_the_port_it_checked(run, image, monkeypatch) -> None:
+    servers: list[uvicorn.Server] = []
+
+    class Kept(uvicorn.Server):
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            servers.append(self)
+
+    monkeypatch.setattr(uvicorn, "Server", Kept)
+    port = free_port()
+    codes: list[int] = []
+    thread = threading.Thread(
+        target=lambda: codes.append(main(["serve", str(run), "--port", str(port)])), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (servers and servers[0].started):
+        assert time.monotonic() < deadline and thread.is_alive(), "serve did not start"
+        time.sleep(0.05)
+    try:
+        got = httpx.post(f"http://127.0.0.1:{port}/predict", content=image, timeout=30)
+        assert got.status_code == 200 and got.json()["model"] == "resnet18 (run)"
+    finally:
+        servers[0].should_exit = True
+        thread.join(20)
+    assert codes == [0]
+    with socket.create_server(("127.0.0.1", port)):  # released when the server stopped
+        pass
