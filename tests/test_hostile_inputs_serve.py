@@ -1,8 +1,10 @@
 """``resnetlab serve`` against clients that cut or are refused, and a port already taken: one
-log line or one error line, never a traceback, and the server keeps serving."""
+log line or one error line, never a traceback, and the server keeps serving. ``explain`` with
+two images of one name, and a layer that has no map."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -10,11 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
 import resnetlab.cli.serve as serve_cli
 from resnetlab.cli import main
+from resnetlab.cli.explain import output_stems
 from resnetlab.serve import load_served
 from resnetlab.serve.app import create_app
 from test_serve import Server, fine_tune_like_run, free_port, picture
@@ -137,3 +141,49 @@ def test_serve_answers_on_the_port_it_checked(run, image, monkeypatch) -> None:
     assert codes == [0]
     with socket.create_server(("127.0.0.1", port)):  # released when the server stopped
         pass
+
+
+def test_two_images_of_one_name_get_their_own_maps(run, tmp_path, capsys) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    first, second = picture(tmp_path / "a" / "x.jpg", 1), picture(tmp_path / "b" / "x.jpg", 2)
+    out = tmp_path / "maps"
+    assert main(["explain", str(run), str(first), str(second), "--out", str(out),
+                 "--method", "gradcam"]) == 0  # fmt: skip
+    records = json.loads((out / "explain.json").read_text())["images"]
+    files = [r["gradcam"]["npy"] for r in records]
+    assert [r["image"] for r in records] == [str(first), str(second)]
+    assert len(set(files)) == 2 and all((out / f).is_file() for f in files)
+    for image, name in zip((first, second), files, strict=True):  # each its own image's map
+        alone = tmp_path / f"alone-{image.parent.name}"
+        assert main(["explain", str(run), str(image), "--out", str(alone),
+                     "--method", "gradcam"]) == 0  # fmt: skip
+        np.testing.assert_array_equal(np.load(out / name), np.load(alone / "x_gradcam.npy"))
+    assert not np.array_equal(np.load(out / files[0]), np.load(out / files[1]))
+
+
+def test_output_stems_are_distinct_and_deterministic() -> None:
+    cases = [
+        ["a/x.jpg", "b/x.jpg", "c.png"],
+        ["/data/a/x.jpg", "/data/a/x.png", "/data/a/X.jpg"],  # one folder; case aside
+        ["imgs/b_x.jpg", "imgs/a/x.jpg", "imgs/b/x.jpg"],  # a made-up name already taken
+        ["x.jpg", "x.jpg"],
+    ]
+    for case in cases:
+        paths = [Path(p) for p in case]
+        names = output_stems(paths)
+        assert len({n.casefold() for n in names}) == len(paths), names
+        assert all("/" not in n and n for n in names) and output_stems(paths) == names
+    assert output_stems([Path("a/x.jpg"), Path("b/x.jpg"), Path("c.png")]) == ["a_x", "b_x", "c"]
+    assert output_stems([Path("only/one.jpg")]) == ["one"]  # unique names are kept
+
+
+def test_explain_on_a_layer_without_a_map_names_those_with_one(run, image, tmp_path,
+                                                                capsys) -> None:  # fmt: skip
+    path = tmp_path / "a.png"
+    path.write_bytes(image)
+    argv = ["explain", str(run), str(path), "--out", str(tmp_path / "m"), "--layer", "fc"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "--layer 'fc' gives no spatial map" in err and "layer4.1" in err
