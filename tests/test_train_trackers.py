@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 
@@ -26,12 +27,12 @@ from test_train_engine import bundle, config
 class CrashAt(Callback):
     """Fails at a step after a log but before the next checkpoint, as a killed run would."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, error: type[BaseException] = RuntimeError) -> None:
+        self.step, self.error = step, error
 
     def on_step(self, state) -> None:
         if state.step == self.step:
-            raise RuntimeError("simulated crash")
+            raise self.error("simulated crash")
 
 
 class WritesReport(Callback):
@@ -225,6 +226,12 @@ def test_train_command_attaches_its_report_to_the_mlflow_run(tmp_path, home, mon
     assert {"report.html", "config.json", "run.json"} <= artifacts
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def warnings_in(err: str) -> list[str]:
     """The tracker warning lines of a stderr, after checking it holds no traceback."""
     assert "Traceback" not in err
@@ -307,8 +314,6 @@ def test_a_tracker_that_fails_to_start_is_a_warning(tmp_path, capsys, monkeypatc
 def test_an_mlflow_store_nothing_answers_at_is_one_line_before_any_work(
     tmp_path, home, monkeypatch, capsys
 ):
-    from test_serve import free_port
-
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "run"
@@ -322,8 +327,6 @@ def test_an_mlflow_store_nothing_answers_at_is_one_line_before_any_work(
 
 
 def test_attaching_the_report_is_fail_soft(tmp_path, capsys, monkeypatch):
-    from test_serve import free_port
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = tmp_path / "run"
     run.mkdir()
@@ -343,3 +346,22 @@ def test_a_resume_with_a_broken_mlflow_record_is_one_line(tmp_path, home, capsys
     (tmp_path / "run" / "mlflow.json").write_text("{not json")
     with pytest.raises(ResnetlabError, match="is not a record of an MLflow run; delete it"):
         MLflowCallback(tmp_path / "run", config_)
+
+
+@pytest.mark.slow
+def test_an_mlflow_run_that_stops_early_is_marked_failed_or_killed(tmp_path, home, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    status = {}
+    for error in (RuntimeError, KeyboardInterrupt):
+        folder = tmp_path / error.__name__
+        with pytest.raises(error, match="simulated crash"):
+            tiny(config=settings(folder, ("mlflow",)), callbacks=[CrashAt(5, error)])
+        status[error] = MlflowClient(uri).get_run(read_record(folder / "run")["run_id"]).info
+    assert status[RuntimeError].status == "FAILED" and status[KeyboardInterrupt].status == "KILLED"
+    assert status[RuntimeError].end_time is not None
+    tiny(config=settings(tmp_path / "RuntimeError", ("mlflow",), resume=True))
+    run_id = read_record(tmp_path / "RuntimeError" / "run")["run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"

@@ -96,7 +96,8 @@ class Tracker(Callback):
     failure prints one warning line and turns the tracker off (no further calls, so a service
     that went away costs the run at most one timeout); nothing it raises reaches the engine.
 
-    Subclasses implement ``start``, ``write`` (a train or eval record) and ``finish``.
+    Subclasses implement ``start``, ``write`` (a train or eval record), ``finish`` and
+    ``abort`` (the run stopped early: ``status`` as run.json records it).
     """
 
     name = ""
@@ -109,6 +110,7 @@ class Tracker(Callback):
     def start(self, state: TrainState) -> None: ...
     def write(self, kind: str, state: TrainState, record: dict[str, Any]) -> None: ...
     def finish(self, state: TrainState, result: TrainResult) -> None: ...
+    def abort(self, status: str) -> None: ...
 
     def on_start(self, state: TrainState) -> None:
         if state.dist.main:
@@ -124,6 +126,10 @@ class Tracker(Callback):
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
         self._soft("finish its run", self.finish, state, result)
+        self.active = False
+
+    def on_abort(self, state: TrainState, status: str) -> None:
+        self._soft("record how the run ended", self.abort, status)
         self.active = False
 
     def _soft(self, doing: str, call: Callable[..., None], *args: Any) -> None:
@@ -175,6 +181,10 @@ class TensorBoardCallback(Tracker):
         if report.is_file():
             self.writer.add_text("report", report.read_text(), state.step)
         self.writer.close()
+        self.writer = None
+
+    def abort(self, status: str) -> None:
+        self.writer.close()  # what was logged is kept; a resume purges what follows its step
         self.writer = None
 
     def abandon(self) -> None:
@@ -280,6 +290,12 @@ class MLflowCallback(Tracker):
             log_artifacts(self.client, str(self.run_id), Path(result.out_dir))
         finally:
             self.client.set_terminated(self.run_id, "FINISHED")
+
+    def abort(self, status: str) -> None:
+        """FAILED for an error or a divergence, KILLED for Ctrl-C or SIGTERM (a resume
+        marks the run RUNNING again)."""
+        stopped = status.startswith("interrupted")
+        self.client.set_terminated(self.run_id, "KILLED" if stopped else "FAILED")
 
 
 FACTORIES: dict[str, type[Tracker]] = {"tensorboard": TensorBoardCallback, "mlflow": MLflowCallback}
