@@ -53,3 +53,17 @@ def test_unknown_layer_names_known_ones():
     model = create_model("resnet20", num_classes=2)
     with pytest.raises(ResnetlabError, match="layer3"):
         find_layer(model, "layer9")
+
+
+@pytest.mark.parametrize(("name", "layer"), [("resnet18", "fc"), ("resnet18", "avgpool"),
+                                             ("vgg11", "classifier")])  # fmt: skip
+def test_a_layer_without_a_spatial_map_names_layers_with_one(name, layer):
+    model = create_model(name, num_classes=3).eval()
+    with pytest.raises(ResnetlabError, match=f"--layer '{layer}' gives no spatial map") as info:
+        cam_maps(model, torch.randn(2, 3, 64, 64), layer=layer)
+    named = str(info.value).rsplit("e.g. ", 1)[1].rstrip(".").split(", ")
+    assert default_layer(model) in named and layer not in named
+    for candidate in named:  # each one it names works
+        assert cam_maps(model, torch.randn(1, 3, 64, 64), layer=candidate)["maps"].shape[1:] == (
+            64, 64)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,36 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
+def output_stems(paths: list[Path]) -> list[str]:
+    """One distinct file stem per image, the same for the same inputs: the image's own stem;
+    where images share one (case aside), the folders that tell them apart before it (``b_x``
+    for ``data/b/x.jpg`` beside ``data/a/x.jpg``), then the extension, then an index."""
+    names = [p.stem for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.casefold(), []).append(i)
+    for members in groups.values():
+        folders = [[re.sub(r"[^\w.-]+", "-", part) for part in paths[i].parent.parts
+                    if part != paths[i].anchor] for i in members]  # fmt: skip
+        shared = 0  # the leading folders all of them share
+        while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+            shared += 1
+        for i, own in zip(members, folders, strict=True):
+            names[i] = "_".join((*own[shared:], paths[i].stem)) if len(members) > 1 else names[i]
+    counts = Counter(name.casefold() for name in names)
+    for i, path in enumerate(paths):
+        if counts[names[i].casefold()] > 1 and path.suffix:
+            names[i] += f"_{path.suffix.lstrip('.')}"
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        k = 1
+        while names[i].casefold() in taken:
+            k += 1
+            names[i] = f"{name}-{k}"
+        taken.add(names[i].casefold())
+    return names
+
+
 def run_explain(args: argparse.Namespace) -> int:
     model, prep, classes, temperature = load_source(args.source, args.pretrained, args.device)
     paths = expand_inputs(args.images)
@@ -61,7 +93,7 @@ def run_explain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     methods = METHODS if args.method == "both" else (args.method,)
     records = []
-    for path in paths:
+    for path, name in zip(paths, output_stems(paths), strict=True):
         try:
             raw = prepare_images(load_image(path)[None], prep)
         except (OSError, ValueError, SyntaxError) as exc:
@@ -73,7 +105,7 @@ def run_explain(args: argparse.Namespace) -> int:
         for method in methods:
             result = cam_maps(model, x, method=method, layer=args.layer, target=target)
             cam, c = result["maps"][0], int(result["classes"][0])
-            stem = f"{path.stem}_{method.replace('++', 'pp')}"
+            stem = f"{name}_{method.replace('++', 'pp')}"
             _save_npy(out / f"{stem}.npy", cam.numpy())
             _save_png(out / f"{stem}.png", overlay(raw[0], cam))
             p = torch.softmax(result["logits"][0] / temperature, 0)[c].item()
