@@ -39,6 +39,7 @@ def quantus_explain(model, inputs, targets, **kwargs) -> np.ndarray:
     return maps[:, None].numpy()
 
 
+@pytest.mark.slow
 def test_randomisation_equals_quantus_mprt() -> None:
     model = small_net()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))

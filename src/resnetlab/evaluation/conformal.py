@@ -56,5 +56,5 @@ def set_summary(sets: np.ndarray, labels: np.ndarray | None = None) -> dict[str,
     }
     if labels is not None:
         labels = np.asarray(labels, np.int64)
-        out["coverage"] = float(np.mean(sets[np.arange(len(labels)), labels]))
+        out["coverage_achieved"] = float(np.mean(sets[np.arange(len(labels)), labels]))
     return out
