@@ -20,6 +20,7 @@ from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.train import load_checkpoint, save_checkpoint
 from resnetlab.train.checkpoint import rng_state, set_rng_state
+from resnetlab.weights import load_weights, save_weights
 from test_files import fill_disk
 
 
@@ -64,6 +65,18 @@ def test_a_full_disk_during_torch_save_is_one_line_and_keeps_the_checkpoint(tmp_
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_a_full_disk_while_saving_a_fine_tuned_model_keeps_the_old_one(tmp_path, monkeypatch, name):
+    """The files a fine-tuning run (and a Hub folder) ends with are written the same way."""
+    path = save_weights({"w": torch.ones(3)}, tmp_path / name)
+    fill_disk(monkeypatch)
+    with pytest.raises(ResnetlabError, match=f"no space left .* writing {name}"):
+        save_weights({"w": torch.zeros(100_000)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_weights(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_a_kill_during_save_never_leaves_a_corrupt_checkpoint(tmp_path):
