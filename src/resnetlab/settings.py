@@ -29,11 +29,14 @@ def setting(
     *,
     choices: Iterable[Any] | None = None,
     factory: Callable[[], Any] | None = None,
+    flag: str | None = None,
 ) -> Any:
-    """A dataclass field with its help text, optional numeric bounds and fixed choices."""
+    """A dataclass field with its help text, optional numeric bounds and fixed choices;
+    ``flag`` names its command-line flag where that is not the field's name (``--out``)."""
     if bounds is not None:
         parse_bounds(bounds)  # a malformed rule fails at import, not at the user
-    metadata = {"help": help, "bounds": bounds, "choices": tuple(choices) if choices else None}
+    metadata = {"help": help, "bounds": bounds, "choices": tuple(choices) if choices else None,
+                "flag": flag}  # fmt: skip
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -101,19 +104,24 @@ def check_settings(obj: Any) -> None:
         check_choice(f.name, getattr(obj, f.name), f.metadata.get("choices"))
 
 
+REQUIRED: Any = dataclasses.MISSING  # compose(..., defaults={"data": REQUIRED}): no default
+
+
 def compose(
-    source: type, *, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+    *sources: type, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
 ) -> Callable[[type], type]:
-    """A class decorator (put it under ``@dataclass``) that adds ``source``'s fields, with their
-    help, bounds and choices, to the class: all but ``exclude`` and those the class declares
-    itself, with ``defaults`` replacing source's defaults. The names added are kept in the
-    class's ``__composed__``, so a field added to ``source`` reaches the class with no edit."""
+    """A class decorator (put it under ``@dataclass``) that adds the ``sources``' fields, with
+    their help, bounds and choices, to the class: all but ``exclude`` and those the class
+    declares itself, with ``defaults`` replacing the sources' defaults (``REQUIRED``: none, for a
+    ``kw_only`` dataclass). The names added are kept in the class's ``__composed__``, so a field
+    added to a source reaches the class with no edit."""
     skip, new = set(exclude), dict(defaults or {})
 
     def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
         own = cls.__dict__.get("__annotations__", {})
-        added = []
-        for f in dataclasses.fields(source):
+        added = list(cls.__dict__.get("__composed__", ()))
+        fields = [f for source in sources for f in dataclasses.fields(source)]
+        for f in fields:
             if f.name in skip or f.name in own:
                 continue
             own[f.name] = f.type
