@@ -171,7 +171,7 @@ def test_finetune_run_records_grad_clip_in_the_engine_config(tmp_path, monkeypat
     monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
     argv = ["finetune", str(_write_npz(tmp_path / "g.npz")), "--model", "resnet20",
-            "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--grad-clip", "1.0",
+            "--pretrained", "none", "--full-epochs", "1", "--batch-size", "8", "--grad-clip", "1.0",
             "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((out / "phase2-full" / "config.json").read_text())

@@ -107,14 +107,23 @@ def check_settings(obj: Any) -> None:
 REQUIRED: Any = dataclasses.MISSING  # compose(..., defaults={"data": REQUIRED}): no default
 
 
+@dataclasses.dataclass(frozen=True)
+class Default:
+    """A composed field's own default and how its help shows it: ``Default(None, "crop / 8")``
+    for a value the command derives when the setting is left unset."""
+
+    value: Any
+    shown: str
+
+
 def compose(
     *sources: type, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
 ) -> Callable[[type], type]:
     """A class decorator (put it under ``@dataclass``) that adds the ``sources``' fields, with
     their help, bounds and choices, to the class: all but ``exclude`` and those the class
-    declares itself, with ``defaults`` replacing the sources' defaults (``REQUIRED``: none, for a
-    ``kw_only`` dataclass). The names added are kept in the class's ``__composed__``, so a field
-    added to a source reaches the class with no edit."""
+    declares itself, with ``defaults`` replacing the sources' defaults (a value, a ``Default``,
+    or ``REQUIRED``: none, for a ``kw_only`` dataclass). The names added are kept in the class's
+    ``__composed__``, so a field added to a source reaches the class with no edit."""
     skip, new = set(exclude), dict(defaults or {})
 
     def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
@@ -126,7 +135,11 @@ def compose(
                 continue
             own[f.name] = f.type
             if f.name in new:
-                value = dataclasses.field(default=new.pop(f.name), metadata=f.metadata)
+                default, metadata = new.pop(f.name), dict(f.metadata)
+                if isinstance(default, Default):
+                    help = f"{metadata.get('help', '')} (default {default.shown})"
+                    default, metadata = default.value, {**metadata, "help": help}
+                value = dataclasses.field(default=default, metadata=metadata)
             elif f.default_factory is not dataclasses.MISSING:
                 value = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
             else:

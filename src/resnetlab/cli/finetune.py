@@ -7,26 +7,56 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import runfolder
 from ..errors import ResnetlabError
-from ..finetune.options import ENGINE_DEFAULTS, FinetuneOptions, saved_options
-from ..settings import bounded
+from ..finetune.options import (
+    ENGINE_DEFAULTS,
+    RENAMED,
+    FinetuneOptions,
+    resume_settings,
+    saved_options,
+)
+from ..settings import bounded, check_settings, setting
 from ..train.distributed import check_device
-from .flags import add_settings, given_settings
+from .flags import add_renamed, add_settings, flag_name, given_settings, settings_from_args
 
-# FinetuneOptions fields without a flag of their own: the run folder is --out, and the fold is
-# set by cross-validation.
-NO_FLAG = ("out_dir", "fold")
+# FinetuneOptions fields without a flag: the fold is set by cross-validation.
+NO_FLAG = ("fold",)
+# What fine-tuning's renamed flags are now (the same name meant another thing in `train`).
+RENAMED_FLAGS = {
+    "lr": "the head's learning rate; --lr is the one learning rate of `train`",
+    "epochs": "phase 2's epochs; --epochs is the whole run's length in `train`",
+    "class_weights": "inverse-frequency weights; --class-weights gives one weight per class in "
+    "`train`",
+}
+
+
+@dataclass
+class SweepSettings:
+    """The learning-rate range test's sweep (``resnetlab lr-find``)."""
+
+    iters: int = setting(100, "sweep steps", ">= 1")
+    start_lr: float = setting(1e-7, "first lr of the sweep", "> 0")
+    end_lr: float = setting(10.0, "last lr of the sweep", "> 0")
+    phase: str = setting(
+        "full", "sweep the unfrozen model or the head alone", choices=("full", "head")
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _add_model_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """One flag per ``FinetuneOptions`` field (``cli/flags.py``); a flag not given is absent from
-    the parsed arguments, so the defaults live in ``FinetuneOptions`` alone."""
+    the parsed arguments, so the defaults live in ``FinetuneOptions`` alone. The run folder,
+    ``--out``, defaults to runs/<command>-<model>-<time>."""
     add_settings(p, FinetuneOptions, exclude=NO_FLAG + exclude, positional={"data": "DATA"})
-    p.add_argument("--out", help="run folder (default runs/<command>-<model>-<time>)")
+    add_renamed(p, {flag_name(old): f"{flag_name(RENAMED[old])} ({why})"
+                    for old, why in RENAMED_FLAGS.items()})  # fmt: skip
 
 
 def _add_on_bad(p: argparse.ArgumentParser, default: str = "error") -> None:
@@ -37,20 +67,22 @@ def _add_on_bad(p: argparse.ArgumentParser, default: str = "error") -> None:
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The FinetuneOptions values set on the command line, and only those."""
-    return {k: v for k, v in given_settings(args, FinetuneOptions).items() if k != "data"}
+    """The FinetuneOptions values set on the command line, and only those (the data and the
+    run folder apart)."""
+    given = given_settings(args, FinetuneOptions).items()
+    return {k: v for k, v in given if k not in ("data", "out_dir")}
 
 
 def _options(args: argparse.Namespace, command: str) -> FinetuneOptions:
-    given = given_options(args)
+    given, out = given_options(args), getattr(args, "out_dir", None)
     if getattr(args, "resume", False):
-        if not args.out:
+        if not out:
             raise ResnetlabError("--resume needs --out RUN_FOLDER (the run to continue).")
         # the run's own settings, with what was given on top: a change is refused later
-        return FinetuneOptions(**{**saved_options(Path(args.out)), **given, "resume": True,
-                                  "data": args.data, "out_dir": args.out})  # fmt: skip
+        return FinetuneOptions(**{**saved_options(Path(out)), **given, "resume": True,
+                                  "data": args.data, "out_dir": out})  # fmt: skip
     model = given.get("model", ENGINE_DEFAULTS["model"])
-    out = args.out or f"runs/{command}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out or f"runs/{command}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     return FinetuneOptions(data=args.data, out_dir=out, **given)
 
 
@@ -74,7 +106,9 @@ def run_lr_find(args: argparse.Namespace) -> int:
     from ..reports.report import render_report
 
     options, began, clock = _options(args, "lr-find"), runfolder.now(), time.perf_counter()
-    lr_find(options, iters=args.iters, start=args.start_lr, end=args.end_lr, phase=args.phase)
+    sweep = settings_from_args(SweepSettings, args)
+    resume_settings(options, Path(options.out_dir))  # a new folder: lr-find never resumes
+    lr_find(options, iters=sweep.iters, start=sweep.start_lr, end=sweep.end_lr, phase=sweep.phase)
     out = Path(options.out_dir)
     runfolder.finish(out, "completed", started=began, wall_time_s=time.perf_counter() - clock,
                      extra={"data": options.data})  # fmt: skip
@@ -138,17 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test (plot + suggestion)")
     _add_model_args(p, exclude=("resume", "folds", "tta", "threshold", "test_size"))
-    p.add_argument("--iters", type=int, default=100, help="sweep steps (default 100)")
-    p.add_argument("--start-lr", type=float, default=1e-7, metavar="FLOAT",
-                   help="first lr of the sweep (default 1e-7)")  # fmt: skip
-    p.add_argument("--end-lr", type=float, default=10.0, metavar="FLOAT",
-                   help="last lr of the sweep (default 10)")  # fmt: skip
-    p.add_argument(
-        "--phase",
-        choices=("full", "head"),
-        default="full",
-        help="sweep the unfrozen model (default) or the head alone",
-    )
+    add_settings(p, SweepSettings)
     p.set_defaults(func=run_lr_find)
 
     p = subparsers.add_parser("predict", help="top-k classes for images with a fine-tuned model")

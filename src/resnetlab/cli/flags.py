@@ -23,7 +23,7 @@ NONE_WORDS = ("none", "null")
 
 # Every settings class given to add_settings, by the parser's prog: the classes the command
 # line reaches (a test walks them for setting names declared twice).
-REGISTERED: dict[str, type] = {}
+REGISTERED: dict[str, list[type]] = {}
 
 
 def flag_name(name: str) -> str:
@@ -46,9 +46,9 @@ def add_settings(
 ) -> None:
     """One flag per field of ``cls`` (not in ``exclude``); ``positional`` maps fields that are
     positional arguments to their metavar (a list field takes one or more, or none with a
-    default); a field in ``required`` (or without a default) is a flag that must be given."""
+    default); a field in ``required`` is a flag that must be given."""
     skip, positional, must = set(exclude), dict(positional or {}), set(required)
-    REGISTERED[parser.prog] = cls
+    REGISTERED.setdefault(parser.prog, []).append(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
@@ -65,7 +65,7 @@ def add_settings(
             )  # fmt: skip
             continue
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
-        if f.name in must or not _has_default(f):
+        if f.name in must:
             options["required"] = True
         if kind.startswith("bool") and f.name.startswith("no_"):  # --no-x, and --x to undo it
             parser.add_argument(flag_name(f.name), action="store_const", const=True, **options)
