@@ -117,13 +117,19 @@ class Default:
 
 
 def compose(
-    *sources: type, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+    *sources: type,
+    exclude: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    unset: str | None = None,
 ) -> Callable[[type], type]:
     """A class decorator (put it under ``@dataclass``) that adds the ``sources``' fields, with
     their help, bounds and choices, to the class: all but ``exclude`` and those the class
     declares itself, with ``defaults`` replacing the sources' defaults (a value, a ``Default``,
-    or ``REQUIRED``: none, for a ``kw_only`` dataclass). The names added are kept in the class's
-    ``__composed__``, so a field added to a source reaches the class with no edit."""
+    or ``REQUIRED``: none, for a ``kw_only`` dataclass); with ``unset`` every other field added
+    defaults to None, a value the class fills in itself, shown in the help as ``unset`` says
+    (degradation: "the recipe's"). The names
+    added are kept in the class's ``__composed__``, so a field added to a source reaches the
+    class with no edit."""
     skip, new = set(exclude), dict(defaults or {})
 
     def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
@@ -140,6 +146,9 @@ def compose(
                     help = f"{metadata.get('help', '')} (default {default.shown})"
                     default, metadata = default.value, {**metadata, "help": help}
                 value = dataclasses.field(default=default, metadata=metadata)
+            elif unset is not None:
+                help = f"{f.metadata.get('help', '')} (default {unset})"
+                value = dataclasses.field(default=None, metadata={**f.metadata, "help": help})
             elif f.default_factory is not dataclasses.MISSING:
                 value = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
             else:

@@ -52,7 +52,8 @@ def add_settings(
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
-        kind, optional = _base(str(f.type)), "None" in str(f.type)
+        written = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        kind, optional = _base(written), "None" in written  # "int | None": a string annotation
         text = _help(f)
         if f.name in positional:
             many = kind.startswith("list[")
