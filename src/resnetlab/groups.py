@@ -43,14 +43,23 @@ def device_name(name: str) -> str:
     return name
 
 
+def check_groups(settings: Any) -> None:
+    """The checks of every group a settings object holds: bounds and choices, the device, and
+    one output format at most."""
+    check_settings(settings)
+    device = getattr(settings, "device", None)
+    if isinstance(device, str):
+        check_device(device)
+    if getattr(settings, "json", False) and getattr(settings, "csv", False):
+        raise ResnetlabError("--json and --csv both given; choose one.")
+
+
 class Checked:
-    """A settings group checked when it is made: bounds, choices and the device."""
+    """Settings checked when they are made (``check_groups``); a command's settings class made
+    with ``compose`` inherits it too."""
 
     def __post_init__(self) -> None:
-        check_settings(self)
-        device = getattr(self, "device", None)  # DeviceSettings and the classes made with it
-        if isinstance(device, str):
-            check_device(device)
+        check_groups(self)
 
 
 @dataclass
@@ -107,7 +116,7 @@ class BatchSettings(Checked):
 
     batch_size: int = setting(
         128, "images per batch: in training the GLOBAL batch of one optimiser step (split over "
-        "all processes), in predict and evaluate one forward pass", ">= 1",
+        "all processes); elsewhere one forward pass (export: the example input's)", ">= 1",
     )  # fmt: skip
 
 
@@ -115,18 +124,36 @@ class BatchSettings(Checked):
 class RunFolderSettings(Checked):
     """The folder a run writes, and whether it continues one."""
 
-    out_dir: str = setting("runs/run", "run folder", flag="--out")
+    out_dir: str = setting(
+        "runs/run", "where the command writes: its run folder (export: the file, or the folder "
+        "of --format hub; compare-runs: a JSON file)", flag="--out",
+    )  # fmt: skip
     resume: bool = setting(False, "continue the run in --out; its settings must be the run's own")
     progress: bool = setting(True, "show a progress bar")
 
 
 @dataclass
 class InferenceSettings(Checked):
-    """How a trained model is applied to images."""
+    """Which trained model is applied to images, and how."""
 
     source: str = setting(
         help="a run folder (resnetlab train or finetune), a model file beside its card, or a "
-        "registered model name (weights from --pretrained)"
+        "registered model name"
     )
     tta: bool = setting(False, "average each prediction with that of the mirror image")
     top_k: int = setting(3, "classes shown per image", ">= 1")
+
+
+@dataclass
+class ImagesSettings(Checked):
+    """The images a command reads."""
+
+    images: list[str] = setting(help="image files, folders or globs", factory=list)
+
+
+@dataclass
+class OutputSettings(Checked):
+    """How a result is printed: a table or lines (default), JSON or CSV."""
+
+    json: bool = setting(False, "print the result as JSON")
+    csv: bool = setting(False, "print the result as CSV")

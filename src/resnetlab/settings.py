@@ -30,13 +30,15 @@ def setting(
     choices: Iterable[Any] | None = None,
     factory: Callable[[], Any] | None = None,
     flag: str | None = None,
+    const: Any = None,
 ) -> Any:
     """A dataclass field with its help text, optional numeric bounds and fixed choices;
-    ``flag`` names its command-line flag where that is not the field's name (``--out``)."""
+    ``flag`` names its command-line flag where that is not the field's name (``--out``), and
+    ``const`` is the value of the flag given alone (``--with-preprocessing`` is ``uint8``)."""
     if bounds is not None:
         parse_bounds(bounds)  # a malformed rule fails at import, not at the user
     metadata = {"help": help, "bounds": bounds, "choices": tuple(choices) if choices else None,
-                "flag": flag}  # fmt: skip
+                "flag": flag, "const": const}  # fmt: skip
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -128,8 +130,8 @@ def compose(
     or ``REQUIRED``: none, for a ``kw_only`` dataclass); with ``unset`` every other field added
     defaults to None, a value the class fills in itself, shown in the help as ``unset`` says
     (degradation: "the recipe's"). The names
-    added are kept in the class's ``__composed__``, so a field added to a source reaches the
-    class with no edit."""
+    added are kept in the class's ``__composed__`` (and the sources in ``__sources__``), so a
+    field added to a source reaches the class with no edit."""
     skip, new = set(exclude), dict(defaults or {})
 
     def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
@@ -159,6 +161,7 @@ def compose(
             raise TypeError(f"{cls.__name__}: defaults for fields it does not take: {sorted(new)}")
         cls.__annotations__ = own
         cls.__composed__ = tuple(added)
+        cls.__sources__ = (*cls.__dict__.get("__sources__", ()), *sources)
         return cls
 
     return decorate

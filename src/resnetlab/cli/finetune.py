@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import runfolder
 from ..errors import ResnetlabError
@@ -20,8 +20,18 @@ from ..finetune.options import (
     resume_settings,
     saved_options,
 )
-from ..settings import bounded, check_settings, setting
-from ..train.distributed import check_device
+from ..groups import (
+    BatchSettings,
+    Checked,
+    DataSettings,
+    DeviceSettings,
+    ImagesSettings,
+    InferenceSettings,
+    OutputSettings,
+    RunFolderSettings,
+    device_name,
+)
+from ..settings import REQUIRED, Default, check_settings, compose, setting
 from .flags import add_renamed, add_settings, flag_name, given_settings, settings_from_args
 
 # FinetuneOptions fields without a flag: the fold is set by cross-validation.
@@ -50,6 +60,49 @@ class SweepSettings:
         check_settings(self)
 
 
+@dataclass(kw_only=True)
+@compose(InferenceSettings, ImagesSettings, OutputSettings, BatchSettings, DeviceSettings,
+         DataSettings, exclude=("data", "data_root"), defaults={
+             "source": REQUIRED, "images": REQUIRED, "batch_size": 64, "on_bad": "skip",
+         })  # fmt: skip
+class PredictSettings(Checked):
+    """``resnetlab predict``: every setting from the groups (``groups.py``)."""
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        images: list[str] = setting()
+        json: bool = setting()
+        csv: bool = setting()
+        batch_size: int = setting()
+        top_k: int = setting()
+        tta: bool = setting()
+        device: str = setting()
+        on_bad: str = setting()
+
+
+@dataclass(kw_only=True)
+@compose(InferenceSettings, DataSettings, BatchSettings, DeviceSettings, RunFolderSettings,
+         exclude=("top_k", "data_root", "resume", "progress"),
+         defaults={"source": REQUIRED, "data": REQUIRED, "batch_size": 64,
+                   "out_dir": Default(None, "none: printed only")})  # fmt: skip
+class EvaluateSettings(Checked):
+    """``resnetlab evaluate``: the split to measure; the rest from the groups."""
+
+    split: str = setting(
+        "test", "split to measure; on the run's own data, val and test are the run's, "
+        "re-created when it held them out", choices=("train", "val", "test"),
+    )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        data: str = setting()
+        out_dir: str | None = setting()
+        batch_size: int = setting()
+        tta: bool = setting()
+        device: str = setting()
+        on_bad: str = setting()
+
+
 def _add_model_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """One flag per ``FinetuneOptions`` field (``cli/flags.py``); a flag not given is absent from
     the parsed arguments, so the defaults live in ``FinetuneOptions`` alone. The run folder,
@@ -57,13 +110,6 @@ def _add_model_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -
     add_settings(p, FinetuneOptions, exclude=NO_FLAG + exclude, positional={"data": "DATA"})
     add_renamed(p, {flag_name(old): f"{flag_name(RENAMED[old])} ({why})"
                     for old, why in RENAMED_FLAGS.items()})  # fmt: skip
-
-
-def _add_on_bad(p: argparse.ArgumentParser, default: str = "error") -> None:
-    p.add_argument(
-        "--on-bad", choices=("skip", "error"), default=default,
-        help=f"unreadable image files: skip them with a warning, or error (default {default})",
-    )  # fmt: skip
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,17 +166,17 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..finetune import expand_inputs, load_model, predict_files, render
     from ..finetune.predict import report_failures
 
-    check_device(args.device)
-    loaded = load_model(args.source, args.device)
-    paths = expand_inputs(args.images)
+    settings = settings_from_args(PredictSettings, args)
+    loaded = load_model(settings.source, device_name(settings.device))
+    paths = expand_inputs(settings.images)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
     predictions, failed = predict_files(
-        loaded, paths, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta,
-        on_bad=args.on_bad,
+        loaded, paths, top_k=settings.top_k, batch_size=settings.batch_size, tta=settings.tta,
+        on_bad=settings.on_bad,
     )  # fmt: skip
     report_failures(failed)
-    fmt = "json" if args.json else "csv" if args.csv else "text"
+    fmt = "json" if settings.json else "csv" if settings.csv else "text"
     if predictions:
         print(render(predictions, fmt))
     if not predictions:
@@ -142,20 +188,20 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate_run, format_metrics
 
-    check_device(args.device)
+    settings = settings_from_args(EvaluateSettings, args)
     metrics = evaluate_run(
-        args.source,
-        args.data,
-        split=args.split,
-        out=args.out,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        device=args.device,
-        on_bad=args.on_bad,
+        settings.source,
+        settings.data,
+        split=settings.split,
+        out=settings.out_dir,
+        batch_size=settings.batch_size,
+        tta=settings.tta,
+        device=device_name(settings.device),
+        on_bad=settings.on_bad,
     )
     print(format_metrics(metrics))
-    if args.out:
-        print(f"metrics and plots: {Path(args.out).resolve()}")
+    if settings.out_dir:
+        print(f"metrics and plots: {Path(settings.out_dir).resolve()}")
     return 0
 
 
@@ -175,33 +221,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_settings(p, SweepSettings)
     p.set_defaults(func=run_lr_find)
 
-    p = subparsers.add_parser("predict", help="top-k classes for images with a fine-tuned model")
-    p.add_argument("source", metavar="RUN_OR_MODEL", help="run folder, or model file + card")
-    p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
-    p.add_argument("--top-k", type=bounded(int, ">= 1"), default=3, metavar="INT",
-                   help="classes shown per image (default 3)")  # fmt: skip
-    p.add_argument("--tta", action="store_true", help="average with the mirror image")
-    p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
-                   help="images per forward pass (default 64)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="JSON output")
-    group.add_argument("--csv", action="store_true", help="CSV output")
-    _add_on_bad(p, default="skip")
+    p = subparsers.add_parser("predict", help="top-k classes for images with a trained model")
+    add_settings(p, PredictSettings, positional={"source": "RUN_OR_MODEL", "images": "IMAGES"},
+                 eager=True)  # fmt: skip
     p.set_defaults(func=run_predict)
 
-    p = subparsers.add_parser("evaluate", help="all metrics of a fine-tuned model on a split")
-    p.add_argument("source", metavar="RUN_OR_MODEL", help="run folder, or model file + card")
-    p.add_argument("data", metavar="DATA", help="labelled data (as for finetune)")
-    p.add_argument(
-        "--split", default="test", choices=("train", "val", "test"),
-        help="split to measure (default test); on the run's own data, val and test are the "
-        "run's, re-created when it held them out",
-    )  # fmt: skip
-    p.add_argument("--out", type=Path, help="folder for metrics JSON and plots")
-    p.add_argument("--tta", action="store_true", help="average with the mirror image")
-    p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
-                   help="images per forward pass (default 64)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    _add_on_bad(p)
+    p = subparsers.add_parser("evaluate", help="all metrics of a trained model on a split")
+    add_settings(p, EvaluateSettings, positional={"source": "RUN_OR_MODEL", "data": "DATA"},
+                 eager=True)  # fmt: skip
     p.set_defaults(func=run_evaluate)

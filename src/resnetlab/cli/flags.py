@@ -16,9 +16,10 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..settings import check_settings, describe, help_of
+from ..settings import bounded, check_settings, describe, help_of
 
 NONE_WORDS = ("none", "null")
+NUMBERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
 
 
 # Every settings class given to add_settings, by the parser's prog: the classes the command
@@ -43,12 +44,19 @@ def add_settings(
     exclude: Iterable[str] = (),
     positional: Mapping[str, str] | None = None,
     required: Iterable[str] = (),
+    eager: bool = False,
 ) -> None:
     """One flag per field of ``cls`` (not in ``exclude``); ``positional`` maps fields that are
     positional arguments to their metavar (a list field takes one or more, or none with a
-    default); a field in ``required`` is a flag that must be given."""
+    default); a field in ``required`` is a flag that must be given.
+
+    ``eager``, for a command whose settings come from the command line alone (nothing saved to
+    resume): argparse holds the field's default and refuses a value outside its choices or
+    bounds as it reads it ("invalid int >= 1 value"); else the flag is absent when not given and
+    ``check_settings`` checks the value once the dataclass is made."""
     skip, positional, must = set(exclude), dict(positional or {}), set(required)
-    REGISTERED.setdefault(parser.prog, []).append(cls)
+    if cls not in (known := REGISTERED.setdefault(parser.prog, [])):
+        known.append(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
@@ -66,6 +74,10 @@ def add_settings(
             )  # fmt: skip
             continue
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+        if eager and _has_default(f):
+            options["default"] = _default(f)
+        if eager and f.metadata.get("choices") and not kind.startswith(("list[", "tuple[")):
+            options["choices"] = f.metadata["choices"]
         if f.name in must:
             options["required"] = True
         if kind.startswith("bool") and f.name.startswith("no_"):  # --no-x, and --x to undo it
@@ -88,7 +100,12 @@ def add_settings(
         else:
             # choices are checked with the bounds (a one-line error with a close match)
             options["metavar"] = metavar(kind, f.metadata.get("choices"))
-            parser.add_argument(field_flag(f), type=_converter(kind, optional), **options)
+            convert = _converter(kind, optional)
+            if eager and f.metadata.get("bounds") and kind in NUMBERS and not optional:
+                convert = bounded(NUMBERS[kind], f.metadata["bounds"])
+            if f.metadata.get("const") is not None:
+                options |= {"nargs": "?", "const": f.metadata["const"]}
+            parser.add_argument(field_flag(f), type=convert, **options)
 
 
 def add_renamed(parser: argparse.ArgumentParser, renamed: Mapping[str, str]) -> None:
@@ -134,6 +151,10 @@ def _help(f: dataclasses.Field) -> str:
     if f.metadata.get("bounds"):
         text += f" [{describe(f.metadata['bounds'])}]"
     return text.replace("%", "%%")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def _has_default(f: dataclasses.Field) -> bool:
