@@ -52,7 +52,7 @@ def home(tmp_path_factory):
 
 def scratch_run(data: Path, out: Path, epochs: str, *extra: str) -> list[str]:
     """``resnetlab finetune`` of resnet20 from scratch, batch 8, plus ``extra`` options."""
-    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--epochs",
+    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--full-epochs",
             epochs, "--batch-size", "8", "--out", str(out), "--no-progress", *extra]  # fmt: skip
 
 
@@ -269,7 +269,7 @@ def test_finetune_from_weights_downloaded_over_http(served, tmp_path, home, caps
         "32",
         "--head-epochs",
         "1",
-        "--epochs",
+        "--full-epochs",
         "1",
         "--batch-size",
         "4",

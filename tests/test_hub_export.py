@@ -47,7 +47,7 @@ def run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNETLAB_HOME", str(root / "home"))
         argv = ["finetune", str(data), "--model", "resnet20", "--pretrained", "none",
-                "--epochs", "1", "--batch-size", "8", "--head-dropout", "0.2", "--image-size",
+                "--full-epochs", "1", "--batch-size", "8", "--head-dropout", "0.2", "--image-size",
                 "32", "--val-size", "0.25", "--test-size", "0.25", "--out", str(out),
                 "--no-progress"]  # fmt: skip
         assert main(argv) == 0

@@ -78,10 +78,10 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
         "options": dataclasses.asdict(options),
         "recipe": {
             "head_epochs": info["head_epochs"],
-            "epochs": options.epochs,
+            "epochs": options.full_epochs,
             "phase2_frozen": info["phase2_frozen"],
             "lr_mult": info["lr_mult"],
-            "head_lr": options.head_lr,
+            "head_lr": options.lr_of_head,
             "optimizer": options.optimizer,
             "weight_decay": options.decay,
             "schedule": options.schedule,
