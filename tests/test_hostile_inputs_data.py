@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from resnetlab.finetune.preprocess import Preprocessing
+from resnetlab.data.preprocess import Preprocessing
 
 from resnetlab.cli import main
 from resnetlab.data import FileImageSet, open_data, tensors
