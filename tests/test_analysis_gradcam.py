@@ -53,3 +53,20 @@ def test_unknown_layer_names_known_ones():
     model = create_model("resnet20", num_classes=2)
     with pytest.raises(ResnetlabError, match="layer3"):
         find_layer(model, "layer9")
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "size"),
+    [("resnet20", "fc", 32), pytest.param("resnet18", "avgpool", 64, marks=pytest.mark.slow),
+     pytest.param("vgg11", "classifier", 64, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_a_layer_without_a_spatial_map_names_layers_with_one(name, layer, size):
+    model = create_model(name, num_classes=3).eval()
+    with pytest.raises(ResnetlabError, match=f"--layer '{layer}' gives no spatial map") as info:
+        cam_maps(model, torch.randn(2, 3, size, size), layer=layer)
+    named = str(info.value).rsplit("e.g. ", 1)[1].rstrip(".").split(", ")
+    assert default_layer(model) in named and layer not in named
+    for candidate in named:  # each one it names works
+        maps = cam_maps(model, torch.randn(1, 3, size, size), layer=candidate)["maps"]
+        assert maps.shape == (1, size, size)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())

@@ -57,3 +57,9 @@ def test_models_and_summary_show_the_bag_of_tricks_resnets(capsys) -> None:
     out = capsys.readouterr().out
     assert "ResNet-50-D" in out and "25,576,264" in out and "4.33G" in out
     assert "published" not in out  # no figure is quoted for it
+
+
+def test_summary_of_resnet50c_by_name(capsys) -> None:
+    assert main(["summary", "resnet50c"]) == 0
+    out = capsys.readouterr().out
+    assert "ResNet-50-C" in out and "25,576,264" in out and "28,768" in out  # the deep stem

@@ -163,8 +163,7 @@ def test_cache_built_once_reused_and_invalidated(tmp_path, home, count_decodes):
     write_folder(tmp_path / "d")
     first = open_data(tmp_path / "d")
     assert count_decodes[0] == 12
-    cache = tmp_path / ("d" + tensors.SUFFIX)
-    assert cache.is_file()  # beside the data: its folder is writable
+    (cache,) = (home / "data" / "cache").iterdir()  # under $RESNETLAB_HOME, never beside the data
     mtime = cache.stat().st_mtime_ns
     second = open_data(tmp_path / "d")
     assert count_decodes[0] == 12 and cache.stat().st_mtime_ns == mtime
@@ -178,7 +177,8 @@ def test_cache_built_once_reused_and_invalidated(tmp_path, home, count_decodes):
 def test_corrupt_cache_is_rebuilt(tmp_path, home, count_decodes):
     write_folder(tmp_path / "d")
     open_data(tmp_path / "d")
-    (tmp_path / ("d" + tensors.SUFFIX)).write_bytes(b"garbage")
+    (cache,) = (home / "data" / "cache").iterdir()
+    cache.write_bytes(b"garbage")
     assert len(open_data(tmp_path / "d").train) == 6
     assert count_decodes[0] == 24
 

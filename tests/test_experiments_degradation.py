@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -165,3 +168,65 @@ def test_imagenet_pair_runs_on_small_inputs(tmp_path) -> None:
     facts = json.loads((run_dir / "resnet34" / "run.json").read_text())
     assert facts["model"]["family"] == "resnet" and facts["data"]["image_size"] == [32, 32]
     assert (run_dir / "degradation.png").is_file() and len(result["verdict"]) == 2
+
+
+# A fresh interpreter where TrainConfig has gained a field before anything read it: the field is
+# a degradation flag and reaches every net's engine run, with no edit to degradation.
+NEW_ENGINE_FIELD = """
+import json, sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import resnetlab.train.config as engine
+from resnetlab.settings import setting
+
+@dataclass
+class Engine(engine.TrainConfig):
+    fresh_knob: int = setting(3, "an engine setting added later", ">= 1")
+
+engine.TrainConfig = Engine
+import resnetlab.experiments.degradation as degradation
+from resnetlab.cli import build_parser
+from resnetlab.cli.flags import settings_from_args
+
+parser = build_parser()
+sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
+text = " ".join(sub.choices["degradation"].format_help().split())
+args = parser.parse_args(["degradation", "--fresh-knob", "5", "--lr", "0.05"])
+config = settings_from_args(degradation.DegradationConfig, args)
+runs = []
+degradation.train = lambda train_config, **kw: runs.append(train_config)
+bundle = SimpleNamespace(classes=[0, 1], in_channels=3)
+degradation._train_net(config, "plain", 8, bundle, {"max_iters": 4}, Path(sys.argv[1]), False,
+                       False)
+print(json.dumps({"help": "--fresh-knob INT" in text and "added later" in text,
+                  "default": degradation.DegradationConfig().fresh_knob,
+                  "net": [runs[0].fresh_knob, runs[0].lr, runs[0].momentum]}))
+"""
+
+
+def test_a_new_engine_setting_is_a_degradation_flag_with_no_edit(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-c", NEW_ENGINE_FIELD, str(tmp_path / "net")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["help"], "the new field is a flag of degradation, with its help"
+    assert facts["default"] is None, "unset: each net keeps the recipe's (or engine's) value"
+    assert facts["net"] == [5, 0.05, 0.9], "given, it reaches the net's run; the rest: recipe"
+
+
+def test_degradation_takes_every_engine_setting_but_those_it_sets_per_net() -> None:
+    from resnetlab.experiments.degradation import PER_NET
+    from resnetlab.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(DegradationConfig)}
+    engine = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert engine - names == set(PER_NET)
+    assert DegradationConfig(grad_clip=1.0, ema=0.99).engine_settings() == {
+        "data": "cifar10", "seed": 0, "grad_clip": 1.0, "ema": 0.99,
+    }  # fmt: skip
+    with pytest.raises(ResnetlabError, match="unknown tracker 'wandb'"):
+        DegradationConfig(log=("wandb",))
+    with pytest.raises(ResnetlabError, match=r"grad_clip \(--grad-clip\) must be > 0"):
+        DegradationConfig(grad_clip=0.0)

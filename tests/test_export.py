@@ -12,8 +12,9 @@ from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.data.preprocess import Preprocessing, normalise, prepare_images
 from resnetlab.errors import ResnetlabError
-from resnetlab.export import Preprocessed, export_model
+from resnetlab.export import SUFFIXES, Preprocessed, export_model
 from resnetlab.weights import save_weights
+from test_files import fill_disk
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,19 @@ def test_failed_check_writes_nothing(tmp_path, model):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ResnetlabError, match="unknown export format"):
         export_model(model, tmp_path / "m.tflite", "tflite", torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, model, monkeypatch, format):
+    """torch.jit.save to a path on a full disk aborts the process; the export is built in
+    memory and written by the one atomic writer instead."""
+    path = tmp_path / f"m{SUFFIXES[format]}"
+    path.write_bytes(b"the previous export")
+    fill_disk(monkeypatch)
+    with pytest.raises(ResnetlabError, match="no space left .* keeps its previous content"):
+        export_model(model, path, format, torch.randn(1, 3, 32, 32))
+    assert path.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_cli_exports_a_checkpoint(tmp_path, model, capsys):

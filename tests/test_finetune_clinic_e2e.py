@@ -41,7 +41,7 @@ def write_manifest_folder(root: Path, patients: int = 24, size: int = 32) -> Pat
 
 
 def argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--epochs",
+    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--full-epochs",
             "1", "--batch-size", "8", "--out", str(out), "--no-progress", *extra]  # fmt: skip
 
 

@@ -53,7 +53,7 @@ def home(tmp_path_factory):
 
 def scratch_run(data: Path, out: Path, epochs: str, *extra: str) -> list[str]:
     """``resnetlab finetune`` of resnet20 from scratch, batch 8, plus ``extra`` options."""
-    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--epochs",
+    return ["finetune", str(data), "--model", "resnet20", "--pretrained", "none", "--full-epochs",
             epochs, "--batch-size", "8", "--out", str(out), "--no-progress", *extra]  # fmt: skip
 
 
@@ -212,7 +212,7 @@ def test_resume_of_a_finished_run_changes_nothing(run, capsys):
     out, data = run
     before = load_weights(out / "model.safetensors")
     assert main(["finetune", str(data), "--out", str(out), "--resume", "--no-progress"]) == 0
-    assert "already finished" in capsys.readouterr().out
+    assert "already finished" in capsys.readouterr().err
     after = load_weights(out / "model.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -270,7 +270,7 @@ def test_finetune_from_weights_downloaded_over_http(served, tmp_path, home, caps
         "32",
         "--head-epochs",
         "1",
-        "--epochs",
+        "--full-epochs",
         "1",
         "--batch-size",
         "4",
@@ -282,7 +282,7 @@ def test_finetune_from_weights_downloaded_over_http(served, tmp_path, home, caps
         "--keep-checkpoints",
     ]
     assert main(argv) == 0
-    log = capsys.readouterr().out
+    log = capsys.readouterr().err
     assert "16-px images upscaled to 32 px" in log and "ImageNet (assumed)" in log
     assert (home / "weights" / url.rsplit("/", 1)[1]).is_file(), "download cached"
     # phase 1 trains the new head only: 512 * 2 + 2 parameters; the backbone and its

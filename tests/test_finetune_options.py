@@ -3,6 +3,7 @@ interruption, the lr range test, preprocessing choices and the head/freeze param
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -18,6 +19,7 @@ from resnetlab.cli import main
 from resnetlab.data import ImageSet
 from resnetlab.finetune import FinetuneOptions, Preprocessing, finetune, prepare_images
 from resnetlab.finetune.build import build_model, weights_source
+from resnetlab.finetune.options import RENAMED, saved_options
 from resnetlab.finetune.prepare import (
     class_counts,
     inverse_frequency,
@@ -54,7 +56,7 @@ def options(tmp_path: Path, **changes) -> FinetuneOptions:
         out_dir=str(tmp_path / "run"),
         model="resnet20",
         pretrained=None,
-        epochs=2,
+        full_epochs=2,
         batch_size=8,
         progress=False,
     )
@@ -119,8 +121,8 @@ def test_grey_sum_from_a_project_checkpoint_sums_the_stem(tmp_path):
 
 @pytest.mark.slow
 def test_class_weights_reach_the_engine_and_counts_are_printed(tmp_path, capsys):
-    result = finetune(options(tmp_path, class_weights=True, epochs=1))
-    out = capsys.readouterr().out
+    result = finetune(options(tmp_path, balanced_loss=True, full_epochs=1))
+    out = capsys.readouterr().err  # the choices made are messages, on stderr
     assert "class counts (train): 0 24, 1 8" in out
     config = json.loads((result.run_dir / "phase2-full" / "config.json").read_text())
     assert config["class_weights"] == pytest.approx([32 / 48, 32 / 16])
@@ -133,9 +135,9 @@ def test_class_weights_reach_the_engine_and_counts_are_printed(tmp_path, capsys)
 @pytest.mark.slow
 def test_early_stopping_ends_the_phase(tmp_path, capsys):
     # a learning rate so small that nothing improves: stop after `patience` epochs
-    result = finetune(options(tmp_path, lr=1e-12, epochs=6, patience=2, monitor="loss"))
+    result = finetune(options(tmp_path, head_lr=1e-12, full_epochs=6, patience=2, monitor="loss"))
     rows = [json.loads(x) for x in (result.run_dir / "val_metrics.jsonl").read_text().splitlines()]
-    assert len(rows) < 6 and "early stop" in capsys.readouterr().out
+    assert len(rows) < 6 and "early stop" in capsys.readouterr().err
     run = json.loads((result.run_dir / "phase2-full" / "run.json").read_text())
     assert run["status"] == "stopped by a hook"
     assert (result.run_dir / "model.safetensors").is_file()
@@ -155,8 +157,10 @@ class _Interrupt(Callback):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path):
-    whole = finetune(options(tmp_path, epochs=3, patience=None, out_dir=str(tmp_path / "whole")))
-    first = options(tmp_path, epochs=3, patience=None)
+    whole = finetune(
+        options(tmp_path, full_epochs=3, patience=None, out_dir=str(tmp_path / "whole"))
+    )
+    first = options(tmp_path, full_epochs=3, patience=None)
     with pytest.raises(KeyboardInterrupt):
         finetune(first, callbacks=[_Interrupt(step=4)])
     run = Path(first.out_dir)
@@ -213,7 +217,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "a"), "--unfreeze-to", "layer9"]) == 2
     assert "--unfreeze-to 'layer9'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists(), "a refused run leaves no folder behind"
-    assert main([*base, "--class-weights", "--balanced-sampling"]) == 2
+    assert main([*base, "--balanced-loss", "--balanced-sampling"]) == 2
     assert main([*base, "--out", str(tmp_path / "b"), "--resume"]) == 2
     assert "no fine-tuning run to resume" in capsys.readouterr().err
 
@@ -259,3 +263,57 @@ def test_imagenet_weights_metadata_sets_size_and_normalisation(tmp_path):
     smaller = choose_preprocessing(model, bundle, weights_file=None, pretrained=True,
                                    channels=3, grey="repeat", image_size=64)  # fmt: skip
     assert (smaller.crop, smaller.channels, len(smaller.std)) == (64, 3, 3)
+
+
+def _finished_cv_folder(root: Path, data: Path) -> str:
+    """A cross-validation folder as a finished ``--folds 2`` run leaves it (seed 0)."""
+    saved = FinetuneOptions(data=str(data), out_dir=str(root), folds=2, model="resnet20",
+                            pretrained=None, progress=False)  # fmt: skip
+    for k in (1, 2):
+        (root / f"fold-{k}").mkdir(parents=True)
+        (root / f"fold-{k}" / "model_card.json").write_text("{}")
+    text = json.dumps(dataclasses.asdict(saved))
+    (root / "config.json").write_text(text)
+    return text
+
+
+def test_a_cross_validation_folder_is_new_or_resumed_with_its_own_settings(tmp_path, capsys):
+    first, other = write_npz(tmp_path / "a.npz"), write_npz(tmp_path / "b.npz", counts=(8, 24))
+    root = tmp_path / "cv"
+    saved = _finished_cv_folder(root, first)
+    base = ["finetune", "--model", "resnet20", "--pretrained", "none", "--folds", "2",
+            "--out", str(root), "--no-progress"]  # fmt: skip
+    assert main([*base, str(other), "--seed", "7"]) == 2
+    assert "run folder" in (err := capsys.readouterr().err) and "pass --resume" in err
+    assert main([*base, str(other), "--resume"]) == 2
+    assert "resume: data is" in capsys.readouterr().err
+    assert main([*base, str(first), "--seed", "7", "--resume"]) == 2
+    assert "resume: seed is 7 but the run" in capsys.readouterr().err
+    assert (root / "config.json").read_text() == saved, "the folder's settings are untouched"
+    assert not (root / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("--lr", "--head-lr"), ("--epochs", "--full-epochs"), ("--class-weights", "--balanced-loss"),
+     ("--no-class-weights", "--balanced-loss")],
+)  # fmt: skip
+def test_a_renamed_finetune_flag_names_the_new_one(old, new, capsys):
+    for command in ("finetune", "lr-find"):
+        with pytest.raises(SystemExit) as code:
+            main([command, "data.npz", old, *(["0.5"] if "class" not in old else [])])
+        err = capsys.readouterr().err.strip()
+        assert code.value.code == 2 and len(err.splitlines()) == 1
+        assert f"{old} is now {new} (" in err
+
+
+def test_an_older_runs_settings_are_read_with_the_new_names(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    values = dataclasses.asdict(FinetuneOptions(data="d", out_dir=str(run)))
+    for old, new in RENAMED.items():
+        values[old] = values.pop(new)
+    values |= {"lr": 0.02, "epochs": 3.0, "class_weights": True}
+    (run / "config.json").write_text(json.dumps(values))
+    options = FinetuneOptions(**saved_options(run))
+    assert (options.head_lr, options.full_epochs, options.balanced_loss) == (0.02, 3.0, True)

@@ -43,7 +43,7 @@ def data(tmp_path_factory) -> Path:
 
 def options(data: Path, out: Path, **changes) -> FinetuneOptions:
     values = dict(data=str(data), out_dir=str(out), model="resnet20", pretrained=None,
-                  epochs=2, batch_size=8, val_size=VAL_SIZE, patience=None,
+                  full_epochs=2, batch_size=8, val_size=VAL_SIZE, patience=None,
                   progress=False)  # fmt: skip
     return FinetuneOptions(**(values | changes))
 
@@ -65,7 +65,7 @@ def scratch(data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TensorLoader, "epoch", counted)
-        result = finetune(options(data, tmp_path_factory.mktemp("scratch") / "run", epochs=3))
+        result = finetune(options(data, tmp_path_factory.mktemp("scratch") / "run", full_epochs=3))
     return result, passes
 
 
@@ -141,7 +141,7 @@ def test_checkpoints_kept_on_request_and_a_pruned_run_resumes_mid_phase(data, tm
     weights = save_checkpoint({"model": create_model("resnet20").state_dict()}, tmp_path / "w.pt")
     kept = tmp_path / "kept"
     argv = ["finetune", str(data), "--model", "resnet20", "--pretrained", str(weights),
-            "--head-epochs", "1", "--epochs", "2", "--batch-size", "8", "--val-size", "0.3",
+            "--head-epochs", "1", "--full-epochs", "2", "--batch-size", "8", "--val-size", "0.3",
             "--patience", "0", "--out", str(kept), "--no-progress",
             "--keep-checkpoints"]  # fmt: skip
     assert main(argv) == 0
@@ -149,7 +149,7 @@ def test_checkpoints_kept_on_request_and_a_pruned_run_resumes_mid_phase(data, tm
     assert json.loads((kept / "config.json").read_text())["keep_checkpoints"] is True
     run = tmp_path / "run"
     interrupt = _Interrupt(run)
-    plan = dict(pretrained=str(weights), head_epochs=1, epochs=2)
+    plan = dict(pretrained=str(weights), head_epochs=1, full_epochs=2)
     with pytest.raises(KeyboardInterrupt):
         finetune(options(data, run, **plan), callbacks=[interrupt])
     # phase 2 had saved its own checkpoint, so phase 1's was no longer needed

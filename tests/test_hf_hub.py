@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,12 +19,15 @@ import torch
 from timm.models import save_for_hf
 
 from resnetlab import create_model
+from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.finetune.prepare import weights_preprocessing
-from resnetlab.weights import imagenet_classes
+from resnetlab.weights import hf_hub, imagenet_classes
+from resnetlab.weights.io import save_weights
 
 REVISION = "0123456789abcdef" * 2 + "01234567"  # a commit hash: 40 hex digits
 OTHER = "f" * 40
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -213,3 +218,125 @@ def test_a_repo_with_only_pytorch_model_bin_loads_offline(tmp_path, hf_home, res
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert relative_diff(model(x), reference(x)) <= 1e-5
+
+
+# --- hostile and unlucky Hub input ----------------------------------------------------------
+
+
+def resnetlab_repo(folder: Path, **changes) -> torch.nn.Module:
+    """A Hub folder as ``export --format hub`` writes it, for a 2-class resnet20; ``changes``
+    replace ``config.json`` fields (``mean``/``std`` those of its preprocessing)."""
+    torch.manual_seed(0)
+    model = randomised(create_model("resnet20", num_classes=2))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / "model.safetensors")
+    prep = {"resize": 32, "crop": 32, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.25, 0.25],
+            "interpolation": "bilinear", "channels": 3}  # fmt: skip
+    prep |= {k: changes.pop(k) for k in ("mean", "std") if k in changes}
+    config = {"format": hf_hub.EXPORT_FORMAT, "architecture": "resnet20", "num_classes": 2,
+              "in_channels": 3, "label_names": ["benign", "malignant"], "preprocessing": prep,
+              "license": "mit"}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config | changes))
+    return model
+
+
+def test_hf_hub_loads_in_a_fresh_interpreter(tmp_path):
+    """Nothing imported before resnetlab (timm loads ``huggingface_hub.errors`` as a side
+    effect, which hid a lazily imported submodule); the installed huggingface_hub is used."""
+    reference = resnetlab_repo(tmp_path / "repo")
+    fill_cache(tmp_path / "hf", "org/name", tmp_path / "repo")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(reference.eval()(x), tmp_path / "y.pt")
+    code = (
+        "import sys, torch, huggingface_hub; from resnetlab import create_model; "
+        "m = create_model('resnet20', pretrained='hf-hub:org/name').eval(); "
+        "assert 'timm' not in sys.modules; "
+        f"x, y = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'y.pt')!r}); "
+        "assert torch.allclose(m(x), y, atol=1e-5), 'other outputs'; "
+        "print(huggingface_hub.__version__, m.pretrained_cfg['classes'])"
+    )
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
+    env = os.environ | {"PYTHONPATH": path, "HF_HOME": str(tmp_path / "hf"),
+                        "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    version, classes = done.stdout.strip().split(" ", 1)
+    assert classes == "['benign', 'malignant']"
+    print(f"huggingface_hub {version}: hf-hub: loads in a fresh interpreter")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["hf-hub:../..", "hf-hub:org/na--me", "hf-hub:org/" + "n" * 120, "hf-hub:org/name.git",
+     "hf-hub:org/name@../../../../x", "hf-hub:org/name@/etc/passwd", "hf-hub:org/name@a\nb",
+     "hf-hub:org/name@v1..2", "hf-hub:org/name@refs/heads/x.lock", "hf-hub:org/name@" + "r" * 200],
+)  # fmt: skip
+def test_bad_ids_and_revisions_are_one_line_before_any_lookup(spec, hf_home, monkeypatch):
+    import huggingface_hub
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("looked up")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_lookup)
+    with pytest.raises(ResnetlabError) as exc:
+        create_model("resnet18", pretrained=spec)
+    text = one_line(exc)
+    assert "is not a Hub model" in text or "is not a revision" in text
+    assert len(text) < 600
+
+
+@pytest.mark.parametrize("revision", [REVISION, "main", "v1.0", "refs/pr/1", "my-branch_2"])
+def test_good_revisions_pass(revision):
+    assert hf_hub.parse_spec(f"hf-hub:org/name@{revision}").revision == revision
+
+
+def test_a_bad_id_through_the_cli_is_one_line_exit_2(tmp_path, hf_home, capsys):
+    argv = ["export", "resnet20", "--pretrained", "hf-hub:../..", "--format", "onnx", "--out",
+            str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not a Hub model id" in err and not (tmp_path / "o").exists()
+
+
+def test_a_well_formed_hub_folder_loads_with_its_classes(tmp_path):
+    reference = resnetlab_repo(tmp_path / "repo")
+    model = create_model("resnet20", pretrained=tmp_path / "repo").eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert relative_diff(model(x), reference.eval()(x)) <= 1e-6
+    assert model.pretrained_cfg["classes"] == ["benign", "malignant"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"label_names": ["a", "b", "c"]}, "label_names gives 3 class names but the weights' "
+      "head has 2 outputs"),
+     ({"label_names": ["a"]}, "label_names gives 1 class names"),
+     ({"num_classes": 3}, "num_classes is 3 but the weights' head has 2 outputs"),
+     ({"mean": [0.5, 0.5]}, "preprocessing mean has 2 values but the weights take 3 input"),
+     ({"std": [0.2, 0.2, 0.2, 0.2]}, "preprocessing std has 4 values"),
+     ({"std": [0.2, 0.0, 0.2]}, "non-zero std")],
+)  # fmt: skip
+def test_a_config_that_does_not_match_its_weights_is_refused(tmp_path, hf_home, change, named):
+    resnetlab_repo(tmp_path / "repo", **change)
+    with pytest.raises(ResnetlabError) as exc:  # a Hub folder
+        create_model("resnet20", pretrained=tmp_path / "repo")
+    assert named in one_line(exc) and "config.json" in str(exc.value)
+    fill_cache(hf_home, "org/name", tmp_path / "repo")
+    with pytest.raises(ResnetlabError) as exc:  # the same through hf-hub:
+        create_model("resnet20", pretrained="hf-hub:org/name")
+    assert named in one_line(exc) and "hf-hub:org/name" in str(exc.value)
+
+
+def test_export_of_a_hub_folder_with_three_names_for_two_outputs_is_one_line(tmp_path, capsys):
+    resnetlab_repo(tmp_path / "repo", label_names=["a", "b", "c"])
+    argv = ["export", "resnet20", "--pretrained", str(tmp_path / "repo"), "--format", "onnx",
+            "--out", str(tmp_path / "onnx")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "label_names gives 3 class names" in err
+    assert not (tmp_path / "onnx").exists()

@@ -6,6 +6,7 @@ preprocessing inside gives ``predict``'s probabilities for a PNG decoded and res
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from resnetlab import create_model
 from resnetlab.artifact import load_trained as load_model
 from resnetlab.cli import main
+from resnetlab.errors import ResnetlabError
 from resnetlab.export import read_metadata
 from test_hf_hub import fill_cache
 
@@ -45,7 +47,7 @@ def run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNETLAB_HOME", str(root / "home"))
         argv = ["finetune", str(data), "--model", "resnet20", "--pretrained", "none",
-                "--epochs", "1", "--batch-size", "8", "--head-dropout", "0.2", "--image-size",
+                "--full-epochs", "1", "--batch-size", "8", "--head-dropout", "0.2", "--image-size",
                 "32", "--val-size", "0.25", "--test-size", "0.25", "--out", str(out),
                 "--no-progress"]  # fmt: skip
         assert main(argv) == 0
@@ -110,6 +112,24 @@ def test_a_pushed_copy_loads_through_hf_hub(run, exported, tmp_path, monkeypatch
     model = create_model("resnet20", pretrained="hf-hub:someone/pneumonia-resnet20")
     assert model.pretrained_cfg["hub"] == "someone/pneumonia-resnet20"
     assert torch.allclose(logits(model, 1), logits(load_model(run).model, 1), atol=1e-6)
+
+
+def test_a_card_or_config_with_three_names_for_two_outputs_is_one_line(
+    exported, image, tmp_path, capsys
+):
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config | {"label_names": ["a", "b", "c"]}))
+    with pytest.raises(ResnetlabError, match="label_names gives 3 class names but the weights' "
+                       "head has 2 outputs"):  # fmt: skip
+        create_model("resnet20", pretrained=copy)
+    card = json.loads((copy / "model_card.json").read_text())
+    (copy / "model_card.json").write_text(json.dumps(card | {"classes": ["a", "b", "c"]}))
+    capsys.readouterr()
+    assert main(["predict", str(copy), str(image), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "lists 3 class names but the weights' head has 2 outputs" in err
 
 
 def test_readme_front_matter_reads_as_the_hub_reads_it(run, exported):

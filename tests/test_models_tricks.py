@@ -30,6 +30,7 @@ from resnetlab.weights import catalog
 TIMM_EQUIVALENTS = [
     pytest.param("resnet50d", "resnet50d", {}, marks=pytest.mark.slow),
     ("resnet18d", "resnet18d", {}),
+    pytest.param("resnet50c", "resnet50c", {}, marks=pytest.mark.slow),
     pytest.param("resnet50c", "resnet50", {"stem": "deep"}, marks=pytest.mark.slow),
 ]
 BLOCK_OF = {BasicBlock: "basic", BottleneckBlock: "bottleneck", PreActBasicBlock: "preact-basic",
@@ -71,6 +72,19 @@ def test_resnet50d_has_timms_published_parameter_count() -> None:
     with torch.device("meta"):
         assert count_parameters(create_model("resnet50d"))[0] == 25_576_264
         assert count_parameters(create_model("resnet50", stem="deep"))[0] == 25_576_264
+
+
+def test_every_resnet_c_of_timm_is_registered_with_timms_names_and_sizes() -> None:
+    """timm's resnetXc: the deep stem without the pooled shortcut, the same state-dict names."""
+    names = timm.list_models("resnet*c")
+    assert names == ["resnet50c", "resnet101c", "resnet152c"]
+    for name in names:
+        with torch.device("meta"):
+            ours, reference = create_model(name), timm.create_model(name)
+        assert list(ours.state_dict()) == list(reference.state_dict()), name
+        assert count_parameters(ours)[0] == count_parameters(reference)[0], name
+        assert not any(isinstance(m, nn.AvgPool2d) for m in ours.modules()), name
+        assert model_info(name).family == "resnet-c"
 
 
 def test_deep_stem_and_avg_down_layers() -> None:
@@ -125,7 +139,8 @@ def test_unknown_option_is_one_line_naming_the_valid_ones() -> None:
         create_model("plain34", skip=True)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "plain34", "vgg11_bn", "resnet20",
+@pytest.mark.parametrize("name", ["resnet18", "resnet50c", "resnet50d", "plain34", "vgg11_bn",
+                                  "resnet20",
                                   "plain56", "preact_resnet110", "preact_resnet164"])  # fmt: skip
 def test_model_info_facts_match_the_built_model(name: str) -> None:
     info = model_info(name)
@@ -142,7 +157,7 @@ def test_model_info_facts_match_the_built_model(name: str) -> None:
     assert info.preact == isinstance(model, PreActResNet)
     if isinstance(model, ResNet):
         deep = isinstance(model.conv1, nn.Sequential)
-        assert deep == name.endswith("d") and not info.cifar_stem
+        assert deep == name.endswith(("c", "d")) and not info.cifar_stem
 
 
 def test_published_figures_come_from_the_weights_catalog() -> None:

@@ -48,7 +48,7 @@ def folders(tmp_path_factory) -> dict[str, tuple[Path, list[str], str]]:
                   "--log-every", "1", "--val-size", "6", "--num-workers", "0", "--device", "cpu",
                   "--normalisation", "imagenet", "--out", str(root / "train"), "--no-progress"],
         "finetune": ["finetune", str(data), "--model", "resnet20", "--pretrained", "none",
-                     "--epochs", "1", "--batch-size", "8", "--out", str(root / "finetune"),
+                     "--full-epochs", "1", "--batch-size", "8", "--out", str(root / "finetune"),
                      "--no-progress"],
         "degradation": ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget",
                         "2", "--batch-size", "8", "--train-size", "40", "--input-size", "16",

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.train import load_checkpoint, save_checkpoint
 from resnetlab.train.checkpoint import rng_state, set_rng_state
+from resnetlab.weights import load_weights, save_weights
+from test_files import fill_disk
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
@@ -49,6 +52,31 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+
+
+def test_a_full_disk_during_torch_save_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    fill_disk(monkeypatch)
+    with pytest.raises(ResnetlabError) as err:  # torch.save itself raises "unexpected pos"
+        save_checkpoint({"step": 2, "w": torch.zeros(100_000)}, path)
+    assert "no space left" in str(err.value) and "last.pt" in str(err.value)
+    assert "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_a_full_disk_while_saving_a_fine_tuned_model_keeps_the_old_one(tmp_path, monkeypatch, name):
+    """The files a fine-tuning run (and a Hub folder) ends with are written the same way."""
+    path = save_weights({"w": torch.ones(3)}, tmp_path / name)
+    fill_disk(monkeypatch)
+    with pytest.raises(ResnetlabError, match=f"no space left .* writing {name}"):
+        save_weights({"w": torch.zeros(100_000)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_weights(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_a_kill_during_save_never_leaves_a_corrupt_checkpoint(tmp_path):
@@ -142,3 +170,27 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     assert all(torch.equal(state_a[i]["momentum_buffer"], state_b[i]["momentum_buffer"])
                for i in state_a)  # fmt: skip
     assert json.loads((run / "run.json").read_text())["timing"]["resumed"][0]["step"] == killed_at
+
+
+def test_train_on_a_disk_that_fills_up_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    """The disk fills once the first last.pt and best.pt are written: the next checkpoint is
+    one error line, exit 2, and the two files stay as they were (loadable, step 2)."""
+    data, run = tmp_path / "patches.npz", tmp_path / "run"
+    write_npz(data)
+
+    def full(temp: Path) -> bool:
+        done = (run / "last.pt").exists() and (run / "best.pt").exists()
+        return done and temp.name.startswith((".last.pt.", ".best.pt."))
+
+    fill_disk(monkeypatch, full)
+    argv = ["train", "--model", "resnet20", "--data", str(data), "--out", str(run),
+            "--max-iters", "4", "--batch-size", "4", "--checkpoint-every", "2", "--eval-every",
+            "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "no space left" in errors[0] and "Traceback" not in errors[0]
+    monkeypatch.undo()
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert load_checkpoint(run / "best.pt")["step"] == 2
+    assert not list(run.glob(".*.tmp"))
+    assert json.loads((run / "run.json").read_text())["status"].startswith("failed")

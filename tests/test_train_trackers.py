@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 
 import pytest
 
@@ -25,12 +27,12 @@ from test_train_engine import bundle, config
 class CrashAt(Callback):
     """Fails at a step after a log but before the next checkpoint, as a killed run would."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, error: type[BaseException] = RuntimeError) -> None:
+        self.step, self.error = step, error
 
     def on_step(self, state) -> None:
         if state.step == self.step:
-            raise RuntimeError("simulated crash")
+            raise self.error("simulated crash")
 
 
 class WritesReport(Callback):
@@ -222,3 +224,145 @@ def test_train_command_attaches_its_report_to_the_mlflow_run(tmp_path, home, mon
     assert (out / "report.html").is_file()
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(read_record(out)["run_id"])}
     assert {"report.html", "config.json", "run.json"} <= artifacts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def warnings_in(err: str) -> list[str]:
+    """The tracker warning lines of a stderr, after checking it holds no traceback."""
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("resnetlab: warning: --log")]
+
+
+@pytest.mark.slow
+def test_an_artifact_store_that_cannot_be_written_is_a_warning_not_the_runs_failure(
+    tmp_path, home, monkeypatch, capsys
+):
+    """Training, the test evaluation, per_class.json and the report all happen; a resume too."""
+    from mlflow.tracking import MlflowClient
+
+    from test_train_length import write_npz
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "artifacts").write_text("a file where the artifact folder belongs")
+    data, out = tmp_path / "set.npz", tmp_path / "run"
+    write_npz(data)
+    argv = ["train", "--model", "resnet20", "--data", str(data), "--out", str(out),
+            "--batch-size", "8", "--max-iters", "2", "--log-every", "1", "--no-progress",
+            "--log", "mlflow"]  # fmt: skip
+    assert main(argv) == 0
+    lines = warnings_in(capsys.readouterr().err)
+    assert lines and all("mlflow" in line and "the run goes on" in line for line in lines)
+    assert (out / "per_class.json").is_file() and (out / "report.html").is_file()
+    client = MlflowClient(uri)
+    run_id = read_record(out)["run_id"]
+    assert client.get_run(run_id).info.status == "FINISHED"  # the tracking store still works
+    assert len(client.get_metric_history(run_id, "train/loss")) == 2
+    assert main([*argv[:-2], "--max-iters", "3", "--resume"]) == 0  # continues the MLflow run
+    assert warnings_in(capsys.readouterr().err)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2, 3]
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+class Failing:
+    """A stand-in for a tracker's client or writer whose every call raises, naming the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            self.calls.append(name)
+            raise OSError(28, "No space left on device\nsecond line")
+
+        return fail
+
+
+def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_goes_on(tmp_path, capsys):
+    """Every tracker call is fail-soft: the first failure is one line and turns it off."""
+    failing = Failing()
+
+    class BrokenAfterStart(Callback):
+        def on_start(self, state) -> None:  # runs after the trackers' on_start
+            tracker.writer = failing
+
+    short = settings(tmp_path, (), max_iters=4, eval_every=2, eval_splits=("val",))
+    tracker = TensorBoardCallback(tmp_path / "run", short)
+    result = tiny(config=short, callbacks=[tracker, BrokenAfterStart()])
+    assert result.steps == 4 and (tmp_path / "run" / "last.pt").is_file()
+    lines = warnings_in(capsys.readouterr().err)
+    assert len(lines) == 1 and "No space left on device second line" in lines[0]
+    assert "--log tensorboard could not log the train metrics" in lines[0]
+    assert failing.calls == ["add_scalar", "close"]  # turned off after the first failure
+
+
+def test_a_tracker_that_fails_to_start_is_a_warning(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "run" / "tensorboard"))
+
+    monkeypatch.setattr("torch.utils.tensorboard.SummaryWriter", refuse)
+    result = tiny(config=settings(tmp_path, ("tensorboard",), max_iters=2, eval_splits=("val",)))
+    assert result.steps == 2
+    lines = warnings_in(capsys.readouterr().err)
+    assert len(lines) == 1 and "could not start (PermissionError" in lines[0]
+
+
+def test_an_mlflow_store_nothing_answers_at_is_one_line_before_any_work(
+    tmp_path, home, monkeypatch, capsys
+):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "run"
+    started = time.monotonic()
+    code = main(["train", "--out", str(out), "--log", "mlflow", "--max-iters", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert uri in err and "MLFLOW_TRACKING_URI" in err and "Connection" in err
+    assert time.monotonic() - started < 30  # not MLflow's minutes of retries
+    assert not out.exists()  # refused before the run folder was made
+
+
+def test_attaching_the_report_is_fail_soft(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"run_id": "x", "tracking_uri": f"http://127.0.0.1:{free_port()}"}
+    (run / "mlflow.json").write_text(json.dumps(record))
+    (run / "report.html").write_text("<html></html>")
+    started = time.monotonic()
+    assert attach_report(run) == []
+    assert time.monotonic() - started < 30  # not MLflow's minutes of retries
+    lines = warnings_in(capsys.readouterr().err)
+    assert len(lines) == 1 and "attach the report" in lines[0]
+
+
+def test_a_resume_with_a_broken_mlflow_record_is_one_line(tmp_path, home, capsys):
+    config_ = settings(tmp_path, ("mlflow",), resume=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mlflow.json").write_text("{not json")
+    with pytest.raises(ResnetlabError, match="is not a record of an MLflow run; delete it"):
+        MLflowCallback(tmp_path / "run", config_)
+
+
+@pytest.mark.slow
+def test_an_mlflow_run_that_stops_early_is_marked_failed_or_killed(tmp_path, home, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    status = {}
+    for error in (RuntimeError, KeyboardInterrupt):
+        folder = tmp_path / error.__name__
+        with pytest.raises(error, match="simulated crash"):
+            tiny(config=settings(folder, ("mlflow",)), callbacks=[CrashAt(5, error)])
+        status[error] = MlflowClient(uri).get_run(read_record(folder / "run")["run_id"]).info
+    assert status[RuntimeError].status == "FAILED" and status[KeyboardInterrupt].status == "KILLED"
+    assert status[RuntimeError].end_time is not None
+    tiny(config=settings(tmp_path / "RuntimeError", ("mlflow",), resume=True))
+    run_id = read_record(tmp_path / "RuntimeError" / "run")["run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"

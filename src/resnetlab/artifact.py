@@ -30,7 +30,7 @@ from .models import create_model, list_models
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .weights.hf_hub import CONFIG, hub_config, is_hub_spec
 from .weights.io import checkpoint_metadata, load_checkpoint, load_weights
-from .weights.pretrained import load_state_dict_strict
+from .weights.pretrained import check_classes, load_state_dict_strict
 
 CARD_WEIGHTS = ("model.safetensors", "model.pt")  # beside a card; the first is preferred
 RUN_CHECKPOINTS = ("best.pt", "last.pt")  # a train run folder without a card (older layout)
@@ -227,11 +227,7 @@ def _from_model(model: nn.Module, label: str, pretrained: str | None) -> Trained
         channels, info.input_size[-1], mean, std)  # fmt: skip
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     classes = [str(c) for c in cfg.get("classes") or range(head.out_features)]
-    if len(classes) != head.out_features:
-        raise ResnetlabError(
-            f"{where}: label_names lists {len(classes)} names but the weights' head has "
-            f"{head.out_features} outputs; give one name per output."
-        )
+    check_classes(model, classes, where)
     card = {
         "model": {"name": info.name, "in_channels": channels, "options": {},
                   "num_classes": len(classes)},

@@ -22,8 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
+from .console import Bar, say
 from .errors import ResnetlabError
 
 CHUNK = 1 << 20
@@ -175,8 +174,7 @@ def _download_with_retries(
                     f"{hint}. Without a network, fetch that file elsewhere and place it at "
                     f"{target}."
                 ) from None
-        print(f"download of {url} failed ({reason}); retry {attempt}/{retries} in "
-              f"{wait:g} s", file=sys.stderr)  # fmt: skip
+        say(f"download of {url} failed ({reason}); retry {attempt}/{retries} in {wait:g} s")
         time.sleep(wait)
         wait *= 2
     raise NetworkError(f"cannot download {url} after {tries} tries; try again later.")
@@ -196,8 +194,8 @@ def _download_once(url: str, temp: Path, name: str, progress: bool, timeout: flo
         total = have + int(length) if length.isdigit() else None
         with (
             open(temp, "ab" if have else "wb") as out,
-            tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=name, disable=not progress, file=sys.stderr) as bar,
+            Bar(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=name, disable=not progress, file=sys.stderr) as bar,
         ):  # fmt: skip
             done = have
             while chunk := r.read(CHUNK):

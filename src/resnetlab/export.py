@@ -9,9 +9,8 @@ puts normalisation and softmax into the graph, so raw RGB images go in and proba
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ResnetlabError
-from .files import move_into_place
+from .files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -102,36 +101,33 @@ def export_model(
 ) -> ExportReport:
     """Write ``model`` (in eval mode) to ``path`` and check it; raises if it differs from eager.
 
-    The file is written atomically: a failed export or check leaves nothing at ``path``.
-    ``metadata`` (string values) is stored in the file.
+    The file is built and checked in memory, then written atomically: a failed export or
+    check, or a full disk, leaves nothing at ``path``. ``metadata`` (string values) is stored
+    in the file.
     """
     if format not in FORMATS:
         raise ResnetlabError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    temp = Path(temp_name)
     try:
         with torch.no_grad():
             exporter = _export_onnx if format == "onnx" else _export_torchscript
-            exporter(model, example_input, temp, dict(metadata or {}))
+            data = exporter(model, example_input, dict(metadata or {}))
             batch = example_input.shape[0] + 1
             check = _check_input(example_input, batch)
             expected = model(check).float().cpu()
-            actual = (_run_onnx if format == "onnx" else _run_torchscript)(temp, check)
+            actual = (_run_onnx if format == "onnx" else _run_torchscript)(data, check)
         diff = float((actual.float().cpu() - expected).abs().max())
         if not diff <= tolerance:
             raise ResnetlabError(
                 f"exported {format} model differs from eager by {diff:.3g} (> {tolerance:g}) on "
                 f"batch {batch}; nothing was written. Export in float32 on CPU, or raise tolerance."
             )
-        move_into_place(temp, path)
+        with atomic_write(path) as handle:
+            handle.write(data)
     finally:
-        temp.unlink(missing_ok=True)
         model.train(was_training)
     return ExportReport(
         path, format, path.stat().st_size, batch, diff, tolerance, time.perf_counter() - start
@@ -148,54 +144,54 @@ def _check_input(example: torch.Tensor, batch: int) -> torch.Tensor:
     return check.to(example.device, example.dtype)
 
 
-def _export_torchscript(
-    model: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]
-) -> None:
+def _export_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
+    """The traced model as the bytes of a TorchScript file (saved to memory: saving to a
+    path on a full disk aborts the process)."""
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but works
         traced = torch.jit.trace(model, example, check_trace=False)
         extra = {EXTRA_FILE: json.dumps(metadata)} if metadata else {}
-        torch.jit.save(traced, str(out), _extra_files=extra)
+        torch.jit.save(traced, buffer, _extra_files=extra)
+    return buffer.getvalue()
 
 
-def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_torchscript(data: bytes, x: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but works
-        loaded = torch.jit.load(str(path), map_location=x.device)
+        loaded = torch.jit.load(io.BytesIO(data), map_location=x.device)
     return loaded(x)
 
 
-def _export_onnx(
-    model: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]
-) -> None:
+def _export_onnx(model: nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
     """The TorchScript-based exporter with a dynamic batch axis: fast and dependency-light."""
     output = getattr(model, "output_name", "logits")
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
             (example,),
-            str(out),
+            buffer,  # type: ignore[arg-type]  # this exporter writes to a file object too
             input_names=["input"],
             output_names=[output],
             dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
-    if metadata:
-        _set_onnx_metadata(out, metadata)
+    return _with_onnx_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
 
 
-def _set_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+def _with_onnx_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
     try:
         import onnx
     except ImportError:
         raise ResnetlabError(
             "storing metadata in an ONNX file needs onnx: pip install 'resnetlab[export]'."
         ) from None
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(data)
     onnx.helper.set_model_props(proto, metadata)
-    onnx.save(proto, str(path))
+    return proto.SerializeToString()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -213,13 +209,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_onnx(data: bytes, x: torch.Tensor) -> torch.Tensor:
     try:
         import onnxruntime
     except ImportError:
         raise ResnetlabError(
             "checking an ONNX export needs onnxruntime: pip install 'resnetlab[export]'."
         ) from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     (output,) = session.run(None, {"input": x.cpu().numpy()})
     return torch.from_numpy(output)

@@ -4,6 +4,7 @@ and the lock that keeps one run per run folder."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import tempfile
@@ -21,21 +22,45 @@ except ImportError:  # Windows
     import msvcrt
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file beside ``path``; on success it is synced and renamed onto ``path``
-    (with the permissions a new file would get), on any error it is removed."""
+    (with the permissions a new file would get), on any error it is removed, so ``path``
+    keeps its previous content. A full disk is one :class:`ResnetlabError` that says so,
+    whatever the writer turned it into (``torch.save`` raises "unexpected pos")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         move_into_place(temp, path)
+    except (OSError, RuntimeError) as error:
+        if _out_of_space(error):
+            kept = "it keeps its previous content" if path.exists() else "nothing was written"
+            raise ResnetlabError(
+                f"no space left on the disk holding {path.parent} while writing {path.name} "
+                f"({kept}); free some space or choose another folder, then run again."
+            ) from error
+        raise
     finally:
-        Path(temp).unlink(missing_ok=True)
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error`` or an error it was raised from is a full disk or quota."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def move_into_place(temp: str | Path, target: str | Path) -> None:

@@ -29,11 +29,16 @@ def setting(
     *,
     choices: Iterable[Any] | None = None,
     factory: Callable[[], Any] | None = None,
+    flag: str | None = None,
+    const: Any = None,
 ) -> Any:
-    """A dataclass field with its help text, optional numeric bounds and fixed choices."""
+    """A dataclass field with its help text, optional numeric bounds and fixed choices;
+    ``flag`` names its command-line flag where that is not the field's name (``--out``), and
+    ``const`` is the value of the flag given alone (``--with-preprocessing`` is ``uint8``)."""
     if bounds is not None:
         parse_bounds(bounds)  # a malformed rule fails at import, not at the user
-    metadata = {"help": help, "bounds": bounds, "choices": tuple(choices) if choices else None}
+    metadata = {"help": help, "bounds": bounds, "choices": tuple(choices) if choices else None,
+                "flag": flag, "const": const}  # fmt: skip
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -101,24 +106,51 @@ def check_settings(obj: Any) -> None:
         check_choice(f.name, getattr(obj, f.name), f.metadata.get("choices"))
 
 
+REQUIRED: Any = dataclasses.MISSING  # compose(..., defaults={"data": REQUIRED}): no default
+
+
+@dataclasses.dataclass(frozen=True)
+class Default:
+    """A composed field's own default and how its help shows it: ``Default(None, "crop / 8")``
+    for a value the command derives when the setting is left unset."""
+
+    value: Any
+    shown: str
+
+
 def compose(
-    source: type, *, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+    *sources: type,
+    exclude: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    unset: str | None = None,
 ) -> Callable[[type], type]:
-    """A class decorator (put it under ``@dataclass``) that adds ``source``'s fields, with their
-    help, bounds and choices, to the class: all but ``exclude`` and those the class declares
-    itself, with ``defaults`` replacing source's defaults. The names added are kept in the
-    class's ``__composed__``, so a field added to ``source`` reaches the class with no edit."""
+    """A class decorator (put it under ``@dataclass``) that adds the ``sources``' fields, with
+    their help, bounds and choices, to the class: all but ``exclude`` and those the class
+    declares itself, with ``defaults`` replacing the sources' defaults (a value, a ``Default``,
+    or ``REQUIRED``: none, for a ``kw_only`` dataclass); with ``unset`` every other field added
+    defaults to None, a value the class fills in itself, shown in the help as ``unset`` says
+    (degradation: "the recipe's"). The names
+    added are kept in the class's ``__composed__`` (and the sources in ``__sources__``), so a
+    field added to a source reaches the class with no edit."""
     skip, new = set(exclude), dict(defaults or {})
 
     def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
         own = cls.__dict__.get("__annotations__", {})
-        added = []
-        for f in dataclasses.fields(source):
+        added = list(cls.__dict__.get("__composed__", ()))
+        fields = [f for source in sources for f in dataclasses.fields(source)]
+        for f in fields:
             if f.name in skip or f.name in own:
                 continue
             own[f.name] = f.type
             if f.name in new:
-                value = dataclasses.field(default=new.pop(f.name), metadata=f.metadata)
+                default, metadata = new.pop(f.name), dict(f.metadata)
+                if isinstance(default, Default):
+                    help = f"{metadata.get('help', '')} (default {default.shown})"
+                    default, metadata = default.value, {**metadata, "help": help}
+                value = dataclasses.field(default=default, metadata=metadata)
+            elif unset is not None:
+                help = f"{f.metadata.get('help', '')} (default {unset})"
+                value = dataclasses.field(default=None, metadata={**f.metadata, "help": help})
             elif f.default_factory is not dataclasses.MISSING:
                 value = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
             else:
@@ -129,6 +161,7 @@ def compose(
             raise TypeError(f"{cls.__name__}: defaults for fields it does not take: {sorted(new)}")
         cls.__annotations__ = own
         cls.__composed__ = tuple(added)
+        cls.__sources__ = (*cls.__dict__.get("__sources__", ()), *sources)
         return cls
 
     return decorate

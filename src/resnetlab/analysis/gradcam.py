@@ -49,7 +49,35 @@ def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
         ) from None
 
 
-def _activations_and_grads(model, layer, x, target):
+def is_map(output: Any) -> bool:
+    """Whether a layer's output is a map: (N, C, H, W) with more than one position."""
+    return isinstance(output, torch.Tensor) and output.dim() == 4 and output[0, 0].numel() > 1
+
+
+def spatial_layers(model: nn.Module, x: torch.Tensor, n: int = 6) -> list[str]:
+    """The last ``n`` stages, blocks and layers (names of one or two parts) whose output is a
+    map of more than one position, in the order the forward pass ends them."""
+    found: list[str] = []
+
+    def spatial(name: str):
+        def hook(module, inputs, output) -> None:
+            if is_map(output):
+                found.append(name)
+
+        return hook
+
+    hooks = [m.register_forward_hook(spatial(name)) for name, m in model.named_modules()
+             if name and name.count(".") <= 1]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(found))[-n:]
+
+
+def _activations_and_grads(model, layer, x, target, name):
     """The layer's activations and the gradients of the target logits with respect to them.
 
     The activations are made a leaf of the graph, so backward runs through the layers after
@@ -57,6 +85,8 @@ def _activations_and_grads(model, layer, x, target):
     saved: dict[str, torch.Tensor] = {}
 
     def keep(module, inputs, output):
+        if not is_map(output):
+            return None  # no map of positions to weight: refused after the forward pass
         saved["a"] = output.detach().requires_grad_(True)
         return saved["a"].clone()  # a later in-place op (VGG's ReLU) must not touch the leaf
 
@@ -67,6 +97,12 @@ def _activations_and_grads(model, layer, x, target):
             p.requires_grad_(False)
         with torch.enable_grad():
             logits = model(x.detach())
+            if "a" not in saved:
+                raise ResnetlabError(
+                    f"--layer {name!r} gives no spatial map (Grad-CAM weighs a layer's "
+                    f"channels over its positions); use one that does, e.g. "
+                    f"{', '.join(spatial_layers(model, x))}."
+                )
             classes = logits.argmax(1) if target is None else _targets(target, logits)
             logits.gather(1, classes[:, None]).sum().backward()
     finally:
@@ -115,7 +151,7 @@ def cam_maps(
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             part = None if wanted is None else wanted[start : start + batch_size]
-            a, g, logits, classes = _activations_and_grads(model, module, chunk, part)
+            a, g, logits, classes = _activations_and_grads(model, module, chunk, part, name)
             a, g = a.double(), g.double()
             if method == "gradcam":
                 weights = g.mean((2, 3))

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import NoReturn
 
-from .. import runfolder
+from .. import console, runfolder
 from ..errors import ResnetlabError
 from ..version import __version__
 
@@ -51,16 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="VGG, ResNet and their plain twins: models, experiments, fine-tuning.",
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    add_quiet(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    for command in {id(p): p for p in subparsers.choices.values()}.values():
+        add_quiet(command, default=argparse.SUPPRESS)  # so it leaves a global --quiet alone
     return parser
+
+
+def add_quiet(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--quiet``, accepted before the command and after it."""
+    parser.add_argument("--quiet", action="store_true", default=default,
+                        help="no progress and no messages: only results and errors")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    was_quiet = console.set_quiet(args.quiet)
     try:
         with runfolder.invoked_as(sys.argv[1:] if argv is None else list(argv)):
             return int(args.func(args) or 0)
@@ -77,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnetlab {args.command}: error: cannot write or read{where}: "
               f"{USER_OS_ERRORS[exc.errno]}.", file=sys.stderr)  # fmt: skip
         return 2
+    finally:
+        console.set_quiet(was_quiet)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from ..errors import ResnetlabError
 from ..experiments.degradation import DegradationConfig
 from ..experiments.demo import DemoConfig
-from ..train.config import check_trackers, tracker_names
 from .flags import add_settings, given_settings, settings_from_args
 
 
@@ -22,15 +21,12 @@ def run_degradation_command(args: argparse.Namespace) -> int:
     from ..experiments.degradation import FAMILIES, run_degradation
     from ..reports.report import render_report
 
-    check_trackers(args.log)
     given = given_settings(args, DegradationConfig)
     family = given.get("family", DegradationConfig.family)
     default_depths = {"depths": list(FAMILIES.get(family, []))} if "depths" not in given else {}
     config = settings_from_args(DegradationConfig, args, **default_depths)
     with _threads(args.threads):
-        run_dir, result = run_degradation(
-            config, args.out, resume=args.resume, log=args.log
-        )
+        run_dir, result = run_degradation(config, args.out, resume=args.resume)
     print(format_finals(result))
     html_path, _ = render_report([run_dir])
     print(f"run folder: {run_dir}\nreport: {html_path}")
@@ -98,8 +94,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "test bold), the final errors and a verdict on the paper's two claims.",
     )
     add_settings(p, DegradationConfig)
-    p.add_argument("--log", type=tracker_names, default=(), metavar="NAME,NAME,...",
-                   help="log each net's run to tensorboard and/or mlflow")  # fmt: skip
     _common(p, None, "default: torch's choice; 1 is often faster on a busy machine")
     p.set_defaults(func=run_degradation_command)
 

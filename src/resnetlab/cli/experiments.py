@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from ..console import say
 from ..errors import ResnetlabError
 from ..experiments.compare import CompareConfig
 from ..experiments.gradient_flow import GradientFlowConfig
@@ -18,12 +18,12 @@ from .flags import add_settings, given_settings, settings_from_args
 
 
 def _done(run_dir, report: bool) -> None:
-    print(f"run folder: {run_dir}", file=sys.stderr)
+    say(f"run folder: {run_dir}")
     if report:
         from ..reports.report import render_report
 
         html_path, _ = render_report([run_dir])
-        print(f"report: {html_path}", file=sys.stderr)
+        say(f"report: {html_path}")
 
 
 def run_gradient_flow_command(args: argparse.Namespace) -> int:

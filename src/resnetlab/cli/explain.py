@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -21,6 +24,55 @@ from ..evaluation.clinic import read_digests, read_predictions
 from ..evaluation.uncertainty import delong_test
 from ..files import atomic_write, write_json
 from ..finetune.predict import expand_inputs
+from ..groups import (
+    Checked,
+    DeviceSettings,
+    ImagesSettings,
+    InferenceSettings,
+    ModelSettings,
+    OutputSettings,
+    RunFolderSettings,
+    device_name,
+)
+from ..settings import REQUIRED, Default, compose, setting
+from .flags import add_settings, settings_from_args
+
+
+@dataclass(kw_only=True)
+@compose(InferenceSettings, ImagesSettings, ModelSettings, DeviceSettings, RunFolderSettings,
+         exclude=("tta", "top_k", "model", "model_options", "resume", "progress"),
+         defaults={"source": REQUIRED, "images": REQUIRED, "out_dir": REQUIRED})  # fmt: skip
+class ExplainSettings(Checked):
+    """``resnetlab explain``: the method, class and layer; the rest from the groups."""
+
+    method: str = setting("both", "Grad-CAM, Grad-CAM++ or both", choices=(*METHODS, "both"))
+    target: str | None = setting(
+        None, "class name or index (default: the predicted)", flag="--class"
+    )
+    layer: str | None = setting(
+        None, "module name, e.g. layer4.1 (default: the family's last block)"
+    )
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        images: list[str] = setting()
+        pretrained: str | None = setting()
+        device: str = setting()
+        out_dir: str = setting()
+
+
+@dataclass(kw_only=True)
+@compose(OutputSettings, RunFolderSettings, exclude=("csv", "resume", "progress"),
+         defaults={"out_dir": Default(None, "none: printed only")})  # fmt: skip
+class CompareRunsSettings(Checked):
+    """``resnetlab compare-runs``: the two runs; where the result goes from the groups."""
+
+    run_a: str = setting(help="run folder with predictions_test.csv")
+    run_b: str = setting(help="another run on the same test images")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        json: bool = setting()
+        out_dir: str | None = setting()
 
 
 def _class_index(text: str | None, classes: list) -> int | None:
@@ -50,18 +102,49 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
+def output_stems(paths: list[Path]) -> list[str]:
+    """One distinct file stem per image, the same for the same inputs: the image's own stem;
+    where images share one (case aside), the folders that tell them apart before it (``b_x``
+    for ``data/b/x.jpg`` beside ``data/a/x.jpg``), then the extension, then an index."""
+    names = [p.stem for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.casefold(), []).append(i)
+    for members in groups.values():
+        folders = [[re.sub(r"[^\w.-]+", "-", part) for part in paths[i].parent.parts
+                    if part != paths[i].anchor] for i in members]  # fmt: skip
+        shared = 0  # the leading folders all of them share
+        while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+            shared += 1
+        for i, own in zip(members, folders, strict=True):
+            names[i] = "_".join((*own[shared:], paths[i].stem)) if len(members) > 1 else names[i]
+    counts = Counter(name.casefold() for name in names)
+    for i, path in enumerate(paths):
+        if counts[names[i].casefold()] > 1 and path.suffix:
+            names[i] += f"_{path.suffix.lstrip('.')}"
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        k = 1
+        while names[i].casefold() in taken:
+            k += 1
+            names[i] = f"{name}-{k}"
+        taken.add(names[i].casefold())
+    return names
+
+
 def run_explain(args: argparse.Namespace) -> int:
-    trained = load_trained(args.source, args.pretrained, args.device)
+    settings = settings_from_args(ExplainSettings, args)
+    trained = load_trained(settings.source, settings.pretrained, device_name(settings.device))
     model, classes = trained.model, trained.classes
-    paths = expand_inputs(args.images)
+    paths = expand_inputs(settings.images)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
-    target = _class_index(args.target, classes)
-    out = Path(args.out)
+    target = _class_index(settings.target, classes)
+    out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    methods = METHODS if args.method == "both" else (args.method,)
+    methods = METHODS if settings.method == "both" else (settings.method,)
     records = []
-    for path in paths:
+    for path, name in zip(paths, output_stems(paths), strict=True):
         try:
             image = load_image(path)[None]
         except (OSError, ValueError, SyntaxError) as exc:
@@ -71,9 +154,9 @@ def run_explain(args: argparse.Namespace) -> int:
         x, raw = trained.inputs(image), trained.prepared(image)
         record: dict[str, Any] = {"image": str(path)}
         for method in methods:
-            result = cam_maps(model, x, method=method, layer=args.layer, target=target)
+            result = cam_maps(model, x, method=method, layer=settings.layer, target=target)
             cam, c = result["maps"][0], int(result["classes"][0])
-            stem = f"{path.stem}_{method.replace('++', 'pp')}"
+            stem = f"{name}_{method.replace('++', 'pp')}"
             _save_npy(out / f"{stem}.npy", cam.numpy())
             _save_png(out / f"{stem}.png", overlay(raw[0], cam))
             p = trained.probabilities(result["logits"][:1])[0, c].item()
@@ -81,20 +164,22 @@ def run_explain(args: argparse.Namespace) -> int:
                        method: {"png": f"{stem}.png", "npy": f"{stem}.npy"}}  # fmt: skip
         records.append(record)
         print(f"{path}: {record['class']} (p {record['probability']:.3f}), layer {record['layer']}")
-    write_json(out / "explain.json", {"source": args.source, "images": records})
+    write_json(out / "explain.json", {"source": settings.source, "images": records})
     print(f"maps: {out.resolve()}")
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    scores_a, labels_a = read_predictions(Path(args.run_a))
-    scores_b, labels_b = read_predictions(Path(args.run_b))
+    settings = settings_from_args(CompareRunsSettings, args)
+    run_a, run_b = settings.run_a, settings.run_b
+    scores_a, labels_a = read_predictions(Path(run_a))
+    scores_b, labels_b = read_predictions(Path(run_b))
     if len(labels_a) != len(labels_b) or (labels_a != labels_b).any():
         raise ResnetlabError(
             "the two runs' test labels differ; DeLong's test needs both models on the same "
             "test images in the same order."
         )
-    digests = {run: read_digests(Path(run)) for run in (args.run_a, args.run_b)}
+    digests = {run: read_digests(Path(run)) for run in (run_a, run_b)}
     if None in digests.values():
         old = next(run for run, d in digests.items() if d is None)
         raise ResnetlabError(
@@ -102,44 +187,34 @@ def run_compare(args: argparse.Namespace) -> int:
             "the test images cannot be shown to be the same; re-create it with `resnetlab "
             f"evaluate {old} DATA --out {old}`."
         )
-    if digests[args.run_a] != digests[args.run_b]:
+    if digests[run_a] != digests[run_b]:
         raise ResnetlabError(
             "the two runs' test images differ (their content hashes); DeLong's test needs both "
             "models on the same test images in the same order."
         )
     result = delong_test(scores_a, scores_b, labels_a == 1)
-    result |= {"run_a": str(args.run_a), "run_b": str(args.run_b), "test": "DeLong (1988)"}
+    result |= {"run_a": str(run_a), "run_b": str(run_b), "test": "DeLong (1988)"}
     print(
-        f"ROC-AUC {args.run_a}: {result['auc_a']:.4f} (SE {result['se_a']:.4f}); {args.run_b}: "
+        f"ROC-AUC {run_a}: {result['auc_a']:.4f} (SE {result['se_a']:.4f}); {run_b}: "
         f"{result['auc_b']:.4f} (SE {result['se_b']:.4f}); difference {result['difference']:+.4f} "
         f"[{result['difference_ci95'][0]:+.4f}, {result['difference_ci95'][1]:+.4f}], "
         f"z {result['z']:.3f}, two-sided p {result['p_value']:.4g} (DeLong, "
         f"{result['n_positive']} positive / {result['n_negative']} negative test images)"
     )
-    if args.out:
-        write_json(Path(args.out), result)
-    if args.json:
+    if settings.out_dir:
+        write_json(Path(settings.out_dir), result)
+    if settings.json:
         print(json.dumps(result, indent=2))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("explain", help="Grad-CAM / Grad-CAM++ maps for images")
-    p.add_argument("source", metavar="RUN_OR_MODEL",
-                   help="fine-tuning run folder, model file + card, or a model name")  # fmt: skip
-    p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
-    p.add_argument("--out", required=True, help="folder for the overlays (.png) and maps (.npy)")
-    p.add_argument("--method", choices=(*METHODS, "both"), default="both",
-                   help="Grad-CAM, Grad-CAM++ or both (default both)")  # fmt: skip
-    p.add_argument("--class", dest="target", help="class name or index (default: the predicted)")
-    p.add_argument("--layer", help="module name, e.g. layer4.1 (default: the family's last block)")
-    p.add_argument("--pretrained", help="weights tag for a model name, e.g. imagenet")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    add_settings(p, ExplainSettings, positional={"source": "RUN_OR_MODEL", "images": "IMAGES"},
+                 required=("out_dir",), eager=True)  # fmt: skip
     p.set_defaults(func=run_explain)
 
     p = subparsers.add_parser("compare-runs", help="DeLong's test of two runs' test ROC-AUCs")
-    p.add_argument("run_a", metavar="RUN_A", help="run folder with predictions_test.csv")
-    p.add_argument("run_b", metavar="RUN_B", help="another run on the same test images")
-    p.add_argument("--out", help="write the result as JSON here")
-    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    add_settings(p, CompareRunsSettings, positional={"run_a": "RUN_A", "run_b": "RUN_B"},
+                 eager=True)  # fmt: skip
     p.set_defaults(func=run_compare)

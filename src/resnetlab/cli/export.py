@@ -5,51 +5,111 @@ numerically; ONNX and TorchScript files carry the model's classes and preprocess
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..artifact import Calibrated, export_input_size, load_trained
 from ..errors import ResnetlabError
 from ..export import FORMATS, INPUT_KINDS, SUFFIXES, Preprocessed, export_model
+from ..groups import (
+    BatchSettings,
+    Checked,
+    InferenceSettings,
+    ModelSettings,
+    RunFolderSettings,
+    check_groups,
+)
 from ..hub_export import deploy_metadata, export_hub, run_essentials
+from ..settings import REQUIRED, Default, compose, setting
+from .flags import add_renamed, add_settings, settings_from_args
 
 HUB = "hub"
 
 
+@dataclass(kw_only=True)
+@compose(InferenceSettings, ModelSettings, BatchSettings, RunFolderSettings,
+         exclude=("tta", "top_k", "model_options", "resume", "progress"),
+         defaults={"source": REQUIRED, "out_dir": REQUIRED, "batch_size": 1,
+                   "model": Default(None, "the one the checkpoint names")})  # fmt: skip
+class ExportSettings(Checked):
+    """``resnetlab export``: the format and the example input; the rest from the groups."""
+
+    format: str = setting(help="ONNX, TorchScript, or a Hub folder", choices=(*FORMATS, HUB))
+    num_classes: int | None = setting(None, "classifier outputs (default: the weights')", ">= 1")
+    example_shape: list[int] | None = setting(
+        None, "shape of the example input, C H W (default: the model's own input)", ">= 1"
+    )
+    tolerance: float = setting(1e-4, "largest |difference| allowed from the eager model", ">= 0")
+    with_preprocessing: str | None = setting(
+        None, "graph takes RGB images at the input size (uint8 0-255, the flag alone, or float "
+        "[0, 1]) and gives probabilities: normalisation, temperature and softmax inside",
+        choices=INPUT_KINDS, const="uint8",
+    )  # fmt: skip
+    license: str | None = setting(
+        None, "licence of the weights for the card and metadata (default: the starting "
+        "weights' where recorded, else 'unknown')",
+    )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        model: str | None = setting()
+        pretrained: str | None = setting()
+        batch_size: int = setting()
+        out_dir: str = setting()
+
+    def __post_init__(self) -> None:
+        check_groups(self)
+        if self.example_shape is not None and len(self.example_shape) != 3:
+            raise ResnetlabError(
+                f"--example-shape takes three numbers, C H W (e.g. 3 224 224), got "
+                f"{self.example_shape}."
+            )
+
+
 def run_export(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ExportSettings, args)
+    _export(settings)
+    return 0
+
+
+def _export(args: ExportSettings) -> None:
+    """The export the settings ask for, checked numerically (``--out`` is ``args.out_dir``)."""
+    out = Path(args.out_dir)
     if args.format == HUB:
-        out = export_hub(args.source, args.out, licence=args.license)
-        print(f"hub -> {out}: model.safetensors, config.json, README.md, model_card.json")
-        return 0
-    if args.out.is_dir():
+        folder = export_hub(args.source, out, licence=args.license)
+        print(f"hub -> {folder}: model.safetensors, config.json, README.md, model_card.json")
+        return
+    if out.is_dir():
         raise ResnetlabError(
-            f"--out {args.out} is a folder; give the file to write, e.g. "
-            f"{args.out / ('model' + SUFFIXES[args.format])}."
+            f"--out {out} is a folder; give the file to write, e.g. "
+            f"{out / ('model' + SUFFIXES[args.format])}."
         )
-    in_channels = args.input_size[0] if args.input_size else None
+    in_channels = args.example_shape[0] if args.example_shape else None
     trained = load_trained(args.source, args.pretrained, model_name=args.model,
                            num_classes=args.num_classes, in_channels=in_channels)  # fmt: skip
+    size: tuple[int, ...]
     model, size = export_input_size(trained)
     name = trained.run.resolve().name if trained.run is not None else args.source
     essentials = run_essentials(trained.card, name, args.license)
-    size = tuple(args.input_size) if args.input_size else size
+    size = tuple(args.example_shape) if args.example_shape else size
     if args.with_preprocessing:
         model = _preprocessed(model, essentials, args.with_preprocessing)
         size = (3, *size[1:])
         dtype = torch.uint8 if args.with_preprocessing == "uint8" else torch.float32
-        example = torch.zeros(args.batch, *size, dtype=dtype)
+        example = torch.zeros(args.batch_size, *size, dtype=dtype)
         scale = "0-255" if dtype == torch.uint8 else "[0, 1]"
         io = f"input: RGB NCHW {args.with_preprocessing} {scale}; output: probabilities"
     else:
-        example = torch.randn(args.batch, *size)
+        example = torch.randn(args.batch_size, *size)
         scaled = " over the temperature" if "temperature" in essentials else ""
         io = f"input: normalised float32 NCHW; output: logits{scaled}"
     metadata = deploy_metadata(essentials, size, io)
-    report = export_model(model, args.out, args.format, example, tolerance=args.tolerance,
+    report = export_model(model, out, args.format, example, tolerance=args.tolerance,
                           metadata=metadata)  # fmt: skip
     print(report)
-    return 0
 
 
 def _preprocessed(model: torch.nn.Module, essentials: dict, kind: str) -> Preprocessed:
@@ -76,28 +136,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="export a model to ONNX or TorchScript (checked), or a run to a Hub folder"
     )
-    p.add_argument(
-        "source", metavar="RUN_OR_MODEL",
-        help="run folder (train or finetune), Hub folder, hf-hub: id, model name or weights file",
-    )  # fmt: skip
-    p.add_argument("--format", choices=(*FORMATS, HUB), required=True)
-    p.add_argument("--out", type=Path, required=True, help="output file (hub: a folder)")
-    p.add_argument("--model", help="architecture of a checkpoint that does not name it")
-    p.add_argument("--pretrained", help="weights tag for a model name, e.g. imagenet")
-    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the weights')")
-    p.add_argument(
-        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-        help="example input size; default: the model's own",
-    )  # fmt: skip
-    p.add_argument("--batch", type=int, default=1, help="example batch size (default 1)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| vs eager")
-    p.add_argument(
-        "--with-preprocessing", nargs="?", const="uint8", choices=INPUT_KINDS,
-        help="graph takes RGB images at the input size (uint8 0-255, default, or float [0, 1]) "
-        "and gives probabilities: normalisation, temperature and softmax inside",
-    )  # fmt: skip
-    p.add_argument(
-        "--license", help="licence of the weights for the card and metadata (default: the "
-        "starting weights' where recorded, else 'unknown')",
-    )  # fmt: skip
+    add_settings(p, ExportSettings, positional={"source": "RUN_OR_MODEL"},
+                 required=("format", "out_dir"), eager=True)  # fmt: skip
+    add_renamed(p, {"--batch": "--batch-size (images per batch, as in every command)",
+                    "--input-size": "--example-shape C H W (--input-size is a size in px "
+                    "elsewhere)"})  # fmt: skip
     p.set_defaults(func=run_export)

@@ -8,51 +8,129 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import runfolder
 from ..errors import ResnetlabError
-from ..finetune.options import ENGINE_DEFAULTS, FinetuneOptions, saved_options
-from ..settings import bounded
-from ..train.distributed import check_device
-from .flags import add_settings, given_settings
+from ..finetune.options import (
+    ENGINE_DEFAULTS,
+    RENAMED,
+    FinetuneOptions,
+    resume_settings,
+    saved_options,
+)
+from ..groups import (
+    BatchSettings,
+    Checked,
+    DataSettings,
+    DeviceSettings,
+    ImagesSettings,
+    InferenceSettings,
+    OutputSettings,
+    RunFolderSettings,
+    device_name,
+)
+from ..settings import REQUIRED, Default, check_settings, compose, setting
+from .flags import add_renamed, add_settings, flag_name, given_settings, settings_from_args
 
-# FinetuneOptions fields without a flag of their own: the run folder is --out, and the fold is
-# set by cross-validation.
-NO_FLAG = ("out_dir", "fold")
-SOURCE_HELP = "run folder (train or finetune), model file + card, Hub folder or hf-hub: id"
+# FinetuneOptions fields without a flag: the fold is set by cross-validation.
+NO_FLAG = ("fold",)
+# What fine-tuning's renamed flags are now (the same name meant another thing in `train`).
+RENAMED_FLAGS = {
+    "lr": "the head's learning rate; --lr is the one learning rate of `train`",
+    "epochs": "phase 2's epochs; --epochs is the whole run's length in `train`",
+    "class_weights": "inverse-frequency weights; --class-weights gives one weight per class in "
+    "`train`",
+}
+
+
+@dataclass
+class SweepSettings:
+    """The learning-rate range test's sweep (``resnetlab lr-find``)."""
+
+    iters: int = setting(100, "sweep steps", ">= 1")
+    start_lr: float = setting(1e-7, "first lr of the sweep", "> 0")
+    end_lr: float = setting(10.0, "last lr of the sweep", "> 0")
+    phase: str = setting(
+        "full", "sweep the unfrozen model or the head alone", choices=("full", "head")
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(kw_only=True)
+@compose(InferenceSettings, ImagesSettings, OutputSettings, BatchSettings, DeviceSettings,
+         DataSettings, exclude=("data", "data_root"), defaults={
+             "source": REQUIRED, "images": REQUIRED, "batch_size": 64, "on_bad": "skip",
+         })  # fmt: skip
+class PredictSettings(Checked):
+    """``resnetlab predict``: every setting from the groups (``groups.py``)."""
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        images: list[str] = setting()
+        json: bool = setting()
+        csv: bool = setting()
+        batch_size: int = setting()
+        top_k: int = setting()
+        tta: bool = setting()
+        device: str = setting()
+        on_bad: str = setting()
+
+
+@dataclass(kw_only=True)
+@compose(InferenceSettings, DataSettings, BatchSettings, DeviceSettings, RunFolderSettings,
+         OutputSettings, exclude=("top_k", "data_root", "resume", "progress", "csv"),
+         defaults={"source": REQUIRED, "data": REQUIRED, "batch_size": 64,
+                   "out_dir": Default(None, "none: printed only")})  # fmt: skip
+class EvaluateSettings(Checked):
+    """``resnetlab evaluate``: the split to measure; the rest from the groups."""
+
+    split: str = setting(
+        "test", "split to measure; on the run's own data, val and test are the run's, "
+        "re-created when it held them out", choices=("train", "val", "test"),
+    )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        data: str = setting()
+        out_dir: str | None = setting()
+        batch_size: int = setting()
+        tta: bool = setting()
+        device: str = setting()
+        on_bad: str = setting()
+        json: bool = setting()
 
 
 def _add_model_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """One flag per ``FinetuneOptions`` field (``cli/flags.py``); a flag not given is absent from
-    the parsed arguments, so the defaults live in ``FinetuneOptions`` alone."""
+    the parsed arguments, so the defaults live in ``FinetuneOptions`` alone. The run folder,
+    ``--out``, defaults to runs/<command>-<model>-<time>."""
     add_settings(p, FinetuneOptions, exclude=NO_FLAG + exclude, positional={"data": "DATA"})
-    p.add_argument("--out", help="run folder (default runs/<command>-<model>-<time>)")
-
-
-def _add_on_bad(p: argparse.ArgumentParser, default: str = "error") -> None:
-    p.add_argument(
-        "--on-bad", choices=("skip", "error"), default=default,
-        help=f"unreadable image files: skip them with a warning, or error (default {default})",
-    )  # fmt: skip
+    add_renamed(p, {flag_name(old): f"{flag_name(RENAMED[old])} ({why})"
+                    for old, why in RENAMED_FLAGS.items()})  # fmt: skip
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The FinetuneOptions values set on the command line, and only those."""
-    return {k: v for k, v in given_settings(args, FinetuneOptions).items() if k != "data"}
+    """The FinetuneOptions values set on the command line, and only those (the data and the
+    run folder apart)."""
+    given = given_settings(args, FinetuneOptions).items()
+    return {k: v for k, v in given if k not in ("data", "out_dir")}
 
 
 def _options(args: argparse.Namespace, command: str) -> FinetuneOptions:
-    given = given_options(args)
+    given, out = given_options(args), getattr(args, "out_dir", None)
     if getattr(args, "resume", False):
-        if not args.out:
+        if not out:
             raise ResnetlabError("--resume needs --out RUN_FOLDER (the run to continue).")
         # the run's own settings, with what was given on top: a change is refused later
-        return FinetuneOptions(**{**saved_options(Path(args.out)), **given, "resume": True,
-                                  "data": args.data, "out_dir": args.out})  # fmt: skip
+        return FinetuneOptions(**{**saved_options(Path(out)), **given, "resume": True,
+                                  "data": args.data, "out_dir": out})  # fmt: skip
     model = given.get("model", ENGINE_DEFAULTS["model"])
-    out = args.out or f"runs/{command}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out or f"runs/{command}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     return FinetuneOptions(data=args.data, out_dir=out, **given)
 
 
@@ -76,7 +154,9 @@ def run_lr_find(args: argparse.Namespace) -> int:
     from ..reports.report import render_report
 
     options, began, clock = _options(args, "lr-find"), runfolder.now(), time.perf_counter()
-    lr_find(options, iters=args.iters, start=args.start_lr, end=args.end_lr, phase=args.phase)
+    sweep = settings_from_args(SweepSettings, args)
+    resume_settings(options, Path(options.out_dir))  # a new folder: lr-find never resumes
+    lr_find(options, iters=sweep.iters, start=sweep.start_lr, end=sweep.end_lr, phase=sweep.phase)
     out = Path(options.out_dir)
     runfolder.finish(out, "completed", started=began, wall_time_s=time.perf_counter() - clock,
                      extra={"data": options.data})  # fmt: skip
@@ -88,17 +168,17 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..finetune import expand_inputs, load_trained, predict_files, render
     from ..finetune.predict import report_failures
 
-    check_device(args.device)
-    loaded = load_trained(args.source, device=args.device)
-    paths = expand_inputs(args.images, keep_empty=True)
+    settings = settings_from_args(PredictSettings, args)
+    loaded = load_trained(settings.source, device=device_name(settings.device))
+    paths = expand_inputs(settings.images, keep_empty=True)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
     predictions, failed = predict_files(
-        loaded, paths, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta,
-        on_bad=args.on_bad,
+        loaded, paths, top_k=settings.top_k, batch_size=settings.batch_size, tta=settings.tta,
+        on_bad=settings.on_bad,
     )  # fmt: skip
     report_failures(failed)
-    fmt = "json" if args.json else "csv" if args.csv else "text"
+    fmt = "json" if settings.json else "csv" if settings.csv else "text"
     if predictions:
         print(render(predictions, fmt))
     if not predictions:
@@ -110,20 +190,20 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate_run, format_metrics
 
-    check_device(args.device)
+    settings = settings_from_args(EvaluateSettings, args)
     metrics = evaluate_run(
-        args.source,
-        args.data,
-        split=args.split,
-        out=args.out,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        device=args.device,
-        on_bad=args.on_bad,
+        settings.source,
+        settings.data,
+        split=settings.split,
+        out=settings.out_dir,
+        batch_size=settings.batch_size,
+        tta=settings.tta,
+        device=device_name(settings.device),
+        on_bad=settings.on_bad,
     )
-    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
-    if args.out and not args.json:
-        print(f"metrics and plots: {Path(args.out).resolve()}")
+    print(json.dumps(metrics, indent=2) if settings.json else format_metrics(metrics))
+    if settings.out_dir and not settings.json:
+        print(f"metrics and plots: {Path(settings.out_dir).resolve()}")
     return 0
 
 
@@ -140,47 +220,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test (plot + suggestion)")
     _add_model_args(p, exclude=("resume", "folds", "tta", "threshold", "test_size"))
-    p.add_argument("--iters", type=int, default=100, help="sweep steps (default 100)")
-    p.add_argument("--start-lr", type=float, default=1e-7, metavar="FLOAT",
-                   help="first lr of the sweep (default 1e-7)")  # fmt: skip
-    p.add_argument("--end-lr", type=float, default=10.0, metavar="FLOAT",
-                   help="last lr of the sweep (default 10)")  # fmt: skip
-    p.add_argument(
-        "--phase",
-        choices=("full", "head"),
-        default="full",
-        help="sweep the unfrozen model (default) or the head alone",
-    )
+    add_settings(p, SweepSettings)
     p.set_defaults(func=run_lr_find)
 
     p = subparsers.add_parser("predict", help="top-k classes for images with a trained model")
-    p.add_argument("source", metavar="RUN_OR_MODEL", help=SOURCE_HELP)
-    p.add_argument("images", metavar="IMAGES", nargs="+", help="files, folders or globs")
-    p.add_argument("--top-k", type=bounded(int, ">= 1"), default=3, metavar="INT",
-                   help="classes shown per image (default 3)")  # fmt: skip
-    p.add_argument("--tta", action="store_true", help="average with the mirror image")
-    p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
-                   help="images per forward pass (default 64)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="JSON output")
-    group.add_argument("--csv", action="store_true", help="CSV output")
-    _add_on_bad(p, default="skip")
+    add_settings(p, PredictSettings, positional={"source": "RUN_OR_MODEL", "images": "IMAGES"},
+                 eager=True)  # fmt: skip
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser("evaluate", help="all metrics of a trained model on a split")
-    p.add_argument("source", metavar="RUN_OR_MODEL", help=SOURCE_HELP)
-    p.add_argument("data", metavar="DATA", help="labelled data (as for finetune)")
-    p.add_argument(
-        "--split", default="test", choices=("train", "val", "test"),
-        help="split to measure (default test); on the run's own data, val and test are the "
-        "run's, re-created when it held them out",
-    )  # fmt: skip
-    p.add_argument("--out", type=Path, help="folder for metrics JSON and plots")
-    p.add_argument("--tta", action="store_true", help="average with the mirror image")
-    p.add_argument("--batch-size", type=bounded(int, ">= 1"), default=64, metavar="INT",
-                   help="images per forward pass (default 64)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    _add_on_bad(p)
+    add_settings(p, EvaluateSettings, positional={"source": "RUN_OR_MODEL", "data": "DATA"},
+                 eager=True)  # fmt: skip
     p.set_defaults(func=run_evaluate)

@@ -16,14 +16,25 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..settings import check_settings, describe, help_of
+from ..settings import bounded, check_settings, describe, help_of
 
 NONE_WORDS = ("none", "null")
+NUMBERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
+
+
+# Every settings class given to add_settings, by the parser's prog: the classes the command
+# line reaches (a test walks them for setting names declared twice).
+REGISTERED: dict[str, list[type]] = {}
 
 
 def flag_name(name: str) -> str:
     """The flag of a field: ``grad_clip`` is ``--grad-clip``."""
     return "--" + name.replace("_", "-")
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """The flag of a field: its ``setting(flag=...)``, else made from its name."""
+    return f.metadata.get("flag") or flag_name(f.name)
 
 
 def add_settings(
@@ -32,15 +43,25 @@ def add_settings(
     *,
     exclude: Iterable[str] = (),
     positional: Mapping[str, str] | None = None,
+    required: Iterable[str] = (),
+    eager: bool = False,
 ) -> None:
     """One flag per field of ``cls`` (not in ``exclude``); ``positional`` maps fields that are
     positional arguments to their metavar (a list field takes one or more, or none with a
-    default)."""
-    skip, positional = set(exclude), dict(positional or {})
+    default); a field in ``required`` is a flag that must be given.
+
+    ``eager``, for a command whose settings come from the command line alone (nothing saved to
+    resume): argparse holds the field's default and refuses a value outside its choices or
+    bounds as it reads it ("invalid int >= 1 value"); else the flag is absent when not given and
+    ``check_settings`` checks the value once the dataclass is made."""
+    skip, positional, must = set(exclude), dict(positional or {}), set(required)
+    if cls not in (known := REGISTERED.setdefault(parser.prog, [])):
+        known.append(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
-        kind, optional = _base(str(f.type)), "None" in str(f.type)
+        written = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        kind, optional = _base(written), "None" in written  # "int | None": a string annotation
         text = _help(f)
         if f.name in positional:
             many = kind.startswith("list[")
@@ -53,6 +74,12 @@ def add_settings(
             )  # fmt: skip
             continue
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+        if eager and _has_default(f):
+            options["default"] = _default(f)
+        if eager and f.metadata.get("choices") and not kind.startswith(("list[", "tuple[")):
+            options["choices"] = f.metadata["choices"]
+        if f.name in must:
+            options["required"] = True
         if kind.startswith("bool") and f.name.startswith("no_"):  # --no-x, and --x to undo it
             parser.add_argument(flag_name(f.name), action="store_const", const=True, **options)
             options["help"] = argparse.SUPPRESS
@@ -60,20 +87,34 @@ def add_settings(
                                 **options)  # fmt: skip
         elif kind.startswith("bool"):
             options["action"] = argparse.BooleanOptionalAction
-            parser.add_argument(flag_name(f.name), **options)
+            parser.add_argument(field_flag(f), **options)
         elif kind.startswith("dict["):
             parser.add_argument(flag_name(f.name.removesuffix("s")), action=_KeyValues,
                                 metavar="KEY=VALUE", **options)  # fmt: skip
         elif kind.startswith("list["):
             element = _element(kind)
-            parser.add_argument(flag_name(f.name), action=_Items, nargs="+",
+            parser.add_argument(field_flag(f), action=_Items, nargs="+",
                                 type=_split(_converter(element)),
                                 metavar=metavar(element, f.metadata.get("choices")),
                                 **options)  # fmt: skip
         else:
             # choices are checked with the bounds (a one-line error with a close match)
             options["metavar"] = metavar(kind, f.metadata.get("choices"))
-            parser.add_argument(flag_name(f.name), type=_converter(kind, optional), **options)
+            convert = _converter(kind, optional)
+            if eager and f.metadata.get("bounds") and kind in NUMBERS and not optional:
+                convert = bounded(NUMBERS[kind], f.metadata["bounds"])
+            if f.metadata.get("const") is not None:
+                options |= {"nargs": "?", "const": f.metadata["const"]}
+            parser.add_argument(field_flag(f), type=convert, **options)
+
+
+def add_renamed(parser: argparse.ArgumentParser, renamed: Mapping[str, str]) -> None:
+    """Old flag names (``{"--lr": "--head-lr (what it is)"}``) that stop with one line (exit 2)
+    naming the new flag; ``--no-OLD`` too, for an old bool flag."""
+    for old, new in renamed.items():
+        parser.add_argument(old, f"--no-{old[2:]}", nargs="?", action=_Renamed, new=new,
+                            dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)  # fmt: skip
 
 
 def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -110,6 +151,10 @@ def _help(f: dataclasses.Field) -> str:
     if f.metadata.get("bounds"):
         text += f" [{describe(f.metadata['bounds'])}]"
     return text.replace("%", "%%")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def _has_default(f: dataclasses.Field) -> bool:
@@ -158,6 +203,17 @@ def _split(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
     split.__name__ = convert.__name__
     return split
+
+
+class _Renamed(argparse.Action):
+    """A renamed flag: a usage error (one line, exit 2) that names the new flag."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} is now {self.new}")
 
 
 class _Items(argparse.Action):

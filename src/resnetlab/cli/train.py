@@ -14,12 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..console import say
 from ..errors import ResnetlabError
 from ..train.config import RECIPES, TrainConfig, recipe_config, with_overrides
 from .flags import add_settings, given_settings
-
-# Fields with a flag of their own: the run folder is --out.
-SPECIAL = {"out_dir"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,8 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--recipe", help=f"start from a recipe: {', '.join(RECIPES)}")
-    p.add_argument("--out", required=True, help="run folder, e.g. runs/resnet20")
-    add_settings(p, TrainConfig, exclude=SPECIAL)
+    add_settings(p, TrainConfig, required=("out_dir",))  # the run folder is --out
     p.set_defaults(func=run_train)
 
 
@@ -38,7 +35,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train import train
 
     overrides = parse_overrides(args)
-    out = Path(args.out)
+    out = Path(args.out_dir)
     saved = out / "config.json"
     resume = overrides.pop("resume", False)
     if resume and not (out / "last.pt").is_file():
@@ -53,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict({**values, "out_dir": str(out), "resume": True})
     else:
         config = recipe_config(args.recipe, **overrides, out_dir=str(out), resume=resume)
-    print(f"run folder: {out.resolve()}")
+    say(f"run folder: {out.resolve()}")
     result = train(config)
     shown = {k: v for k, v in result.metrics.items() if "error" in k}
     print(" ".join(f"{k} {100 * v:.2f}%" for k, v in shown.items()))
@@ -80,5 +77,6 @@ def _report(config: TrainConfig, result: Any, out: Path) -> None:
 
 
 def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given on the command line, converted to the config's types."""
-    return {k: v for k, v in given_settings(args, TrainConfig).items() if k not in SPECIAL}
+    """The settings given on the command line, converted to the config's types (the run
+    folder, ``--out``, apart)."""
+    return {k: v for k, v in given_settings(args, TrainConfig).items() if k != "out_dir"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ def check_pixels(im: Image.Image) -> None:
         )
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """A PIL error as a short reason without object reprs."""
     if isinstance(exc, BadImage):
         return str(exc)
@@ -100,7 +101,50 @@ def opened(source: str | Path | bytes) -> Iterator[Image.Image]:
     except BAD_ERRORS as exc:
         if isinstance(exc, BadImage):
             raise
-        raise BadImage(_reason(exc)) from exc
+        raise BadImage(reason(exc)) from exc
+
+
+def check_image_file(path: str | Path) -> os.stat_result:
+    """The status of an image file that may be read: a regular file (a link to one is
+    followed) within the archive member limit; a device, fifo or folder is a ``BadImage``."""
+    return _checked(os.stat(path))
+
+
+def _checked(st: os.stat_result) -> os.stat_result:
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage("not a regular file (a device, fifo, socket or folder); list image files")
+    _check_size(st.st_size)
+    return st
+
+
+def _check_size(size: int) -> None:
+    limit = archive.limits()[0]
+    if size > limit:
+        raise BadImage(
+            f"{size / 2**20:.0f} MiB, above the limit of {limit / 2**20:g} MiB; shrink it "
+            "or raise RESNETLAB_MAX_MEMBER_MIB"
+        )
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)  # a fifo is not waited on
+
+
+@contextmanager
+def open_image_file(path: str | Path) -> Iterator[io.BufferedReader]:
+    """An image file opened for reading, checked as :func:`check_image_file` checks it but on
+    the open file itself (so nothing swapped in after a check is read)."""
+    with open(path, "rb", opener=_nonblocking) as handle:
+        _checked(os.fstat(handle.fileno()))
+        yield handle
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file: a regular file, at most the member limit read."""
+    with open_image_file(path) as handle:
+        data = handle.read(archive.limits()[0] + 1)
+    _check_size(len(data))  # it may have grown since it was checked
+    return data
 
 
 def is_image_name(name: str) -> bool:
@@ -188,6 +232,13 @@ def _size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def _size_of_file(path: Path) -> tuple[int, int] | None:
+    try:
+        return _size(read_image_file(path))
+    except BAD_ERRORS:
+        return None
+
+
 def _scan(
     source: Path, small_max: int
 ) -> tuple[list[str], list[str], dict[str, bytes] | None, tuple[int, int] | None]:
@@ -203,7 +254,7 @@ def _scan(
                 dirs.append(rel)
             elif is_image_name(rel):
                 files.append(rel)
-                size = size or _size(path.read_bytes())
+                size = size or _size_of_file(path)
         return files, dirs, None, size
     blobs: dict[str, bytes] | None = {}
     for name, read in archive.iter_files(source):
@@ -237,8 +288,7 @@ def report_bad(source: str, bad: list[str], on_bad: str, total: int | None = Non
         )
     count = f" ({total} skipped in all)" if total is not None and total != len(bad) else ""
     warnings.warn(
-        f"{source}: skipped {len(bad)} unreadable, truncated or oversized image(s): "
-        f"{first}{count}",
+        f"{source}: skipped {len(bad)} unreadable, truncated or oversized image(s): {first}{count}",
         stacklevel=3,
     )
 
@@ -259,7 +309,7 @@ def _build_small(
     first: tuple[str, tuple[int, int]] | None = None
     for split, name, label in tqdm(todo, desc=f"decoding {source.name}", unit="img"):
         try:
-            data = blobs[name] if blobs is not None else (source / name).read_bytes()
+            data = blobs[name] if blobs is not None else read_image_file(source / name)
             array = decode(data)
         except BAD_ERRORS:
             bad[split].append(f"{source}/{name}" if blobs is None else f"{source}:{name}")

@@ -3,19 +3,24 @@
 A folder or archive with ``manifest.csv`` at its root (or a ``.csv`` file given as the data)
 is opened from the manifest instead of the folder layout: paths are relative to the root,
 ``group`` (e.g. a patient id) keeps images together, and ``split`` (train/val/test) assigns
-them; a group found in two splits is an error. Images are decoded as ``folder`` decodes them.
+them; a group found in two splits is an error. Every image is listed once: a path on two rows,
+two rows naming one file, or two files with the same bytes in different splits is an error
+naming the rows. Rows must name regular image files within the size limit ``folder`` applies
+(a link to ``/dev/zero`` is never read). Images are decoded as ``folder`` decodes them.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ResnetlabError
@@ -25,6 +30,7 @@ from .splits import straddling
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED = ("path", "label")
+ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark spreadsheets write
 
 
 @dataclass
@@ -73,8 +79,21 @@ def find_manifest(path: Path) -> Path | str | None:
     return None
 
 
+def read_text(path: Path, where: str) -> str:
+    """The manifest's text; bytes that are not UTF-8 are one error naming the encoding."""
+    data = path.read_bytes()
+    try:
+        return data.decode(ENCODING)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ResnetlabError(
+            f"{where}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the manifest "
+            "as UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD.csv > NEW.csv)."
+        ) from None
+
+
 def read_rows(text: str, where: str) -> list[dict[str, str]]:
-    """The manifest's rows, checked: the columns, no empty path or label."""
+    """The manifest's rows, checked: the columns, no empty path or label, no path twice."""
     reader = csv.DictReader(io.StringIO(text))
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     missing = [c for c in REQUIRED if c not in columns]
@@ -83,7 +102,8 @@ def read_rows(text: str, where: str) -> list[dict[str, str]]:
             f"{where}: manifest lacks column(s) {', '.join(missing)}; the header must be "
             "path,label[,group][,split]"
         )
-    rows = []
+    rows: list[dict[str, str]] = []
+    seen: dict[str, dict[str, str]] = {}
     for number, raw in enumerate(reader, start=2):
         row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
         if not row.get("path") or not row.get("label"):
@@ -95,10 +115,31 @@ def read_rows(text: str, where: str) -> list[dict[str, str]]:
             )
         row["split"] = folder.SPLIT_ALIASES[split.lower()]
         row["group"] = row.get("group") or f"image:{row['path']}"
+        row["line"] = str(number)
+        key = os.path.normpath(row["path"].replace("\\", "/"))
+        if key in seen:  # at the first repeat, before any file is touched
+            raise duplicate(where, seen[key], row, "list the same path")
+        seen[key] = row
         rows.append(row)
     if not rows:
         raise ResnetlabError(f"{where}: the manifest lists no images; add rows.")
     return rows
+
+
+def duplicate(
+    where: str, first: dict[str, str], second: dict[str, str], how: str
+) -> ResnetlabError:
+    """The error for two rows that are one image: what differs, and the fix."""
+    if first["split"] != second["split"]:
+        what = f"in two splits ({first['split']} and {second['split']})"
+    elif first["label"] != second["label"]:
+        what = f"with two labels ({first['label']!r} and {second['label']!r})"
+    else:
+        what = "twice"
+    return ResnetlabError(
+        f"{where}: lines {first['line']} ({first['path']}) and {second['line']} "
+        f"({second['path']}) {how} {what}; list each image once, in one split, with one label."
+    )
 
 
 def check_rows(rows: list[dict[str, str]], where: str) -> list[str]:
@@ -129,33 +170,87 @@ def open_manifest(
     """{split: set with groups} and the classes, from a manifest in a folder or an archive."""
     source = Path(source)
     if isinstance(manifest, Path):
-        where, base = str(manifest), manifest.parent
-        text = manifest.read_text(encoding="utf-8-sig")
+        where, base, text_path = str(manifest), manifest.parent, manifest
     else:  # a member of an archive: extract safely once, then read files
         key = tensors.fingerprint(source)[:16]
         base = archive.extract(source, data_home(root) / "extracted" / f"{source.name}-{key}")
         base = base / manifest.rsplit("/", 1)[0] if "/" in manifest else base
-        where = f"{source}:{manifest}"
-        text = (base / Path(manifest).name).read_text(encoding="utf-8-sig")
-    rows = read_rows(text, where)
+        where, text_path = f"{source}:{manifest}", base / Path(manifest).name
+    rows = read_rows(read_text(text_path, where), where)
     classes = check_rows(rows, where)
     for r in rows:
         member = archive.safe_member_name(Path(where), r["path"])  # no escaping the root
         r["file"] = str(base / member)
+    rows = usable_rows(rows, where, on_bad)
+    check_same_images(rows, where)
     return _load_sets(rows, classes, where, on_bad), classes
+
+
+def usable_rows(rows: list[dict[str, str]], where: str, on_bad: str) -> list[dict[str, str]]:
+    """The rows whose files may be read (regular files within the size limit, checked before
+    anything is read), each with its file's identity and size; the others raise or, with
+    ``on_bad="skip"``, are left out with a warning. A split left empty is an error."""
+    keep, bad = [], []
+    for r in rows:
+        try:
+            st = folder.check_image_file(r["file"])
+        except (OSError, folder.BadImage) as exc:
+            reason = "no such file" if isinstance(exc, FileNotFoundError) else folder.reason(exc)
+            bad.append(f"{r['path']} (line {r['line']}: {reason})")
+            continue
+        r["inode"], r["size"] = f"{st.st_dev}:{st.st_ino}", str(st.st_size)
+        keep.append(r)
+    folder.report_bad(where, bad, on_bad)
+    _check_not_empty(rows, keep, where)
+    return keep
+
+
+def _check_not_empty(before: list[dict[str, str]], after: list[dict[str, str]], where: str) -> None:
+    """A split that had rows but has none left after skipping is an error, not an empty set."""
+    emptied = sorted({r["split"] for r in before} - {r["split"] for r in after})
+    if emptied:
+        count = sum(r["split"] == emptied[0] for r in before)
+        raise ResnetlabError(
+            f"{where}: the {emptied[0]} split is empty after skipping its {count} unreadable "
+            "image(s); fix their paths or files."
+        )
+
+
+def check_same_images(rows: list[dict[str, str]], where: str) -> None:
+    """Refuse two rows naming one file (by its identity: links and ``a/../b`` resolve) and two
+    files with the same bytes in different splits. Only files whose size is shared by files
+    of another split are hashed."""
+    by_inode: dict[str, dict[str, str]] = {}
+    by_size: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        if r["inode"] in by_inode:
+            raise duplicate(where, by_inode[r["inode"]], r, "name the same file")
+        by_inode[r["inode"]] = r
+        by_size[r["size"]].append(r)
+    for same_size in by_size.values():
+        if len({r["split"] for r in same_size}) < 2:
+            continue
+        by_hash: dict[str, dict[str, str]] = {}
+        for r in same_size:
+            with folder.open_image_file(r["file"]) as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            first = by_hash.setdefault(digest, r)
+            if first is not r and first["split"] != r["split"]:
+                raise duplicate(where, first, r, "hold the same image (identical bytes)")
 
 
 def _load_sets(rows, classes, where, on_bad) -> dict[str, ImageSet | FileImageSet]:
     """Small images decoded into tensors; large ones kept as files."""
     index = {c: i for i, c in enumerate(classes)}
-    first = Path(rows[0]["file"])
-    if not first.is_file():
-        raise ResnetlabError(f"{where}: {rows[0]['path']} does not exist; fix the path.")
+    first = rows[0]
     try:
-        with Image.open(first) as im:
+        with folder.opened(folder.read_image_file(first["file"])) as im:
             small, grey = max(im.size) <= folder.SMALL_MAX, im.mode in folder.GREY_MODES
-    except folder.BAD_ERRORS:
-        raise ResnetlabError(f"{where}: {rows[0]['path']} is not a readable image.") from None
+    except folder.BAD_ERRORS as exc:
+        raise ResnetlabError(
+            f"{where}, line {first['line']}: {first['path']} is not a readable image "
+            f"({folder.reason(exc)}); replace it or remove its row."
+        ) from None
     sets: dict[str, ImageSet | FileImageSet] = {}
     for split in ("train", "val", "test"):
         chosen = [r for r in rows if r["split"] == split]
@@ -174,11 +269,16 @@ def _load_sets(rows, classes, where, on_bad) -> dict[str, ImageSet | FileImageSe
         arrays, keep, bad = [], [], []
         for i, r in enumerate(tqdm(chosen, desc=f"decoding {split}", unit="img", leave=False)):
             try:
-                arrays.append(folder.decode(Path(r["file"]).read_bytes()))
+                arrays.append(folder.decode(folder.read_image_file(r["file"])))
                 keep.append(i)
             except folder.BAD_ERRORS:
                 bad.append(r["path"])
         folder.report_bad(name, bad, on_bad)
+        if not arrays:
+            raise ResnetlabError(
+                f"{where}: the {split} split is empty after skipping its {len(bad)} unreadable "
+                "image(s); fix or replace them."
+            )
         shapes = {a.shape[:2] for a in arrays}
         if len(shapes) > 1:
             raise ResnetlabError(

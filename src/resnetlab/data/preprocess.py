@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import ResnetlabError
 from ..preprocessing import Preprocessing
+from .folder import decode, read_image_file
 
 __all__ = ["Preprocessing", "load_image", "match_channels", "normalise", "prepare_images",
            "resize_crop", "to_grey"]  # fmt: skip
@@ -87,7 +88,5 @@ def normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 def load_image(path: Path, min_side: int | None = None) -> torch.Tensor:
     """Decode one image file to uint8 (C, H, W); C is 1 for greyscale files, else 3. With
     ``min_side`` (the resize) a large JPEG is decoded at a reduced DCT scale, sides >= it."""
-    from .folder import decode
-
-    array = decode(Path(path).read_bytes(), min_side)
+    array = decode(read_image_file(path), min_side)  # a regular file within the size limit
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -1,14 +1,15 @@
 """The on-disk cache of decoded small images: built once, checked against its source, atomic.
 
-The cache sits next to the data (``<source>.resnetlab-cache.pt``) when that folder is writable,
-else under ``<data home>/cache``. It stores the source's fingerprint (sizes and mtimes of its
-files, plus a format version); any change to the source rebuilds it.
+Caches live under ``<data home>/cache`` only (``$RESNETLAB_HOME/data/cache``, or the ``root``
+a caller names), never beside the user's data, which may be read-only, shared or under
+version control. An entry is named by the source's resolved path and its fingerprint (names,
+sizes and mtimes of its files, plus a format version), so a changed source gets a new entry;
+the entries of its older versions are removed when the new one is written.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,6 @@ def fingerprint(source: Path) -> str:
     digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     for path in files:
-        if path.name.endswith(SUFFIX):
-            continue
         st = path.stat()
         digest.update(
             f"{path.relative_to(source.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
@@ -36,29 +35,29 @@ def fingerprint(source: Path) -> str:
     return digest.hexdigest()
 
 
-def _writable(folder: Path) -> bool:
-    # Mode bits too: root passes os.access even on a folder meant to be read-only.
-    return (
-        folder.is_dir()
-        and os.access(folder, os.W_OK | os.X_OK)
-        and bool(folder.stat().st_mode & 0o222)
-    )
+def cache_folder(root: Path | str | None = None) -> Path:
+    """Where every cache entry lives: ``<data home>/cache``."""
+    return data_home(root) / "cache"
 
 
-def cache_paths(source: Path, root: Path | None = None) -> list[Path]:
-    """Where the cache for ``source`` may live: beside it if that folder is writable, then
-    ``<data home>/cache`` (keyed by the source's absolute path)."""
+def _stem(source: Path) -> str:
+    """The part of an entry's name that names the source: its name and resolved path's hash."""
     source = Path(source).resolve()
-    key = hashlib.sha256(str(source).encode()).hexdigest()[:16]
-    fallback = data_home(root) / "cache" / f"{source.name}-{key}{SUFFIX}"
-    if _writable(source.parent):
-        return [source.with_name(source.name + SUFFIX), fallback]
-    return [fallback]
+    return f"{source.name}-{hashlib.sha256(str(source).encode()).hexdigest()[:16]}"
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    with atomic_write(path) as handle:
-        torch.save(obj, handle)
+def cache_path(source: Path, key: str, root: Path | str | None = None) -> Path:
+    """The entry for ``source`` at fingerprint ``key``."""
+    return cache_folder(root) / f"{_stem(source)}-{key[:16]}{SUFFIX}"
+
+
+def _entries(source: Path, root: Path | str | None) -> list[Path]:
+    """The entries for ``source`` at any fingerprint (the current one and stale ones)."""
+    folder, stem = cache_folder(root), _stem(source)
+    if not folder.is_dir():
+        return []
+    names = (p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+    return [p for p in names if p.name.startswith(f"{stem}-")]
 
 
 def _load(path: Path, key: str) -> dict[str, Any] | None:
@@ -71,27 +70,23 @@ def _load(path: Path, key: str) -> dict[str, Any] | None:
     return obj
 
 
-def load_cache(source: Path, root: Path | None = None) -> dict[str, Any] | None:
-    """The cached content for ``source`` if a cache exists and still matches it, else None."""
-    paths = [p for p in cache_paths(source, root) if p.is_file()]
-    if not paths:  # skip the fingerprint walk, which is long for a large folder
+def load_cache(source: Path, root: Path | str | None = None) -> dict[str, Any] | None:
+    """The cached content for ``source`` if an entry matches its current fingerprint, else None."""
+    if not _entries(source, root):  # skip the fingerprint walk, which is long for a large folder
         return None
     key = fingerprint(source)
-    for path in paths:
-        if (hit := _load(path, key)) is not None:
-            return hit
-    return None
+    path = cache_path(source, key, root)
+    return _load(path, key) if path.is_file() else None
 
 
-def save_cache(source: Path, content: dict[str, Any], root: Path | None = None) -> Path:
-    """Store ``content`` for ``source`` atomically in the first place that accepts it."""
-    content = {**content, "key": fingerprint(source), "version": CACHE_VERSION}
-    paths = cache_paths(source, root)
-    for path in paths[:-1]:
-        try:
-            _save_atomic(content, path)
-            return path
-        except OSError:  # looked writable but is not: use the next place
-            pass
-    _save_atomic(content, paths[-1])
-    return paths[-1]
+def save_cache(source: Path, content: dict[str, Any], root: Path | str | None = None) -> Path:
+    """Store ``content`` for ``source`` atomically (written whole, then renamed into place) and
+    remove the entries of the source's earlier versions."""
+    key = fingerprint(source)
+    path = cache_path(source, key, root)
+    with atomic_write(path) as handle:
+        torch.save({**content, "key": key, "version": CACHE_VERSION}, handle)
+    for stale in _entries(source, root):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return path

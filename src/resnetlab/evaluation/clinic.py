@@ -1,6 +1,8 @@
 """The figures a clinician needs beside accuracy: a temperature fitted on validation, the
 operating threshold chosen on validation (never on test), test metrics at that threshold and
-at 0.5 with stratified bootstrap 95 % intervals, calibration before and after, and the plots.
+at 0.5 with stratified bootstrap 95 % intervals, calibration before and after (errors, and the
+calibration slope and intercepts of logistic recalibration), the decision curve, split-conformal
+prediction sets fitted on validation (abstention with a coverage guarantee), and the plots.
 
 ``analyse`` returns the card's ``clinical`` section; it is the one place fine-tuning,
 ``evaluate`` and cross-validation compute these, so they cannot disagree.
@@ -20,13 +22,17 @@ import torch
 from ..errors import ResnetlabError
 from ..runfolder import write_csv
 from .calibration import calibration_summary, fit_temperature
+from .conformal import fit_conformal, prediction_sets, set_summary
+from .decision import decision_curve, predictive_values, useful_range
 from .operating_point import binary_rates, choose_threshold
-from .plots import plot_pr, plot_reliability
+from .plots import plot_decision_curve, plot_pr, plot_reliability
+from .recalibration import recalibration_intervals
 from .uncertainty import bootstrap_intervals
 
 RESAMPLES = 2000
 DEFAULT_CUT = 0.5  # MedMNIST's convention, reported for comparison
 DIGEST = "image_sha256"  # the predictions' column of each image's content hash
+COVERAGE = 0.95  # of the conformal prediction sets
 
 
 def fit_on_val(
@@ -39,6 +45,33 @@ def fit_on_val(
         probs = torch.softmax(val_logits.double() / temperature, 1)[:, 1].numpy()
         out["threshold"] = choose_threshold(probs, val_labels.numpy() == 1, threshold_spec)
         out["threshold"]["positive_class"] = classes[1]
+    calibrated = torch.softmax(val_logits.double() / temperature, 1).numpy()
+    if len(val_labels) >= COVERAGE / (1 - COVERAGE):  # enough images for the coverage
+        out["conformal"] = fit_conformal(calibrated, val_labels.numpy(), COVERAGE)
+    return out
+
+
+def reviewer_figures(
+    logits: torch.Tensor, labels: torch.Tensor, fit: dict[str, Any], seed: int,
+    prevalence: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a reviewer asks beside the rates: calibration slope / intercepts before and after
+    temperature scaling, the decision curve, the conformal sets' coverage and, at a stated
+    deployment prevalence, the predictive values at the threshold."""
+    y = labels.numpy() == 1
+    out: dict[str, Any] = {"recalibration": {}}
+    for name, t in (("before", 1.0), ("after", fit["temperature"])):
+        p1 = torch.softmax(logits.double() / t, 1)[:, 1].numpy()
+        out["recalibration"][name] = recalibration_intervals(p1, y, seed=seed)
+    curve = decision_curve(p1, y)
+    out["decision_curve"] = {**curve, "useful_range": useful_range(curve)}
+    if "conformal" in fit:
+        sets = prediction_sets(torch.softmax(logits.double() / t, 1).numpy(), fit["conformal"])
+        out["conformal"] = {**fit["conformal"], **set_summary(sets, labels.numpy())}
+    if prevalence is not None and "threshold" in fit:
+        rates = binary_rates(p1, y, fit["threshold"]["threshold"])
+        out["prevalence"] = predictive_values(rates["sensitivity"], rates["specificity"],
+                                              prevalence)  # fmt: skip
     return out
 
 
@@ -69,6 +102,7 @@ def analyse(
     test_probs: torch.Tensor | None = None,
     evaluated: str = "test",
     digests: list[str] | None = None,
+    prevalence: float | None = None,
 ) -> dict[str, Any]:
     """The ``clinical`` section for {split: (logits, labels)}; plots and the predictions of the
     ``evaluated`` split (``predictions_<split>.csv``, with each image's content hash from
@@ -95,7 +129,11 @@ def analyse(
     p1, y = probs[:, 1].numpy(), labels.numpy()
     section["evaluated"] = evaluated
     section[evaluated] = test_figures(p1, y, fit["threshold"]["threshold"], seed)
+    section[evaluated]["reviewer"] = reviewer_figures(logits, labels, fit, seed, prevalence)
     if out_dir is not None:
+        curve = section[evaluated]["reviewer"]["decision_curve"]
+        plot_decision_curve(curve, fit["threshold"]["threshold"],
+                            out_dir / f"decision_curve_{evaluated}.png", evaluated)  # fmt: skip
         plot_pr(p1, y == 1, classes[1], out_dir / f"pr_{evaluated}.png", evaluated)
         write_predictions(out_dir / f"predictions_{evaluated}.csv", logits, labels, p1, fit,
                           classes, digests)  # fmt: skip
@@ -168,6 +206,8 @@ def summary_lines(section: dict[str, Any]) -> list[str]:
         )
     split = section.get("evaluated", "test")
     for name, m in section.get(split, {}).items():
+        if name == "reviewer":
+            continue
         ci = m.get("ci95", {})
 
         def show(key: str, m: dict = m, ci: dict = ci) -> str:
@@ -196,5 +236,43 @@ def summary_lines(section: dict[str, Any]) -> list[str]:
             f"{split} calibration: ECE {b['ece']:.4f} -> {a['ece']:.4f} (equal-mass "
             f"{b['ece_equal_mass']:.4f} -> {a['ece_equal_mass']:.4f}), MCE {b['mce']:.4f} -> "
             f"{a['mce']:.4f}, Brier {b['brier']:.4f} -> {a['brier']:.4f} after temperature scaling"
+        )
+    return lines + reviewer_lines(section.get(split, {}).get("reviewer"), split)
+
+
+def reviewer_lines(figures: dict[str, Any] | None, split: str) -> list[str]:
+    """Findings lines for :func:`reviewer_figures`."""
+    if not figures:
+        return []
+
+    def ci(c: dict[str, Any]) -> str:
+        return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+    lines = []
+    for name, r in figures["recalibration"].items():
+        lines.append(
+            f"{split} calibration slope {ci(r['slope'])}, intercept {ci(r['intercept'])}, "
+            f"calibration-in-the-large {ci(r['in_the_large'])} ({name} temperature scaling; "
+            "ideal 1, 0, 0; 95 % bootstrap)"
+        )
+    useful = figures["decision_curve"]["useful_range"]
+    lines.append(
+        f"{split} decision curve: the model's net benefit beats treating all and treating none "
+        + (f"for threshold probabilities {useful[0]:.2f} to {useful[1]:.2f}" if useful
+           else "at no threshold probability")  # fmt: skip
+    )
+    if "conformal" in figures:
+        c = figures["conformal"]
+        lines.append(
+            f"{split} conformal sets ({c['coverage']:.0%} target, fitted on "
+            f"{c['calibration_images']} validation images): coverage {c['coverage_achieved']:.3f}, "
+            f"one class {c['single']:.1%}, refer to a human (both classes) {c['refer']:.1%}"
+        )
+    if "prevalence" in figures:
+        p = figures["prevalence"]
+        lines.append(
+            f"at a deployment prevalence of {p['prevalence']:.1%}: PPV {p['ppv']:.3f}, NPV "
+            f"{p['npv']:.3f} (sensitivity and specificity as above; the test set's own "
+            "prevalence sets the PPV and NPV shown above)"
         )
     return lines

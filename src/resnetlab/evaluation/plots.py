@@ -137,3 +137,25 @@ def plot_reliability(logits, labels, temperature: float, path: Path, title: str)
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(f"reliability, {title}", fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_decision_curve(curve: dict[str, list[float]], threshold: float | None, path: Path,
+                        title: str) -> Path:  # fmt: skip
+    """Net benefit of the model, treat-all and treat-none against the threshold probability,
+    with the operating threshold marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    t = np.asarray(curve["threshold"])
+    ax.plot(t, curve["model"], color="#4c72b0", label="model")
+    ax.plot(t, curve["treat_all"], color="#c44e52", linestyle="--", linewidth=1, label="treat all")
+    ax.plot(t, curve["treat_none"], color="grey", linestyle=":", linewidth=1, label="treat none")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linewidth=0.8, label=f"threshold {threshold:.2f}")
+    top = max(max(curve["model"]), max(curve["treat_all"]), 0.01)
+    ax.set_ylim(-0.1 * top, 1.1 * top)
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit")
+    ax.set_title(f"decision curve, {title}")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+

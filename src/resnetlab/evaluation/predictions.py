@@ -3,7 +3,7 @@ best (else last) checkpoint saved as ``test_predictions.npz``, and from them the
 precision, recall, F1, support and the confusion matrix (``per_class.json``, a PNG).
 
 The data is opened, normalised and batched as the engine did (``train.prepare``), and the
-metrics are the fine-tuner's (``finetune.metrics``), so a report reads numbers, not models.
+metrics are the fine-tuner's (``evaluation.metrics``), so a report reads numbers, not models.
 """
 
 from __future__ import annotations

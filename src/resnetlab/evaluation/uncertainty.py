@@ -99,21 +99,10 @@ def bootstrap_intervals(
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties sharing their mean rank."""
-    order = np.argsort(x, kind="stable")
-    sx = x[order]
-    n = len(x)
-    ranks = np.empty(n)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and sx[j] == sx[i]:
-            j += 1
-        ranks[i:j] = 0.5 * (i + j - 1) + 1
-        i = j
-    out = np.empty(n)
-    out[order] = ranks
-    return out
+    """Ranks 1..n with ties sharing their mean rank, in O(n log n) (one sort)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last member of each group of ties
+    return (last - (counts - 1) / 2.0)[inverse]
 
 
 def delong_components(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, ...]:

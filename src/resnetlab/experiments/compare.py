@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..analysis.gradients import BLOCK_TYPES
+from ..console import Bar
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
@@ -350,7 +350,7 @@ def run_compare(
     log = run_dir / "rows.jsonl"
     done = {r["model"] for r in runs.read_jsonl(log)}
     todo = [m for m in config.models if m not in done]
-    for name in tqdm(todo, desc="compare", unit="model", disable=not progress):
+    for name in Bar(todo, desc="compare", unit="model", disable=not progress):
         runs.append_jsonl(log, model_row(name, config))
     by_name = {r["model"]: r for r in runs.read_jsonl(log)}
     rows = [by_name[m] for m in config.models]

@@ -14,20 +14,22 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..console import say
 from ..data import open_data, split_val
 from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
+from ..groups import check_device
 from ..models import CifarResNet, create_model, list_models, model_info
 from ..reports.findings import degradation_findings
-from ..settings import setting
+from ..settings import Default, check_settings, compose, setting
 from ..train import TrainingDiverged, recipe_config, train
-from ..train.config import DEFAULT_ITERS
+from ..train.config import DEFAULT_ITERS, RECIPES, TrainConfig, check_trackers, tracker_names
 from . import runs
 from .degradation_curves import (
     FINAL_WINDOW,
@@ -45,37 +47,65 @@ FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
 DEFAULT_SIZE = {"cifar": 32, "imagenet": 64}
 
 
-@dataclass
-class DegradationConfig:
-    """Settings of one degradation experiment (written to config.json)."""
+# Engine settings degradation sets for each net itself: the net, its length and schedule (from
+# the budget), where it writes, and the data (opened once for all nets).
+PER_NET = ("model", "model_options", "pretrained", "max_iters", "epochs", "milestones",
+           "checkpoint_every", "log_every", "out_dir", "resume", "progress",
+           "data_root")  # fmt: skip
 
-    data: str = setting("cifar10", "cifar10, an image folder or archive, or synthetic")
+
+@dataclass
+@compose(TrainConfig, exclude=PER_NET, unset="the recipe's", defaults={
+    "data": "cifar10", "seed": 0, "eval_every": Default(None, "budget / 20"),
+})  # fmt: skip
+class DegradationConfig:
+    """Settings of one degradation experiment (written to config.json). Its own fields below;
+    every other ``TrainConfig`` setting is added by ``compose`` and, where given, overrides the
+    recipe in each net's run (unset: the recipe's value), so a new engine setting reaches it."""
+
     family: str = setting("cifar", "CIFAR nets (6n+2 layers) or ImageNet-style 18/34",
                           choices=tuple(FAMILIES))  # fmt: skip
     depths: list[int] = setting(
         help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
         bounds=">= 1", factory=lambda: list(FAMILIES["cifar"]),
     )  # fmt: skip
-    recipe: str = setting("he2015-cifar", "training recipe")
+    recipe: str = setting("he2015-cifar", "training recipe", choices=tuple(RECIPES))
     budget: int | None = setting(None, "iterations per net; the recipe's lr milestones are "
                                  "scaled to it", ">= 1")  # fmt: skip
-    seed: int = setting(0, "seed of data split, init and order", ">= 0")
-    batch_size: int | None = setting(None, "batch size (default: the recipe's)", ">= 1")
-    lr: float | None = setting(None, "learning rate (default: the recipe's)", "> 0")
     input_size: int | None = setting(None, "resize images to this many px (default: as "
                                      "stored; 64 for --family imagenet)", ">= 8")  # fmt: skip
     train_size: int | None = setting(None, "train on a stratified subsample of this many "
                                      "images (synthetic: images made)", ">= 1")  # fmt: skip
     eval_size: int | None = setting(None, "evaluate on stratified subsamples of val and test "
                                     "of this size (speed)", ">= 1")  # fmt: skip
-    eval_every: int | None = setting(None, "iterations between test evaluations (default: "
-                                     "budget / 20)", ">= 1")  # fmt: skip
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     variants: list[str] = setting(
         help="arms: plain, resnet, plain-dirac (Dirac init), resnet-scale (zero residual "
         "scale); default plain,resnet", choices=tuple(VARIANTS),
         factory=lambda: list(DEFAULT_VARIANTS),
     )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs): the ones read here
+        __composed__: ClassVar[tuple[str, ...]]
+        data: str = setting()
+        seed: int = setting()
+        batch_size: int | None = setting()
+        lr: float | None = setting()
+        device: str | None = setting()
+        eval_every: int | None = setting()
+        val_size: int | float | None = setting()
+        log: tuple[str, ...] | None = setting()
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if isinstance(self.log, str):
+            self.log = tracker_names(self.log)
+        check_trackers(self.log or ())
+        check_device(getattr(self, "device", None) or "auto")
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The engine settings given for every net's run (those left unset are the recipe's)."""
+        values = {name: getattr(self, name) for name in self.__composed__}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 def net_name(kind: str, depth: int) -> str:
@@ -112,10 +142,9 @@ def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels:
 
 
 def check_config(config: DegradationConfig, recipe_iters: int | None) -> None:
-    """Refuse settings that cannot make the experiment, naming the fix."""
+    """Refuse settings that cannot make the experiment, naming the fix (bounds and choices are
+    checked when the config is made)."""
     check_variants(config.variants)
-    if config.family not in FAMILIES:
-        raise ResnetlabError(f"unknown family {config.family!r}. Use cifar or imagenet.")
     if len(set(config.depths)) < 2:
         raise ResnetlabError("the claims compare depths: pass at least two, e.g. --depths 20 56.")
     if config.family == "cifar":
@@ -132,10 +161,6 @@ def check_config(config: DegradationConfig, recipe_iters: int | None) -> None:
         raise ResnetlabError(
             f"recipe {config.recipe} counts epochs; use one counted in iterations."
         )
-    for key in ("budget", "batch_size", "input_size", "train_size", "eval_size", "eval_every"):
-        value = getattr(config, key)
-        if value is not None and value < 1:
-            raise ResnetlabError(f"--{key.replace('_', '-')} must be at least 1, got {value}.")
 
 
 def scaled_milestones(milestones: tuple[int, ...], recipe_iters: int, budget: int) -> list[int]:
@@ -197,17 +222,17 @@ def run_degradation(
     if base.schedule != "multistep":
         milestones = []
     eval_every = config.eval_every or max(1, iterations // 20)
+    val_size = config.val_size if config.val_size is not None else base.val_size
     run_dir = runs.new_run_dir("degradation", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"degradation: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
-          file=sys.stderr, flush=True)  # fmt: skip
-    bundle = open_bundle(config, base.val_size)
+    say(f"degradation: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
+    bundle = open_bundle(config, val_size)
     sources = [f"  {n}: {getattr(bundle, n).source}" for n in SPLITS if getattr(bundle, n)]
     write_text_atomic(run_dir / "data.txt", "\n".join([bundle.summary(), *sources]) + "\n")
     schedule = {
         "max_iters": iterations, "milestones": tuple(milestones), "eval_every": eval_every,
         "checkpoint_every": eval_every, "log_every": max(1, min(100, iterations // 100)),
-        "log": tuple(log),
+        "log": tuple(log) or tuple(config.log or ()),
     }  # fmt: skip
     kinds = [arm_kind(v) for v in config.variants]
     nets = [(kind, d) for kind in kinds for d in sorted(set(config.depths))]
@@ -215,8 +240,8 @@ def run_degradation(
     for i, (kind, depth) in enumerate(nets, 1):
         name, folder = net_name(kind, depth), run_dir / net_name(kind, depth)
         if _status(folder) != "completed":
-            print(f"degradation [{i}/{len(nets)}] {display(kind, depth)}: {iterations:,} "
-                  f"iterations -> {folder}", file=sys.stderr, flush=True)  # fmt: skip
+            say(f"degradation [{i}/{len(nets)}] {display(kind, depth)}: {iterations:,} "
+                f"iterations -> {folder}")  # fmt: skip
             _train_net(config, kind, depth, bundle, schedule, folder, resume, progress)
         curves = read_curves(folder)
         results[name] = {"kind": kind, "depth": depth, "status": _status(folder), "folder": name,
@@ -231,9 +256,8 @@ def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, sc
     """One engine run of one net: the recipe, with the budget's schedule, into ``folder``."""
 
     name = net_name(kind, depth)
-    values = {"data": config.data, "seed": config.seed, "out_dir": str(folder), "resume": resume,
-              "progress": progress, "device": config.device, **schedule}  # fmt: skip
-    values |= {k: getattr(config, k) for k in ("batch_size", "lr") if getattr(config, k)}
+    values = {**config.engine_settings(), "out_dir": str(folder), "resume": resume,
+              "progress": progress, **schedule}  # fmt: skip
     train_config = (
         recipe_config(config.recipe, model=name, **values)
         if registered(config.family, name) and not arm_options(kind)  # recipe's deep warm-up

@@ -11,12 +11,12 @@ test subsample and a 1-D loss landscape; without them the report says what it le
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..console import say
 from ..download import resnetlab_home
 from ..files import write_json
 from ..settings import setting
@@ -141,7 +141,7 @@ def demo_verdict(folders: list[Path]) -> list[str]:
 
 
 def _timed(label: str, step: int, fn, *args, **kwargs) -> tuple[Any, float]:
-    print(f"demo [{step}/4] {label}", file=sys.stderr, flush=True)
+    say(f"demo [{step}/4] {label}")
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
@@ -161,8 +161,7 @@ def run_demo(
     degradation = degradation_config(config)
     run_dir = runs.new_run_dir("demo", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"demo: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    say(f"demo: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
     common = {"resume": resume, "command": command, "progress": progress}
     started = time.perf_counter()
     (compare_dir, _, _), t_compare = _timed(

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..analysis.gradients import (
     PLUS_ONE,
@@ -25,6 +24,7 @@ from ..analysis.gradients import (
     mlp_stack,
     seed_mlp_gradients,
 )
+from ..console import Bar
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import ModelInfo, create_model, model_info
@@ -222,7 +222,7 @@ def summary_lines(seed_rows: list[dict], profiles: dict[str, dict]) -> list[str]
 
 def findings(seed_rows: list[dict], profiles: dict[str, dict], at: str) -> list[dict]:
     """The seed MLP, the conv nets' input gradients and their layer responses, each set
-    against the lesson's or the paper's claim (``experiments.findings``)."""
+    against the lesson's or the paper's claim (``reports.findings``)."""
     pairs: dict[str, dict[str, tuple[str, dict]]] = {}
     for name, profile in profiles.items():
         if not profile["group"].startswith("MLP"):
@@ -346,7 +346,7 @@ def run_gradient_flow(
     log = run_dir / "profiles.jsonl"
     done = {(r["model"], r["seed"]) for r in runs.read_jsonl(log)}
     tasks = [(e, s) for e in entries for s in seeds if (e.name, s) not in done]
-    for entry, seed in tqdm(tasks, desc="gradient flow", unit="net", disable=not progress):
+    for entry, seed in Bar(tasks, desc="gradient flow", unit="net", disable=not progress):
         runs.append_jsonl(log, measure(entry, config, seed, data))
     wanted = {e.name for e in entries}
     profiles = aggregate([r for r in runs.read_jsonl(log) if r["model"] in wanted])

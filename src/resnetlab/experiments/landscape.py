@@ -13,7 +13,6 @@ interrupted grid resumes where it stopped.
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..artifact import load_trained
+from ..console import Bar, say
 from ..errors import ResnetlabError
 from ..files import atomic_write, write_json, write_text_atomic
 from ..models import create_model
@@ -143,7 +142,7 @@ def sweep(
     """Measure every point (a key and its coordinates) not yet in ``path``; returns all."""
     done = {tuple(r["key"]): r for r in runs.read_jsonl(path)}
     todo = [(k, c) for k, c in points if tuple(k) not in done]
-    for key, coords in tqdm(todo, desc=desc, unit="pt", disable=not progress, leave=False):
+    for key, coords in Bar(todo, desc=desc, unit="pt", disable=not progress, leave=False):
         record = {
             "key": list(key),
             "coords": list(coords),
@@ -207,7 +206,7 @@ def interpolate(
     variance extrapolated below zero (α outside [0, 1]) is clipped to zero."""
     rows = []
     probe = copy.deepcopy(model)
-    for alpha in tqdm(alphas, desc="interpolation", disable=not progress, leave=False):
+    for alpha in Bar(alphas, desc="interpolation", disable=not progress, leave=False):
         state = {
             k: (1 - alpha) * start[k].float() + alpha * v.float() if v.is_floating_point() else v
             for k, v in end.items()
@@ -270,11 +269,7 @@ def run_landscape(
     subject = load_subject(config.model, config.pretrained, config.normalisation, config.seed)
     run_dir = runs.new_run_dir("landscape", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(
-        f"landscape: run folder {run_dir} (after an interruption: --out {run_dir} --resume)",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"landscape: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
     x, y, source = load_split(
         config.data, "train", config.train_size, config.seed, subject.normalisation
     )

@@ -10,7 +10,6 @@ blocks, which are reported as not deletable). Every net is evaluated on its BN-f
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 
 import numpy as np
 from torch import nn
-from tqdm import tqdm
 
+from ..console import Bar, say
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models.inference import optimize_for_inference
@@ -140,7 +139,7 @@ def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True) 
     chain = Chain(folded)
     bypass = [Bypass(b) for b in chain.blocks]
     plans = plan_variants(chain.blocks, bypass, config.max_k, config.draws, config.seed)
-    bar = tqdm(
+    bar = Bar(
         total=len(x), desc=f"lesion {subject.name}", unit="img", disable=not progress, leave=False
     )
     results = errors_of_variants(chain, x, y, [p["variant"] for p in plans], config.batch, bar)
@@ -340,7 +339,7 @@ def run_lesion(
     ]
     run_dir = runs.new_run_dir("lesion", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"lesion: run folder {run_dir}", file=sys.stderr, flush=True)
+    say(f"lesion: run folder {run_dir}")
     nets, data_lines, cache = [], [], {}
     for subject in subjects:
         key = repr(subject.normalisation)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from ..console import Bar, say
 from ..errors import ResnetlabError
 from ..files import write_json, write_text_atomic
 from ..models import create_model
@@ -126,7 +125,7 @@ def gradient_by_length(
     routed = [Routed(b) for b in chain.blocks]
     n, rng = len(routed), random.Random(seed)
     means = []
-    for k in tqdm(range(n + 1), desc=desc, disable=not progress, leave=False):
+    for k in Bar(range(n + 1), desc=desc, disable=not progress, leave=False):
         norms = []
         for _ in range(draws if 0 < k < n else 1):
             chosen = set(rng.sample(range(n), k))
@@ -202,7 +201,7 @@ def run_paths(
     subject = load_subject(config.model, config.pretrained, config.normalisation, config.seed)
     run_dir = runs.new_run_dir("paths", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"paths: run folder {run_dir}", file=sys.stderr, flush=True)
+    say(f"paths: run folder {run_dir}")
     x, y, source = load_split(
         config.data, "test", config.images, config.seed, subject.normalisation
     )

@@ -10,7 +10,6 @@ the sweep itself, held fixed, so that each point's gradient is its own.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from ..console import Bar, say
 from ..errors import ResnetlabError
 from ..files import write_json
 from ..models.cifar import CifarResNet, PreActResNet
@@ -216,7 +215,7 @@ def run_shattered(
         raise ResnetlabError("--points must be at least 16 and --seeds at least 1.")
     run_dir = runs.new_run_dir("shattered", out, resume=resume)
     runs.start_run(run_dir, config, command)
-    print(f"shattered: run folder {run_dir}", file=sys.stderr, flush=True)
+    say(f"shattered: run folder {run_dir}")
     path = run_dir / "measurements.jsonl"
     done = {(r["kind"], r["depth"], r["seed"]): r for r in runs.read_jsonl(path)}
     jobs = [
@@ -225,7 +224,7 @@ def run_shattered(
         for d in config.depths
         for s in range(config.seeds)
     ]
-    for job in tqdm([j for j in jobs if j not in done], desc="shattered", disable=not progress):
+    for job in Bar([j for j in jobs if j not in done], desc="shattered", disable=not progress):
         kind, depth, seed = job
         record = measure(kind, depth, config, seed)
         runs.append_jsonl(path, record)

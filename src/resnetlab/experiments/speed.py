@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from tqdm import tqdm
 
 from ..analysis.throughput import measure_throughput
+from ..console import Bar
 from ..models import create_model
 from . import runs
 
@@ -56,7 +56,7 @@ def measure_speeds(config: Any, log: Path, progress: bool = True) -> list[dict]:
     settings = {"batch": config.batch, "input_size": config.input_size, "iters": config.iters,
                 "warmup": config.warmup, "device": config.device}  # fmt: skip
     models: dict[str, nn.Module] = {}
-    for repeat, name in tqdm(todo, desc="timing", unit="run", disable=not progress):
+    for repeat, name in Bar(todo, desc="timing", unit="run", disable=not progress):
         model = models.setdefault(name, create_model(name))
         for mode in MODES:
             if (name, mode, repeat) in done:

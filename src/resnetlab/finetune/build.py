@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..console import say
 from ..download import NetworkError
 from ..errors import ResnetlabError
 from ..models import create_model, model_info
@@ -19,11 +20,6 @@ from .prepare import choose_preprocessing
 
 if TYPE_CHECKING:
     from .options import FinetuneOptions
-
-
-def say(message: str) -> None:
-    """One line of the fine-tuning log on stdout (each choice made is stated here)."""
-    print(f"[finetune] {message}", flush=True)
 
 
 def weights_source(spec: str | None, model: str) -> str | None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..console import say
 from ..data import ImageSet, make_loader
 from ..errors import ResnetlabError
 from ..evaluation.logits import loader_logits
@@ -35,7 +36,7 @@ from ..train.prepare import check_classes
 from ..transfer import freeze, param_groups, resolve_stages, unfreeze
 from ..weights import load_checkpoint
 from . import outputs, prepare
-from .build import build_model, say, weights_source
+from .build import build_model, weights_source
 from .options import (
     OPTIONS_FILE,
     PHASES,
@@ -154,7 +155,7 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
     notes += prep.notes
     say(f"input pipeline: {prep.describe()}")
     weights = None
-    if options.class_weights:
+    if options.balanced_loss:
         weights = prepare.inverse_frequency(counts["train"])
         say("class weights (inverse frequency): " + ", ".join(f"{w:.3f}" for w in weights))
     if options.balanced_sampling:
@@ -249,9 +250,10 @@ def phase_plan(options: FinetuneOptions, model: nn.Module) -> list[Phase]:
     if not pretrained:
         check_nothing_frozen(frozen, head_epochs)
     mult = options.lr_mult if options.lr_mult is not None else (0.4 if pretrained else 1.0)
-    full_lr = options.head_lr / 2 if pretrained else options.head_lr  # fastai's fine_tune
-    plan = [Phase(PHASES[0], head_epochs, None, options.head_lr, 1.0, 0.0)] if head_epochs else []
-    return plan + [Phase(PHASES[1], options.epochs, frozen, full_lr, mult, float(head_epochs))]
+    head_lr = options.lr_of_head
+    full_lr = head_lr / 2 if pretrained else head_lr  # fastai's fine_tune
+    plan = [Phase(PHASES[0], head_epochs, None, head_lr, 1.0, 0.0)] if head_epochs else []
+    return plan + [Phase(PHASES[1], options.full_epochs, frozen, full_lr, mult, float(head_epochs))]
 
 
 def check_nothing_frozen(frozen: Sequence[str], head_epochs: float = 0) -> None:

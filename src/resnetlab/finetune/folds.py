@@ -20,14 +20,14 @@ import numpy as np
 
 from .. import runfolder
 from ..card import read_card
+from ..console import say
 from ..evaluation.clinic import DIGEST, read_digests, read_predictions
 from ..evaluation.uncertainty import bootstrap_intervals
 from ..files import write_json, write_text_atomic
 from ..reports.report import render_report
 from ..runfolder import write_csv
-from .build import say
 from .finetune import finetune
-from .options import OPTIONS_FILE, FinetuneOptions
+from .options import OPTIONS_FILE, FinetuneOptions, resume_settings
 
 KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1", "loss")
 
@@ -60,11 +60,15 @@ def mean_sd(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def cross_validate(options: FinetuneOptions) -> Path:
-    """Run the K folds (each resumable), then the summary and the one report."""
+    """Run the K folds (each resumable), then the summary and the one report. The folder is
+    new, or ``resume`` continues it with its own settings (``resume_settings``): a finished
+    cross-validation is never read back as the result of other data or another seed."""
     start = time.perf_counter()
     root = Path(options.out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(root / OPTIONS_FILE, dataclasses.asdict(options))
+    options = resume_settings(options, root)
+    if not options.resume:
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / OPTIONS_FILE, dataclasses.asdict(options))
     runfolder.start(root, resume=options.resume)
     rows, cards = [], []
     for k in range(options.folds):

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..console import say
 from ..errors import ResnetlabError
 from ..evaluation.plots import plot_lr_find
 from ..files import write_json
 from ..train import Callback, TrainingDiverged, train
 from ..transfer import freeze, param_groups
 from . import prepare
-from .build import build_model, say, weights_source
+from .build import build_model, weights_source
 from .finetune import check_nothing_frozen, engine_config
 from .options import FinetuneOptions
 
@@ -151,7 +152,7 @@ def lr_find(
          "summary": lines},
     )  # fmt: skip
     plot_lr_find(result.lrs, result.losses, result.suggestions, out / "lr_find.png")
-    say(
+    print(
         "suggested lr: "
         + json.dumps({k: float(f"{v:.3g}") for k, v in result.suggestions.items()})
         + f" (plot: {out / 'lr_find.png'})"

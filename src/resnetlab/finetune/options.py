@@ -1,6 +1,6 @@
 """The settings of a fine-tuning run and the rules for resuming one. A leaf of ``finetune/``
-(it imports only ``TrainConfig`` and the small helpers ``build.say`` and ``parse_threshold``),
-so every module of the package may import it without a cycle."""
+(it imports only ``TrainConfig``, the setting groups, ``console.say`` and the small helper
+``parse_threshold``), so every module of the package may import it without a cycle."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..console import say
 from ..errors import ResnetlabError
 from ..evaluation.operating_point import parse_threshold
 from ..files import LOCK_NAME
-from ..settings import check_settings, compose, setting
+from ..groups import InferenceSettings, check_device
+from ..settings import REQUIRED, Default, check_settings, compose, setting
 from ..train.config import TrainConfig, check_trackers
-from ..train.distributed import check_device
-from .build import say
 
 MONITORS = ("auto", "balanced_accuracy", "roc_auc", "pr_auc", "loss", "accuracy", "macro_f1")
 GREY = ("auto", "repeat", "sum")
@@ -27,14 +27,24 @@ RESUMABLE = {"resume", "progress", "device", "activation_checkpointing", "out_di
              "keep_checkpoints", "log"}  # fmt: skip
 # Engine settings the recipe sets per phase (below: fine-tuning's own, or in engine_config).
 DERIVED = ("data_root", "normalisation", "num_workers", "max_iters", "eval_every", "eval_splits",
-           "checkpoint_every", "log_every")  # fmt: skip
+           "checkpoint_every", "log_every", "lr", "epochs", "class_weights")  # fmt: skip
 # Fine-tuning's defaults where they differ from the training engine's.
-ENGINE_DEFAULTS = {"model": "resnet18", "optimizer": "adamw", "schedule": "onecycle",
-                   "batch_size": 64}  # fmt: skip
+ENGINE_DEFAULTS = {
+    "model": "resnet18", "optimizer": "adamw", "schedule": "onecycle", "batch_size": 64,
+    "data": REQUIRED, "out_dir": Default(REQUIRED, "runs/<command>-<model>-<time>"),
+    "pretrained": "auto",
+    "pad": Default(None, "an eighth of the crop"),
+    "weight_decay": Default(None, "0.01 with AdamW, 5e-4 with SGD"),
+    "val_size": Default(0.1, "0.1, a fraction, where the data has no val split"),
+}  # fmt: skip
+# Fine-tuning's settings that once had another name: the old name on the command line is
+# refused naming the new one, and an older run's config.json is read with the new names.
+RENAMED = {"lr": "head_lr", "epochs": "full_epochs", "class_weights": "balanced_loss"}
 
 
-@dataclass
-@compose(TrainConfig, exclude=DERIVED, defaults=ENGINE_DEFAULTS)
+@dataclass(kw_only=True)
+@compose(TrainConfig, InferenceSettings, exclude=(*DERIVED, "source", "top_k"),
+         defaults=ENGINE_DEFAULTS)  # fmt: skip
 class FinetuneOptions:
     """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default".
 
@@ -44,17 +54,6 @@ class FinetuneOptions:
     and passed to each phase's engine run unchanged (``engine_settings``).
     """
 
-    data: str = setting(
-        help="image folder or archive (train/, optional val/ test/, or manifest.csv), MedMNIST "
-        ".npz, a folder of IDX files (MNIST/Fashion-MNIST layout), fashion-mnist (Debian's "
-        "dataset-fashion-mnist), or cifar10/cifar100",
-    )  # fmt: skip
-    out_dir: str = setting(help="run folder")
-    pretrained: str | None = setting(
-        "auto", "weights: a tag (imagenet, imagenet-v1), URL, checkpoint file or run folder; "
-        "none trains from scratch; auto: ImageNet weights where published for the model, else "
-        "from scratch",
-    )  # fmt: skip
     head_dropout: float = setting(0.0, "dropout before the new head", "[0, 1)")
     freeze: tuple[str, ...] = setting((), "stages kept frozen throughout, e.g. layer1,layer2")
     bn: str = setting(
@@ -65,15 +64,19 @@ class FinetuneOptions:
     head_epochs: float | None = setting(
         None, "phase 1 epochs (default 2 with pretrained weights, 0 from scratch)", ">= 0"
     )
-    epochs: float = setting(5.0, "phase 2 epochs", "> 0")
-    lr: float | None = setting(None, "head lr (default 1e-3 AdamW, 0.01 SGD)", "> 0")
+    full_epochs: float = setting(
+        5.0, "epochs of phase 2, the unfrozen model (the run: --head-epochs + --full-epochs)",
+        "> 0",
+    )  # fmt: skip
+    head_lr: float | None = setting(
+        None, "learning rate of the new head in phase 1; phase 2 starts from it (half of it "
+        "with pretrained weights) at the head, falling by --lr-mult per stage (default 1e-3 "
+        "AdamW, 0.01 SGD)", "> 0",
+    )  # fmt: skip
     lr_mult: float | None = setting(
         None, "phase-2 lr factor per stage towards the stem (default 0.4 with pretrained "
         "weights, 1 from scratch)", "> 0",
     )  # fmt: skip
-    weight_decay: float | None = setting(
-        None, "weight decay (default 0.01 AdamW, 5e-4 SGD)", ">= 0"
-    )
     image_size: int | None = setting(
         None, "input size (default: the weights' crop size; native from scratch)", ">= 8"
     )
@@ -81,7 +84,9 @@ class FinetuneOptions:
         "auto", "greyscale images: repeat to 3 channels, or sum the stem weights to 1 channel "
         "(default auto: repeat with weights, 1 channel from scratch)", choices=GREY,
     )  # fmt: skip
-    class_weights: bool = setting(False, "inverse-frequency loss weights")
+    balanced_loss: bool = setting(
+        False, "weight the loss of each class by its inverse frequency in train"
+    )
     balanced_sampling: bool = setting(
         False, "oversample smaller classes to the largest class's count"
     )
@@ -97,9 +102,6 @@ class FinetuneOptions:
     patience: int | None = setting(
         5, "epochs without improvement before stopping (0 or none: never stop early)", ">= 0"
     )
-    val_size: float = setting(
-        0.1, "fraction held out for validation when the data has no val split", "(0, 1)"
-    )
     test_size: float = setting(
         0.0, "fraction held out as test (grouped, stratified) when the data has no test split",
         "[0, 1)",
@@ -109,8 +111,6 @@ class FinetuneOptions:
         ">= 1",
     )  # fmt: skip
     fold: int | None = setting(None, "set by cross-validation: this run's validation fold", ">= 0")
-    pad: int | None = setting(None, "random-crop padding (default: crop / 8)", ">= 0")
-    tta: bool = setting(False, "mirror-averaged final test metrics")
     keep_checkpoints: bool = setting(
         False, "keep each phase's last.pt (weights and optimiser state) when the run is done "
         "(default: deleted once no resume needs them)",
@@ -120,6 +120,13 @@ class FinetuneOptions:
         # Added by ``compose`` at run time (this block never runs); declared here, with the
         # types TrainConfig gives them, for the TrainConfig settings fine-tuning itself reads.
         __composed__: ClassVar[tuple[str, ...]]
+        data: str = setting()
+        out_dir: str = setting()
+        pretrained: str | None = setting()
+        pad: int | None = setting()
+        weight_decay: float | None = setting()
+        val_size: float = setting()
+        tta: bool = setting()
         model: str = setting()
         model_options: dict[str, Any] = setting()
         on_bad: str = setting()
@@ -134,9 +141,14 @@ class FinetuneOptions:
         self.freeze = tuple(self.freeze)
         if self.patience == 0:  # "--patience 0": never stop early
             self.patience = None
-        if self.class_weights and self.balanced_sampling:
-            raise ResnetlabError("use --class-weights or --balanced-sampling, not both.")
+        if self.balanced_loss and self.balanced_sampling:
+            raise ResnetlabError("use --balanced-loss or --balanced-sampling, not both.")
         check_settings(self)
+        if not isinstance(self.val_size, float) or not 0 < self.val_size < 1:
+            raise ResnetlabError(
+                f"val_size (--val-size) must be a fraction in (0, 1) for fine-tuning, got "
+                f"{self.val_size!r}; e.g. --val-size 0.1."
+            )
         check_trackers(self.log)
         check_device(self.device)
         parse_threshold(self.threshold)  # a bad --threshold fails before any work
@@ -144,8 +156,9 @@ class FinetuneOptions:
             self.pretrained = None
 
     @property
-    def head_lr(self) -> float:
-        return self.lr or (1e-3 if self.optimizer == "adamw" else 0.01)
+    def lr_of_head(self) -> float:
+        """The head's learning rate: ``head_lr``, or the optimiser's default."""
+        return self.head_lr or (1e-3 if self.optimizer == "adamw" else 0.01)
 
     @property
     def decay(self) -> float:
@@ -156,7 +169,9 @@ class FinetuneOptions:
 
 def engine_settings(options: FinetuneOptions) -> dict[str, Any]:
     """The ``TrainConfig`` settings fine-tuning passes to each phase's engine run as given."""
-    return {name: getattr(options, name) for name in FinetuneOptions.__composed__}
+    engine = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {name: getattr(options, name) for name in FinetuneOptions.__composed__
+            if name in engine}  # fmt: skip
 
 
 @dataclass
@@ -173,7 +188,8 @@ def saved_options(run_dir: Path) -> dict[str, Any]:
     saved = Path(run_dir) / OPTIONS_FILE
     if not saved.is_file():
         raise ResnetlabError(f"{run_dir} holds no fine-tuning run to resume; drop --resume.")
-    return json.loads(saved.read_text())
+    values = json.loads(saved.read_text())
+    return {RENAMED.get(key, key): value for key, value in values.items()}
 
 
 def resume_settings(options: FinetuneOptions, run_dir: Path) -> FinetuneOptions:

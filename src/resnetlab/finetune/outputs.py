@@ -15,6 +15,7 @@ from torch import nn
 from .. import runfolder
 from ..artifact import decide
 from ..card import WEIGHTS, build_from_card, write_card
+from ..console import say
 from ..evaluation import clinic
 from ..evaluation.gallery import draw_gallery
 from ..evaluation.logits import format_metrics, image_logits, image_probabilities
@@ -25,7 +26,6 @@ from ..reports.report import render_report
 from ..runfolder import read_jsonl
 from ..train.metrics import MetricsWriter
 from ..weights import load_checkpoint, load_weights, save_weights
-from .build import say
 from .options import PHASES, FinetuneResult
 
 CHECKPOINTS = ("last.pt", "best.pt")  # the engine's, in each phase folder
@@ -82,10 +82,10 @@ def finish(options, run_dir: Path, model: nn.Module, prep, bundle, data, info) -
         "options": dataclasses.asdict(options),
         "recipe": {
             "head_epochs": info["head_epochs"],
-            "epochs": options.epochs,
+            "epochs": options.full_epochs,
             "phase2_frozen": info["phase2_frozen"],
             "lr_mult": info["lr_mult"],
-            "head_lr": options.head_lr,
+            "head_lr": options.lr_of_head,
             "optimizer": options.optimizer,
             "weight_decay": options.decay,
             "schedule": options.schedule,

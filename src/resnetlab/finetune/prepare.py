@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..console import Bar
 from ..data import DataBundle, FileImageSet, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..data.preprocess import Preprocessing, load_image, prepare_images
@@ -254,7 +254,7 @@ def _prepare_split(part: ImageSet | FileImageSet, prep: Preprocessing) -> ImageS
             "in memory; pass a smaller --image-size or fine-tune on a subset."
         )
     images, labels, bad = [], [], []
-    for path, label in tqdm(
+    for path, label in Bar(
         list(zip(part.paths, part.labels.tolist(), strict=True)),
         desc=f"resizing {Path(part.source).name}",
         unit="img",

@@ -228,9 +228,31 @@ def resnext50_32x4d(num_classes: int = 1000, **options: Unpack[ResNetOptions]) -
     return _resnet(BottleneckBlock, [3, 4, 6, 3], num_classes, **options)
 
 
+# ResNet-C (He et al. 2019): the 7×7 stem conv replaced by three 3×3 ones, as timm's resnetXc.
+TRICKS_C = {"stem": "deep"}
+
+
+@imagenet_model(family="resnet-c", depth=50, block="bottleneck")
+def resnet50c(num_classes: int = 1000, **options: Unpack[ResNetOptions]) -> ResNet:
+    """ResNet-50-C: the deep stem, plain projection shortcuts (He et al. 2019)."""
+    return _resnet(BottleneckBlock, [3, 4, 6, 3], num_classes, **(TRICKS_C | options))
+
+
+@imagenet_model(family="resnet-c", depth=101, block="bottleneck")
+def resnet101c(num_classes: int = 1000, **options: Unpack[ResNetOptions]) -> ResNet:
+    """ResNet-101-C: the deep stem, plain projection shortcuts (He et al. 2019)."""
+    return _resnet(BottleneckBlock, [3, 4, 23, 3], num_classes, **(TRICKS_C | options))
+
+
+@imagenet_model(family="resnet-c", depth=152, block="bottleneck")
+def resnet152c(num_classes: int = 1000, **options: Unpack[ResNetOptions]) -> ResNet:
+    """ResNet-152-C: the deep stem, plain projection shortcuts (He et al. 2019)."""
+    return _resnet(BottleneckBlock, [3, 8, 36, 3], num_classes, **(TRICKS_C | options))
+
+
 # ResNet-D (He et al. 2019): ResNet-C's deep stem plus average-pooled shortcuts, as timm's
 # resnetXd; either part can be switched back with stem="imagenet" or avg_down=False.
-TRICKS_D = {"stem": "deep", "avg_down": True}
+TRICKS_D = TRICKS_C | {"avg_down": True}
 
 
 @imagenet_model(family="resnet-d", depth=18, block="basic")

@@ -73,6 +73,12 @@ for _split in ("val", "test", "test_fold1"):
         "mistakes first (highest loss), then the most confident correct answers."
     )
 CAPTIONS["pr_test.png"] = "Precision-recall curve on test; the dotted line is the prevalence."
+CAPTIONS["decision_curve_test.png"] = (
+    "Decision curve on test (Vickers & Elkin 2006): net benefit of acting on the model at each "
+    "threshold probability, against treating everyone and no one; the vertical line is the "
+    "operating threshold chosen on validation. The model is worth using where its curve lies "
+    "above both."
+)
 
 
 def _read_json(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """What the report says about a training run folder: findings in words (final metrics on each
 split, the best checkpoint, time, images/s), the training curves, and the per-class metrics and
-confusion matrix that ``per_class.json`` holds (``experiments.predictions``).
+confusion matrix that ``per_class.json`` holds (``evaluation.predictions``).
 """
 
 from __future__ import annotations

@@ -4,10 +4,15 @@ Routes: ``GET /`` the page, ``GET /info`` the model, ``POST /predict`` an image 
 body or as a multipart upload (field ``file``); ``?top_k=K`` and ``?gradcam=1``. Uploads
 above the limit are refused by their Content-Length and, without one, while being read (413);
 what is not a readable image is a 400 with the reason. Errors are ``{"error": message}``.
+A client that closes the connection mid-upload is one warning line in the server's log; one
+whose upload stalls (no bytes for ``upload_idle_s``) is answered 408, so no request holds the
+server for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
@@ -15,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from ..data.folder import BAD_ERRORS, BadImage
@@ -22,6 +28,7 @@ from ..errors import ResnetlabError
 from .model import ServedModel
 
 PAGE = files(__package__).joinpath("page.html")
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format and --log-level
 
 
 class RequestError(Exception):
@@ -32,12 +39,23 @@ class RequestError(Exception):
         self.status = status
 
 
+class UploadCut(Exception):
+    """The client closed the connection before its upload was complete."""
+
+    def __init__(self, received: int, declared: str | None) -> None:
+        super().__init__(f"after {received} of {declared or 'an undeclared number of'} bytes")
+
+
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    """``{"error": message}``; for an upload left unread (408, 413) the connection is closed
+    after it, as the rest of that body will not be read."""
+    close = {"connection": "close"} if status in (408, 413) else None
+    return JSONResponse({"error": message}, status_code=status, headers=close)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to be over ``limit`` bytes."""
+async def read_body(request: Request, limit: int, idle_s: float) -> bytes:
+    """The request body, refused (413) as soon as it is known to be over ``limit`` bytes, and
+    (408) when no byte of it arrives for ``idle_s`` seconds."""
     too_large = RequestError(
         413, f"upload over the limit of {limit / 2**20:g} MiB; send a smaller image or start "
         "the server with a larger --max-upload-mb"
@@ -49,17 +67,27 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(length) > limit:
             raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle_s) as idle:
+            async for chunk in request.stream():
+                idle.reschedule(loop.time() + idle_s)
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise UploadCut(size, length) from None
+    except TimeoutError:
+        raise RequestError(
+            408, f"upload stalled: no data for {idle_s:g} s after {size} bytes; send it again"
+        ) from None
     return b"".join(chunks)
 
 
-async def image_bytes(request: Request, limit: int) -> bytes:
+async def image_bytes(request: Request, limit: int, idle_s: float) -> bytes:
     """The image of a raw-body or multipart (field ``file``) request."""
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, idle_s)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         sent = False
 
@@ -84,8 +112,11 @@ async def image_bytes(request: Request, limit: int) -> bytes:
     return body
 
 
-def create_app(served: ServedModel, max_upload_mb: float = 20) -> FastAPI:
-    """The app serving ``served``; uploads are limited to ``max_upload_mb`` MiB."""
+def create_app(
+    served: ServedModel, max_upload_mb: float = 20, upload_idle_s: float = 30
+) -> FastAPI:
+    """The app serving ``served``; uploads are limited to ``max_upload_mb`` MiB, and one that
+    stalls for ``upload_idle_s`` seconds is refused."""
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="resnetlab serve", docs_url=None, redoc_url=None)
     page = PAGE.read_text(encoding="utf-8")
@@ -108,8 +139,13 @@ def create_app(served: ServedModel, max_upload_mb: float = 20) -> FastAPI:
         if top_k is not None and top_k < 1:
             return error(400, "top_k must be at least 1")
         try:
-            data = await image_bytes(request, limit)
+            data = await image_bytes(request, limit, upload_idle_s)
             return await run_in_threadpool(served.predict, data, top_k, gradcam)
+        except UploadCut as exc:  # nobody to answer; the status is for the access log
+            client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+            LOG.warning("%s closed the connection during its upload (%s); request dropped",
+                        client, exc)  # fmt: skip
+            return error(400, f"upload cut short {exc}")
         except RequestError as exc:
             return error(exc.status, str(exc))
         except ResnetlabError as exc:

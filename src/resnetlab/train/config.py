@@ -15,16 +15,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ResnetlabError, close_matches
+from ..groups import (
+    BatchSettings,
+    DataSettings,
+    DeviceSettings,
+    ModelSettings,
+    RunFolderSettings,
+    SeedSettings,
+    check_device,
+)
 from ..models import model_info
 from ..settings import check_settings, setting
-from .distributed import check_device
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 WARMUPS = ("linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALISATIONS = ("per-pixel-mean", "mean-std", "imagenet", "none")
-ON_BAD = ("error", "skip")
 AUTO_BOOL = (True, False, "auto")
 # He et al. 2015 §4.2: 64k iterations, lr divided by 10 at 32k and 48k (0.5 and 0.75 of them).
 DEFAULT_ITERS = 64000
@@ -34,26 +41,19 @@ TRACKERS = ("tensorboard", "mlflow")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(  # fields in the reverse order: data first, the run folder last of them
+    RunFolderSettings, BatchSettings, DeviceSettings, SeedSettings, ModelSettings, DataSettings
+):
     """Everything a training run needs; plain values only, so it round-trips through JSON.
+    The groups it inherits hold the settings other commands share (``groups.py``).
 
     ``batch_size`` is the GLOBAL batch: under DDP with W processes each one gets
     ``batch_size / W`` images per step, and ``lr`` applies to the global batch (the gradients
     are averaged over all processes, so a run on 1 or W processes takes the same steps).
     """
 
-    # model and data
-    model: str = setting("resnet20", "registered model name, e.g. resnet20, plain56, resnet18")
-    model_options: dict[str, Any] = setting(
-        help="a model option, e.g. shortcut=B (repeatable)", factory=dict
-    )
-    pretrained: str | None = setting(
-        None, "initial weights: a tag (imagenet), URL or checkpoint file"
-    )
-    data: str = setting("cifar10", "data set name (cifar10, cifar100, fashion-mnist) or path")
-    data_root: str | None = setting(
-        None, "folder for downloads and caches (default $RESNETLAB_HOME/data)"
-    )
+    # data (data, data_root, on_bad), model (model, model_options, pretrained), seed, device,
+    # batch_size and the run folder (out_dir, resume, progress): the groups in ../groups.py
     val_size: int | float | None = setting(
         None, "images (or a fraction) held out of train for validation", ">= 0"
     )
@@ -65,11 +65,7 @@ class TrainConfig:
     pad: int = setting(4, "zero padding before the random crop, in pixels", ">= 0")
     flip: bool = setting(True, "random horizontal flip")
     num_workers: int = setting(4, "decoding processes for large-image folders", ">= 0")
-    on_bad: str = setting(
-        "error", "unreadable image files: error, or skip them with a warning", choices=ON_BAD
-    )
     # optimisation
-    batch_size: int = setting(128, "GLOBAL batch size (split over all processes)", ">= 1")
     eval_batch_size: int | None = setting(
         None, "batch size for evaluation (default: the training batch)", ">= 1"
     )
@@ -131,9 +127,7 @@ class TrainConfig:
     sync_bn: bool | str = setting(
         "auto", "SyncBatchNorm (default auto: under multi-GPU DDP)", choices=AUTO_BOOL
     )
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     deterministic: bool = setting(False, "deterministic algorithms only")
-    seed: int = setting(0, "seed of the split, initialisation, order and augmentation", ">= 0")
     # bookkeeping
     eval_every: int = setting(2000, "iterations between evaluations", ">= 1")
     eval_splits: tuple[str, ...] = setting(
@@ -141,9 +135,6 @@ class TrainConfig:
     )
     checkpoint_every: int = setting(2000, "iterations between checkpoints", ">= 1")
     log_every: int = setting(100, "iterations between metric records", ">= 1")
-    out_dir: str = setting("runs/run", "run folder")
-    resume: bool = setting(False, "continue the run in out_dir (--out)")
-    progress: bool = setting(True, "show a progress bar")
     log: tuple[str, ...] = setting(
         (), "experiment trackers to log to: tensorboard, mlflow, e.g. tensorboard,mlflow"
     )

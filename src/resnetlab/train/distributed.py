@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..groups import check_device
 
 
 @dataclass
@@ -36,25 +37,6 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def check_device(name: str) -> None:
-    """Refuse a device name torch cannot read, or a GPU this machine does not have."""
-    if name == "auto":
-        return
-    try:
-        kind = torch.device(name).type
-    except (RuntimeError, ValueError):
-        kind = None
-    if kind not in DEVICE_TYPES:
-        raise ResnetlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ResnetlabError(f"device {name!r} asked for but no GPU is visible; use --device cpu.")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ResnetlabError(f"device {name!r} asked for but MPS is not available; use cpu.")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -274,7 +274,7 @@ def _diverged(run: Run, bad: int, progress: Progress, broken: Sequence[str] = ()
 @contextlib.contextmanager
 def _status_on_failure(run: Run) -> Iterator[None]:
     """Record an unexpected end (an error, a second Ctrl-C) as the run's status, so run.json
-    never claims "running" for a run that stopped."""
+    never claims "running" for a run that stopped; then tell the hooks (``on_abort``)."""
     try:
         yield
     except BaseException as exc:
@@ -282,6 +282,9 @@ def _status_on_failure(run: Run) -> Iterator[None]:
             stopped = f"interrupted at step {run.state.step} before its checkpoint was saved"
             failed = f"failed: {type(exc).__name__}: {exc}"
             _finish(run, stopped if isinstance(exc, KeyboardInterrupt) else failed)
+        for cb in run.callbacks:
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                cb.on_abort(run.state, run.status)
         raise
 
 

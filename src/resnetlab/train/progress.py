@@ -1,4 +1,5 @@
-"""The run's progress on stderr (rank 0): a tqdm bar, or one plain line per log interval.
+"""The run's progress on stderr (rank 0): a bar (:class:`~resnetlab.console.Bar`: drawn on a
+terminal, a line every 5 % in a log), or one plain line per log interval; none under --quiet.
 
 The bar's loss and error are this process's means over the current log interval so far, read
 from the device meters at most once a second (one host sync a second, none per step); at each
@@ -15,7 +16,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
+
+from ..console import Bar, is_quiet
 
 PEEK_S = 1.0  # seconds between the bar's reads of the device meters
 
@@ -24,13 +27,12 @@ class Progress:
     """``mode`` "bar", "lines" or "off"; ``step()`` after every update, ``logged()`` per record."""
 
     def __init__(self, total: int, initial: int, mode: str) -> None:
+        mode = "off" if is_quiet() else mode
         self.total, self.mode, self.file = total, mode, sys.stderr
-        self.bar = tqdm(total=total, initial=initial, disable=mode != "bar", unit="it",
-                        dynamic_ncols=True, desc="train", file=self.file)  # fmt: skip
-        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
+        self.bar = Bar(total=total, initial=initial, disable=mode != "bar", unit="it",
+                       dynamic_ncols=True, desc="train", file=self.file)  # fmt: skip
         self.start = (time.perf_counter(), initial)
         self.peeked_at = time.perf_counter()
-        self.line_ended_at: float | None = None
 
     def step(self, meters: Any, lr: float, last_eval: dict[str, Any]) -> None:
         """Advance the bar; about once a second show the interval's means so far."""
@@ -66,23 +68,16 @@ class Progress:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Around hooks that may print: on a terminal the bar is cleared and redrawn after; in
-        a captured log its line is ended first, so what they print starts a line of its own."""
-        if self.mode != "bar" or self.bar.disable:
+        """Around hooks that may print: a drawn bar is cleared and redrawn after (a bar in a
+        log writes whole lines, so what they print starts a line of its own anyway)."""
+        if self.mode != "bar" or self.bar.disable or not self.bar.drawn:
             yield
             return
-        if self.tty:
-            self.bar.clear()
-            try:
-                yield
-            finally:
-                self.bar.refresh()
-            return
-        if self.line_ended_at != self.bar.last_print_t:  # the bar wrote since the last newline
-            self.file.write("\n")
-            self.file.flush()
-            self.line_ended_at = self.bar.last_print_t
-        yield
+        self.bar.clear()
+        try:
+            yield
+        finally:
+            self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()

@@ -9,7 +9,6 @@ resolved run length, starts ``run.json`` and the metrics files, and states the l
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import runfolder
+from ..console import say
 from ..data import open_data
 from ..errors import ResnetlabError
 from ..files import write_json
@@ -199,7 +199,7 @@ def open_run_folder(run: Run) -> None:
     resolved = {**resolved_length(run), "plan": asdict(run.plan)}
     write_json(out / "config.json", {**run.config.to_dict(), "resolved": resolved})
     start_run_json(run)
-    print(length_line(run), file=sys.stderr, flush=True)
+    say(length_line(run))
 
 
 def start_run_json(run: Run) -> None:

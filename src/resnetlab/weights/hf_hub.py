@@ -7,6 +7,8 @@ is a timm one (``config.json`` with ``architecture`` and ``pretrained_cfg``) or 
 parameters as torchvision does; its VGG keeps the classifier as 7x7/1x1 convs
 (``pre_logits.fc1/fc2``) and ``head.fc``, reshaped here to resnetlab's ``classifier`` Linears.
 The architecture must be the one the model was built as: ``create_model(name, pretrained=...)``.
+Repo ids and revisions are validated before any lookup, and a config is checked against its
+weights (one class name per output, one mean/std value per input channel) when loaded.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -35,6 +39,9 @@ HUB_URL = "https://huggingface.co/"
 TIMM_FAMILIES = re.compile(r"resnet\d+[a-z]?|wide_resnet\d+_\d+|resnext\d+_\d+x\d+d|vgg\d+(_bn)?")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# A branch, tag, ``refs/pr/N`` or commit hash: git-like components, no ``..``, no leading "/".
+REVISION = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*")
+MAX_REVISION = 128
 # timm's VGG layer -> resnetlab's, and whether it is a conv to flatten into a Linear.
 VGG_KEYS = {"pre_logits.fc1": ("classifier.0", True), "pre_logits.fc2": ("classifier.3", True),
             "head.fc": ("classifier.6", False)}  # fmt: skip
@@ -65,13 +72,42 @@ def is_hub_folder(pretrained: object) -> bool:
 
 
 def parse_spec(text: str) -> HubSource:
-    repo, _, revision = text.removeprefix(HUB_PREFIX).partition("@")
-    if not REPO_ID.fullmatch(repo) or (_ and not revision):
+    """``hf-hub:ORG/NAME[@REVISION]``, the id checked by huggingface_hub's own validator and the
+    revision by :data:`REVISION`, before anything is looked up."""
+    repo, at, revision = text.removeprefix(HUB_PREFIX).partition("@")
+    if not REPO_ID.fullmatch(repo) or (at and not revision):
         raise ResnetlabError(
-            f"{text!r} is not a Hub model: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION, "
-            "e.g. hf-hub:timm/resnet50.a1_in1k."
+            f"{text[:200]!r} is not a Hub model: write hf-hub:ORG/NAME or "
+            "hf-hub:ORG/NAME@REVISION, e.g. hf-hub:timm/resnet50.a1_in1k."
         )
+    hub = _hub()
+    try:
+        hub.validate_repo_id(repo)
+    except hub.errors.HFValidationError as exc:
+        why = (str(exc).strip().splitlines() or ["invalid"])[0][:160]
+        raise ResnetlabError(
+            f"{text[:200]!r} is not a Hub model id ({why}); write hf-hub:ORG/NAME with letters, "
+            "digits, '-', '_' and '.', at most 96 characters, e.g. hf-hub:timm/resnet50.a1_in1k."
+        ) from None
+    if at:
+        check_revision(revision, text)
     return HubSource(repo, revision or None)
+
+
+def check_revision(revision: str, text: str) -> None:
+    """A branch, tag or commit name that can only name a ref inside the repo."""
+    parts = revision.split("/")
+    if (
+        len(revision) > MAX_REVISION
+        or not REVISION.fullmatch(revision)
+        or ".." in revision
+        or any(p.endswith((".", ".lock")) for p in parts)
+    ):
+        raise ResnetlabError(
+            f"{text[:200]!r}: {revision[:60]!r} is not a revision; give a branch, tag or commit "
+            f"hash (letters, digits, '-', '_', '.', '/'; no '..'; at most {MAX_REVISION} "
+            "characters), e.g. @main or @v1.0."
+        )
 
 
 def hf_cache_dir() -> Path:
@@ -111,6 +147,7 @@ def load(pretrained: str | Path, model: nn.Module) -> tuple[Path, dict[str, Any]
     if config.get("format") != EXPORT_FORMAT:
         state = timm_to_resnetlab(state, architecture)
     cfg = pretrained_cfg(config, architecture) | extra | {"tag": None, "file": str(weights)}
+    check_against_weights(cfg, state, model, where)
     return weights, {"state_dict": state}, cfg
 
 
@@ -161,6 +198,54 @@ def check_architecture(config: dict[str, Any], model: nn.Module, where: str) -> 
             f"create_model({architecture!r}, in_channels=1, pretrained=...)."
         )
     return architecture
+
+
+def check_against_weights(
+    cfg: dict[str, Any], state: StateDict, model: nn.Module, where: str
+) -> None:
+    """The config must describe these weights: one class name per output of the head,
+    ``num_classes`` equal to it, and one mean/std value per input channel of the stem."""
+    head = state.get(f"{getattr(model, 'head_name', 'fc')}.weight")
+    outputs = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    classes, num_classes = cfg.get("classes"), cfg.get("num_classes")
+    fix = f"correct {CONFIG} (or the model card) to match the weights"
+    if classes is not None and (
+        not isinstance(classes, list) or (outputs is not None and len(classes) != outputs)
+    ):
+        count = len(classes) if isinstance(classes, list) else "no list of"
+        raise ResnetlabError(
+            f"{where}: {CONFIG} label_names gives {count} class names but the weights' head has "
+            f"{outputs} outputs; give one name per output ({fix})."
+        )
+    if num_classes is not None and outputs is not None and num_classes != outputs:
+        raise ResnetlabError(
+            f"{where}: {CONFIG} num_classes is {num_classes!r} but the weights' head has "
+            f"{outputs} outputs; {fix}."
+        )
+    prep = cfg.get("preprocessing")
+    if not isinstance(prep, dict):
+        return
+    channels = _input_channels(state, model, prep)
+    for field in ("mean", "std"):
+        values = prep.get(field)
+        listed = values if isinstance(values, list) else []
+        numbers = [v for v in listed if isinstance(v, int | float)]
+        if len(numbers) != channels or numbers != values or (field == "std" and 0 in numbers):
+            size = len(values) if isinstance(values, list) else "no list of"
+            raise ResnetlabError(
+                f"{where}: {CONFIG} preprocessing {field} has {size} values but the weights take "
+                f"{channels} input channel(s); give one (non-zero std) value per channel, as "
+                f"the model's in_channels ({fix})."
+            )
+
+
+def _input_channels(state: StateDict, model: nn.Module, prep: dict[str, Any]) -> int:
+    """The weights' input channels: their stem conv's, else the config's own count."""
+    stem = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    weight = state.get(f"{stem}.weight")
+    if weight is not None and weight.ndim == 4:
+        return int(weight.shape[1])
+    return int(prep.get("channels") or 3)
 
 
 def timm_to_resnetlab(state: dict, architecture: str) -> StateDict:
@@ -230,14 +315,24 @@ def timm_preprocessing(timm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _hub():
+class _Hub(NamedTuple):
+    """What is used of huggingface_hub, each imported by name: its top level loads submodules
+    lazily, so ``huggingface_hub.errors`` is not an attribute until something imports it."""
+
+    download: Callable[..., str]
+    errors: ModuleType
+    validate_repo_id: Callable[[str], None]
+
+
+def _hub() -> _Hub:
     try:
-        import huggingface_hub
+        from huggingface_hub import errors, hf_hub_download
+        from huggingface_hub.utils import validate_repo_id
     except ImportError:
         raise ResnetlabError(
             f"hf-hub: weights need the huggingface_hub package: {INSTALL}."
         ) from None
-    return huggingface_hub
+    return _Hub(hf_hub_download, errors, validate_repo_id)
 
 
 class _NoSuchFile(Exception):
@@ -250,7 +345,7 @@ def _fetch(source: HubSource, filename: str) -> Path:
     errors = hub.errors
     try:
         return Path(
-            hub.hf_hub_download(
+            hub.download(
                 source.repo_id, filename, revision=source.revision, cache_dir=hf_cache_dir(),
                 local_files_only=offline(), library_name="resnetlab",
                 endpoint=os.environ.get("HF_ENDPOINT") or None,

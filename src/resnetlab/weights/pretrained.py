@@ -156,6 +156,18 @@ def load_state_dict_strict(
     return kept_head
 
 
+def check_classes(model: nn.Module, classes: list[str], where: str) -> None:
+    """A loaded model's head must have one output per class name its card gives (a card that
+    disagrees would answer with the wrong names or fail at the first prediction)."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if heads and heads[-1].out_features != len(classes):
+        raise ResnetlabError(
+            f"{where} lists {len(classes)} class names but the weights' head has "
+            f"{heads[-1].out_features} outputs; give one name per output (check the card "
+            "against the weights)."
+        )
+
+
 def _head_keys(model: nn.Module, own: StateDict) -> list[str]:
     name = getattr(model, "head_name", "fc")
     return [k for k in own if k.startswith(name + ".")]
