@@ -107,8 +107,8 @@ def card_folder(tmp_path: Path, classes: list[str], mean: list[float], channels=
 @pytest.mark.parametrize(
     ("classes", "mean", "channels", "message"),
     [
-        (["x", "y", "z"], [0.5] * 3, 3, r"classes lists 3 names but the weights' head has 2"),
-        (["x"], [0.5] * 3, 3, r"classes lists 1 names but the weights' head has 2 outputs"),
+        (["x", "y", "z"], [0.5] * 3, 3, r"classes lists 3 class names but the weights' head"),
+        (["x"], [0.5] * 3, 3, r"classes lists 1 class names but the weights' head has 2"),
         (["x", "y"], [0.5, 0.5], 3, r"preprocessing: mean/std need 3 values"),
         (["x", "y"], [0.5], 1, r"preprocessing.channels is 1 but the weights take 3"),
     ],

@@ -58,7 +58,7 @@ def runs(tmp_path_factory, home):
                   "--batch-size", "8", "--eval-every", "2", "--val-size", "4",
                   "--num-workers", "0", "--device", "cpu", "--no-progress"],
         "finetune": ["finetune", str(data), "--model", "resnet20", "--pretrained", "none",
-                     "--epochs", "1", "--batch-size", "8", "--no-progress"],
+                     "--full-epochs", "1", "--batch-size", "8", "--no-progress"],
     }  # fmt: skip
     for kind, args in argv.items():
         assert main([*args, "--out", str(root / kind)]) == 0

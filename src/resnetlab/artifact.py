@@ -187,13 +187,11 @@ def _from_train_run(folder: Path, config: dict[str, Any]) -> Trained:
     options = dict(config.get("model_options") or {})
     if stems:
         options.setdefault("in_channels", int(stems[0].shape[1]))
-    model = create_model(config["model"], num_classes=len(classes) or None, **options)
-    if classes:
-        check_against_weights(model, state, classes, options.get("in_channels", 3),
-                              str(weights), "its classes")  # fmt: skip
-    load_state_dict_strict(model, state, source=weights.name)
+    model = create_model(config["model"], **options)
+    load_state_dict_strict(model, state, source=weights.name)  # the head: the weights' size
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     classes = classes or [str(i) for i in range(head.out_features)]
+    check_classes(model, classes, str(weights))
     size = (runfolder.read(folder).get("data") or {}).get("image_size")
     card = train_card(config, classes, ckpt.get("preprocess"), model,
                       max(size) if isinstance(size, list) and size else None)  # fmt: skip

@@ -77,16 +77,15 @@ def build_from_card(card: dict[str, Any]) -> nn.Module:
 
 
 def check_against_weights(
-    model: nn.Module, state: Mapping[str, torch.Tensor], classes: list, channels: int,
-    where: str, field: str = "classes",
-) -> None:  # fmt: skip
+    model: nn.Module, state: Mapping[str, torch.Tensor], classes: list, channels: int, where: str
+) -> None:
     """Refuse a card whose class list or input channels disagree with the weights (one line
     naming the field), before a mismatch could reach a prediction as a wrong index."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     head = state.get(f"{names[-1]}.weight") if names else None
     if head is not None and head.shape[0] != len(classes):
         raise ResnetlabError(
-            f"{where}: {field} lists {len(classes)} names but the weights' head has "
+            f"{where}: classes lists {len(classes)} class names but the weights' head has "
             f"{head.shape[0]} outputs; give one name per output."
         )
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

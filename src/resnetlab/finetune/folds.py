@@ -42,6 +42,8 @@ def fold_row(k: int, card: dict[str, Any]) -> dict[str, Any]:
     if "threshold" in clinical:
         row["threshold"] = clinical["threshold"]["threshold"]
     for cut, m in clinical.get("test", {}).items():
+        if not cut.startswith("at_"):  # the reviewer's figures are no rates at a cut
+            continue
         for key in ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy"):
             row[f"test_{key}_{cut}"] = m[key]
     for split, cal in clinical.get("calibration", {}).items():
