@@ -16,10 +16,10 @@ from .predict import Prediction, expand_inputs, predict_files, render
 __all__ = [
     "FinetuneOptions",
     "FinetuneResult",
-    "Trained",
     "LrFindResult",
     "Prediction",
     "Preprocessing",
+    "Trained",
     "classification_metrics",
     "evaluate_run",
     "expand_inputs",
@@ -34,7 +34,7 @@ __all__ = [
     "read_card",
     "render",
     "roc_curve",
-    "saved_options",
     "run_summary",
+    "saved_options",
     "write_card",
 ]
