@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..console import say
 from ..errors import ResnetlabError
 from ..train.config import RECIPES, TrainConfig, recipe_config, with_overrides
 from .flags import add_settings, given_settings
@@ -50,7 +49,6 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict({**values, "out_dir": str(out), "resume": True})
     else:
         config = recipe_config(args.recipe, **overrides, out_dir=str(out), resume=resume)
-    say(f"run folder: {out.resolve()}")
     result = train(config)
     shown = {k: v for k, v in result.metrics.items() if "error" in k}
     print(" ".join(f"{k} {100 * v:.2f}%" for k, v in shown.items()))
