@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from resnetlab.data.preprocess import Preprocessing
 
 from resnetlab.cli import main
 from resnetlab.data import FileImageSet, open_data, tensors
+from resnetlab.data.preprocess import Preprocessing
 from resnetlab.errors import ResnetlabError
 from resnetlab.finetune.prepare import _prepare_split
 from test_data_safety import write_folder  # the same small image folder
