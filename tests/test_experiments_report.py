@@ -18,7 +18,7 @@ from resnetlab.reports.report import render_report
 @pytest.fixture(scope="module")
 def gradient_run(tmp_path_factory) -> Path:
     config = GradientFlowConfig(models=["mlp3"], seeds=1)
-    return run_gradient_flow(config, tmp_path_factory.mktemp("runs") / "gf", progress=False)
+    return run_gradient_flow(config, tmp_path_factory.mktemp("runs") / "gf", progress=False).folder
 
 
 def _training_run(folder: Path) -> Path:
