@@ -172,3 +172,28 @@ def test_a_locked_folder_is_refused_and_left_as_it_was(tmp_path):
         holder.kill()
         holder.wait()
     assert run_study(_Steps(_Settings()), folder, resume=True).result["values"] == [0, 10, 20]
+
+
+def test_cross_validation_takes_the_lock_and_records_a_failure(tmp_path, monkeypatch):
+    from resnetlab.finetune import folds
+    from resnetlab.finetune.options import FinetuneOptions
+
+    def broken(options):
+        raise RuntimeError("fold failed")
+
+    monkeypatch.setattr(folds, "finetune", broken)
+    out = tmp_path / "cv"
+    options = FinetuneOptions(data="d.npz", out_dir=str(out), folds=2)
+    with pytest.raises(RuntimeError, match="fold failed"):
+        folds.cross_validate(options)
+    assert _status(out) == "failed: RuntimeError: fold failed"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ResnetlabError, match="in use by process"):
+            folds.cross_validate(options)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _status(out) == "failed: RuntimeError: fold failed"

@@ -13,14 +13,12 @@ An error, a Ctrl-C or a SIGTERM is recorded in ``run.json`` as ``failed: ...`` o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -133,12 +131,15 @@ def run_study(
     with RunLock(folder):
         remove_stale_temps(folder)
         start(folder, study.config, inputs)
-        with recorded(folder):
+        with runfolder.recording(folder):
             study.folder, study.resume = folder, resume
-            print(f"{study.name}: run folder {folder} (after an interruption: --out {folder} "
-                  "--resume)", file=sys.stderr, flush=True)  # fmt: skip
-            study.prepare()
-            records = take_measurements(study, folder / study.journal)
+            print(f"{study.name}: run folder {folder}", file=sys.stderr, flush=True)
+            try:
+                study.prepare()
+                records = take_measurements(study, folder / study.journal)
+            except KeyboardInterrupt:
+                print(f"interrupted; continue with --out {folder} --resume", file=sys.stderr)
+                raise
             summary = study.summarise(records)
             write_summary(folder, study.file_name(), summary)
             runfolder.finish(folder, "completed")
@@ -206,32 +207,6 @@ def start(
     write_json(previous, settings)
     extra = {"inputs": inputs} if inputs else None
     runfolder.start(folder, command=command, resume=resumed, extra=extra)
-
-
-@contextlib.contextmanager
-def recorded(folder: Path) -> Iterator[None]:
-    """Record how the run ends in ``run.json``: ``interrupted`` on Ctrl-C or SIGTERM (turned
-    into a KeyboardInterrupt here), ``failed: <reason>`` on an error."""
-    previous = None
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    except KeyboardInterrupt:
-        runfolder.finish(folder, "interrupted")
-        print(f"interrupted; continue with --out {folder} --resume", file=sys.stderr)
-        raise
-    except BaseException as exc:
-        reason = str(exc) if isinstance(exc, ResnetlabError) else f"{type(exc).__name__}: {exc}"
-        runfolder.finish(folder, f"failed: {reason}")
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def take_measurements(study: Study, journal: Path) -> list[dict[str, Any]]:

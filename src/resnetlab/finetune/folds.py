@@ -22,7 +22,7 @@ from .. import runfolder
 from ..card import read_card
 from ..evaluation.clinic import read_predictions
 from ..evaluation.uncertainty import bootstrap_intervals
-from ..files import write_json, write_text_atomic
+from ..files import RunLock, write_json, write_text_atomic
 from ..reports.report import render_report
 from ..runfolder import write_csv
 from .build import say
@@ -60,7 +60,13 @@ def mean_sd(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def cross_validate(options: FinetuneOptions) -> Path:
-    """Run the K folds (each resumable), then the summary and the one report."""
+    """Run the K folds (each resumable), then the summary and the one report; the folder is
+    locked for the run's life and its run.json records how the run ended."""
+    with RunLock(options.out_dir), runfolder.recording(options.out_dir):
+        return _cross_validate(options)
+
+
+def _cross_validate(options: FinetuneOptions) -> Path:
     start = time.perf_counter()
     root = Path(options.out_dir)
     root.mkdir(parents=True, exist_ok=True)
