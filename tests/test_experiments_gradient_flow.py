@@ -14,7 +14,7 @@ from resnetlab.experiments.gradient_flow import (
     expand_models,
     run_gradient_flow,
 )
-from resnetlab.experiments.runs import read_jsonl
+from resnetlab.runfolder import read_jsonl
 
 
 def _tiny(**changes) -> GradientFlowConfig:

@@ -11,7 +11,7 @@ import pytest
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.gradient_flow import GradientFlowConfig, run_gradient_flow
-from resnetlab.experiments.runs import write_json
+from resnetlab.files import write_json
 from resnetlab.reports.report import render_report
 
 

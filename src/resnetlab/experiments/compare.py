@@ -23,7 +23,7 @@ from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
 from ..reports.findings import compare_finding
 from ..settings import setting
-from .runner import Figure, Study, StudyRun, Summary, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, pyplot, save_figure
 from .speed import MODES, Spread, add_speeds, time_model, unresolved
 
 DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -368,9 +368,4 @@ class Compare(Study):
         return Summary(result, {"compare.csv": rows}, texts, [figure])
 
 
-def run_compare(
-    config: CompareConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """Build the table into a run folder; returns (folder, compare.json)."""
-    return run_study(Compare(config, progress=progress), out, resume=resume)
+run_compare = Compare.run

@@ -38,7 +38,7 @@ from .degradation_curves import (
     verdict,
 )
 from .inputs import check_data
-from .runner import Figure, Study, StudyRun, Summary, fingerprint, run_study, status
+from .runner import Figure, Study, Summary, fingerprint, status
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
@@ -241,13 +241,7 @@ class Degradation(Study):
                           self.milestones)  # fmt: skip
 
 
-def run_degradation(
-    config: DegradationConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True, log: tuple[str, ...] = (),
-) -> StudyRun:  # fmt: skip
-    """Train the plain and residual net of every depth and write the results; returns
-    (run folder, the contents of degradation.json). ``log`` names trackers for each net's run."""
-    return run_study(Degradation(config, progress=progress, log=log), out, resume=resume)
+run_degradation = Degradation.run
 
 
 def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,

@@ -26,7 +26,7 @@ from .degradation import Degradation, DegradationConfig
 from .gradient_flow import GradientFlow, GradientFlowConfig
 from .landscape import Landscape, LandscapeConfig
 from .lesion import Lesion, LesionConfig
-from .runner import Study, StudyRun, Summary, run_study, status
+from .runner import Study, Summary, run_study, status
 
 DEMO_BUDGET = 300  # iterations per net in the demo's degradation run
 QUICK_BUDGET = 4
@@ -202,9 +202,4 @@ class Demo(Study):
         return [self.folder, *(self.folder / n for n in names)]
 
 
-def run_demo(
-    config: DemoConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """Run the studies into one folder and render one report; returns (folder, demo.json)."""
-    return run_study(Demo(config, progress=progress), out, resume=resume, report=True)
+run_demo = Demo.run

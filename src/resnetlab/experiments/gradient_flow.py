@@ -30,7 +30,7 @@ from ..models import ModelInfo, create_model, model_info
 from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding
 from ..settings import setting
 from .inputs import check_data
-from .runner import Figure, Study, StudyRun, Summary, fingerprint, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 
 DEFAULT_MODELS = [
     "mlp10", "mlp20", "plain20", "resnet20", "plain56", "resnet56", "plain110", "resnet110",
@@ -397,9 +397,4 @@ CAPTIONS = {
 }
 
 
-def run_gradient_flow(
-    config: GradientFlowConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """Run the experiment into a run folder; returns (run folder, gradient_flow.json)."""
-    return run_study(GradientFlow(config, progress=progress), out, resume=resume)
+run_gradient_flow = GradientFlow.run

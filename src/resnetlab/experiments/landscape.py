@@ -30,7 +30,7 @@ from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..settings import setting
 from .inputs import TrainedNet, check_data
-from .runner import Figure, Study, StudyRun, Summary, fingerprint, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import Subject, load_split, load_subject, run_weights
 
 CLAIM = (
@@ -398,9 +398,4 @@ CAPTION_SURFACE = "The same 2-D slice as a surface (loss clipped at min + 10)."
 CAPTION_INTERPOLATION = "Loss and error on the line between two sets of weights."
 
 
-def run_landscape(
-    config: LandscapeConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """The slices (and interpolation) of one net; returns (run folder, landscape.json)."""
-    return run_study(Landscape(config, progress=progress), out, resume=resume)
+run_landscape = Landscape.run

@@ -23,7 +23,7 @@ from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
 from ..settings import setting
 from .inputs import StudyData, check_data
-from .runner import Figure, Study, StudyRun, Summary, fingerprint, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import (
     Bypass,
     Chain,
@@ -366,9 +366,4 @@ class Lesion(Study):
         return Summary(result, tables, {"data.txt": data}, figures)
 
 
-def run_lesion(
-    config: LesionConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """Lesion every net of the config on the same images; returns (run folder, lesion.json)."""
-    return run_study(Lesion(config, progress=progress), out, resume=resume)
+run_lesion = Lesion.run

@@ -28,7 +28,7 @@ from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..settings import setting
 from .inputs import TrainedNet, check_data
-from .runner import Figure, Study, StudyRun, Summary, fingerprint, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import POST_ACTIVATION, Chain, load_split, load_subject
 
 PLAIN = "path lengths need a residual net. Pass a ResNet, not a plain net."
@@ -244,9 +244,4 @@ class Paths(Study):
         return Summary({"nets": results, "summary": summary}, {"paths.csv": rows}, data, [figure])
 
 
-def run_paths(
-    config: PathsConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """The path-length study of one net; returns (run folder, paths.json)."""
-    return run_study(Paths(config, progress=progress), out, resume=resume)
+run_paths = Paths.run

@@ -22,7 +22,7 @@ from ..analysis.receptive_field import (
 from ..errors import ResnetlabError
 from ..models import create_model, model_info
 from ..settings import setting
-from .runner import Figure, Study, StudyRun, Summary, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, pyplot, save_figure
 
 
 @dataclass
@@ -205,9 +205,4 @@ class ReceptiveField(Study):
         return Summary(result, tables, figures=figures)
 
 
-def run_receptive_field(
-    config: ReceptiveFieldConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """Compute, check and plot the receptive fields; returns (run folder, results)."""
-    return run_study(ReceptiveField(config, progress=progress), out, resume=resume)
+run_receptive_field = ReceptiveField.run

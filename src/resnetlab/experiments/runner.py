@@ -85,6 +85,15 @@ class Study:
         self.resume = False
         self.folder = Path()
 
+    @classmethod
+    def run(
+        cls, config: Any, out: str | Path | None = None, *, resume: bool = False,
+        report: bool = False, progress: bool = True, **options: Any,
+    ) -> StudyRun:  # fmt: skip
+        """Run this study with ``config`` into ``out`` (``run_study``); returns (folder, result)."""
+        return run_study(cls(config, progress=progress, **options), out, resume=resume,
+                         report=report)  # fmt: skip
+
     def check(self) -> None:
         """Refuse settings or inputs that cannot make the study (one line, the fix)."""
 

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ResnetlabError
 from ..models.cifar import CifarResNet, PreActResNet
 from ..settings import setting
-from .runner import Figure, Study, StudyRun, Summary, pyplot, run_study, save_figure
+from .runner import Figure, Study, Summary, pyplot, save_figure
 
 KINDS = ("plain", "resnet", "preact", "mlp-plain", "mlp-resnet")
 NOISE_FLOOR = 0.1  # |ρ| of a shattered gradient over a 128-point sweep stays below this
@@ -271,9 +271,4 @@ class Shattered(Study):
         return Summary(result, {"shattered.csv": table}, figures=[figure])
 
 
-def run_shattered(
-    config: ShatteredConfig, out: str | Path | None = None, *, resume: bool = False,
-    progress: bool = True,
-) -> StudyRun:  # fmt: skip
-    """Every kind × depth × seed; writes shattered.json/.csv/.png; resumable per measurement."""
-    return run_study(Shattered(config, progress=progress), out, resume=resume)
+run_shattered = Shattered.run
