@@ -61,6 +61,13 @@ def test_a_resume_from_replaced_weights_is_refused(tmp_path, tiny_npz):
     _weights(weights, 0)  # the original weights again: the resume is the same run
     _, again = run_landscape(_config(tiny_npz, weights), out, resume=True, progress=False)
     assert again["line"] == first["line"]
+    other = tmp_path / "other.npz"
+    with np.load(tiny_npz) as arrays:
+        np.savez(other, **{k: v[::-1] for k, v in arrays.items()})  # the same spec, new images
+    run_landscape(_config(other, weights), tmp_path / "run2", progress=False)
+    os.utime(other, ns=(0, 0))  # another copy of the data under the same name
+    with pytest.raises(ResnetlabError, match="other inputs: data changed"):
+        run_landscape(_config(other, weights), tmp_path / "run2", resume=True, progress=False)
 
 
 def test_a_huge_grid_is_refused_before_any_folder(tmp_path, tiny_npz, capsys):

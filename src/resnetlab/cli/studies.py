@@ -1,10 +1,10 @@
 """Every study as a sub-command, registered from one list (:data:`STUDIES`), and ``report``.
 
-A study's flags come from its settings (``flags.add_settings``), plus ``--out``, ``--resume``
-and ``--report`` (or ``--threads`` where it trains); :func:`run_command` builds the settings,
-runs the study through ``experiments.runner.run_study`` and prints its result. MODEL_OR_RUN is a
-registered model name (weights from ``--pretrained VALUE``: a file, a URL or a tag such as
-``cifar10``) or a training run folder.
+A study's flags come from its settings (``flags.add_settings``), plus ``--out``, ``--resume``,
+``--threads`` and ``--report``; :func:`run_command` builds the settings, runs the study
+(``experiments.runner.run_study``) and prints its result. MODEL_OR_RUN is a registered model
+name (weights from ``--pretrained VALUE``: a file, a URL or a tag such as ``cifar10``) or a
+training run folder.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Command:
     fixed: Callable[[argparse.Namespace], dict[str, Any]] | None = None  # settings from them
     show: Callable[[argparse.Namespace, StudyRun], None] | None = None  # default: its summary
     options: Callable[[argparse.Namespace], dict[str, Any]] | None = None  # for the Study
-    threads: int | None = -1  # -1: no --threads flag; else its default
+    threads: int | None = None  # the --threads default (None: torch's choice)
     always_report: bool = False
 
 
@@ -59,7 +59,7 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
                                 **(command.fixed(args) if command.fixed else {}))  # fmt: skip
     options = command.options(args) if command.options else {}
     report = command.always_report or getattr(args, "report", False)
-    with _threads(getattr(args, "threads", None)):
+    with _threads(args.threads):
         run = run_study(command.study(config, **options), args.out, resume=args.resume,
                         report=report)  # fmt: skip
     (command.show or _summary)(args, run)
@@ -207,7 +207,7 @@ STUDIES = [
             "the final errors and a verdict on the paper's two claims.",
             flags=_tracker_flag, fixed=_degradation_fixed,
             show=lambda args, run: print(format_finals(run.result)),
-            options=lambda args: {"log": args.log}, threads=None, always_report=True),
+            options=lambda args: {"log": args.log}, always_report=True),
     Command("demo", Demo,
             "the classic experiments, small and offline, in one report (a few minutes on a CPU)",
             "Runs the comparison table, the gradient-flow check (seed MLP and conv nets at "
@@ -223,11 +223,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_settings(p, command.study.settings, positional=command.positional)
         if command.flags:
             command.flags(p)
-        if command.threads != -1:
-            why = "default 1: tiny nets; more threads pay only on an idle machine" if (
-                command.threads) else "default: torch's choice; 1 is often faster on a busy machine"
-            p.add_argument("--threads", type=int, default=command.threads,
-                           help=f"CPU threads for torch ({why})")  # fmt: skip
+        why = "default 1: tiny nets; more threads pay only on an idle machine" if (
+            command.threads) else "default: torch's choice; 1 is often faster on a busy machine"
+        p.add_argument("--threads", type=int, default=command.threads,
+                       help=f"CPU threads for torch ({why})")  # fmt: skip
         p.add_argument("--out", help="run folder (default: runs/<study>-<timestamp>)")
         p.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --out (same settings and inputs)")

@@ -198,7 +198,7 @@ class Degradation(Study):
             self.milestones = []
 
     def inputs(self) -> dict[str, str | None]:
-        return {"data": fingerprint(self.config.data)}
+        return {"data": fingerprint(self.config.data, content=False)}
 
     def prepare(self) -> None:
         c, iterations = self.config, self.iterations

@@ -336,7 +336,7 @@ class GradientFlow(Study):
 
     def inputs(self) -> dict[str, str | None]:
         return {"checkpoint": fingerprint(self.config.checkpoint),
-                "data": fingerprint(self.config.data)}  # fmt: skip
+                "data": fingerprint(self.config.data, content=False)}  # fmt: skip
 
     def prepare(self) -> None:
         self.data, self.description = None, ""

@@ -283,7 +283,7 @@ class Landscape(Study):
         start = c.interpolate_from
         return {
             "weights": fingerprint(self.subject.weights),
-            "data": fingerprint(c.data),
+            "data": fingerprint(c.data, content=False),
             "interpolate_from": fingerprint(
                 interpolation_path(start) if start and start != "init" else start
             ),

@@ -333,7 +333,7 @@ class Lesion(Study):
 
     def inputs(self) -> dict[str, str | None]:
         found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(self.subjects)}
-        return found | {"data": fingerprint(self.config.data)}
+        return found | {"data": fingerprint(self.config.data, content=False)}
 
     def measurements(self) -> list[tuple[str, Any]]:
         return [(f"net:{i}", s) for i, s in enumerate(self.subjects)]

@@ -194,7 +194,8 @@ class Paths(Study):
             raise ResnetlabError(PLAIN)
 
     def inputs(self) -> dict[str, str | None]:
-        return {"weights": fingerprint(self.subject.weights), "data": fingerprint(self.config.data)}
+        data = fingerprint(self.config.data, content=False)
+        return {"weights": fingerprint(self.subject.weights), "data": data}
 
     def prepare(self) -> None:
         c = self.config

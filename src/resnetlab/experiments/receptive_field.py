@@ -157,11 +157,13 @@ class ReceptiveField(Study):
 
     settings = ReceptiveFieldConfig
     name = "receptive-field"
-    result_file = "receptive_field.json"
 
     def check(self) -> None:
         info = model_info(self.config.model)
         self.size = self.config.input_size or info.input_size[1]
+
+    def prefix(self) -> str:
+        return f"receptive-field-{self.config.model}"
 
     def prepare(self) -> None:
         self.model = create_model(self.config.model)

@@ -33,7 +33,6 @@ from ..runfolder import RUNS_ROOT, append_jsonl, read_jsonl, write_csv
 from ..settings import check_settings
 
 JOURNAL = "measurements.jsonl"
-RESULT_KEYS = ("summary", "findings", "verdict")  # what the report reads from a result
 
 
 class StudyRun(NamedTuple):
@@ -75,8 +74,7 @@ class Study:
     """
 
     settings: ClassVar[type]  # its settings dataclass (what config.json and the flags hold)
-    name: ClassVar[str] = "study"  # the folder's prefix and the result file's stem
-    result_file: ClassVar[str] = ""  # default: <name with _ for ->.json
+    name: ClassVar[str] = "study"  # the folder's prefix; the result is <name with _ for ->.json
     journal: ClassVar[str] = JOURNAL
 
     def __init__(self, config: Any, *, progress: bool = True) -> None:
@@ -125,7 +123,11 @@ class Study:
         return [self.folder]
 
     def file_name(self) -> str:
-        return self.result_file or f"{self.name.replace('-', '_')}.json"
+        return f"{self.name.replace('-', '_')}.json"
+
+    def prefix(self) -> str:
+        """The default folder's name before its time stamp."""
+        return self.name
 
 
 def run_study(
@@ -136,7 +138,7 @@ def run_study(
     check_settings(study.config)
     study.check()
     inputs = study.inputs()
-    folder = run_folder(study.name, out, resume=resume)
+    folder = run_folder(study.prefix(), out, resume=resume)
     with RunLock(folder):
         remove_stale_temps(folder)
         start(folder, study.config, inputs)
@@ -245,22 +247,25 @@ def write_summary(folder: Path, name: str, summary: Summary) -> None:
         figure.draw(folder / figure.name)
 
 
-def fingerprint(spec: str | Path | None) -> str | None:
-    """A file's SHA-256; a folder's file names, sizes and modification times; else the spec
-    itself (a tag, a URL, a data set's name)."""
+def fingerprint(spec: str | Path | None, *, content: bool = True) -> str | None:
+    """A file's SHA-256 (with ``content=False``, as a folder: its name, size and modification
+    time, for data too large to read twice); a folder's file names, sizes and modification
+    times; else the spec itself (a tag, a URL, a data set's name)."""
     if spec is None:
         return None
     path = Path(spec)
     digest = hashlib.sha256()
-    if path.is_file():
+    if path.is_file() and content:
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
         return f"sha256:{digest.hexdigest()}"
-    if path.is_dir():
-        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for item in files:
             st = item.stat()
-            digest.update(f"{item.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(f"{item.relative_to(path.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                          .encode())  # fmt: skip
         return f"files:{digest.hexdigest()}"
     return str(spec)
 
