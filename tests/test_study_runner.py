@@ -96,7 +96,7 @@ def test_a_code_running_interpolation_start_is_refused_before_the_sweep(
     calls = []
     monkeypatch.setattr(landscape_module, "evaluate_point", lambda *a: calls.append(a))
     config = _config(tiny_npz, weights, interpolate_from=str(tmp_path / "evil.pt"))
-    with pytest.raises(ResnetlabError, match="evil.pt: not a weights file"):
+    with pytest.raises(ResnetlabError, match="evil.pt: refused, it does not load as tensors only"):
         run_landscape(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "pwned").exists() and not calls and not (tmp_path / "run").exists()
     missing = _config(tiny_npz, weights, interpolate_from=str(tmp_path / "nothing.pt"))

@@ -3,10 +3,10 @@
 The demo is a list of studies: the comparison table, the gradient-flow check (the seed's
 10/20-block MLPs and conv nets at initialisation) and a short degradation run on synthetic
 shapes made on the spot, each run into a sub-folder (one measurement of the demo each), then
-rendered as one report. Nothing is downloaded unless
-``data`` names a data set to fetch. With CIFAR-10 data and CIFAR-10 ResNet weights in the
-weights cache (``$RESNETLAB_HOME/weights``), a fourth part studies a trained net: a lesion on a
-test subsample and a 1-D loss landscape; without them the report says what it left out.
+rendered as one report. Nothing is downloaded unless ``data`` names a data set to fetch. With
+CIFAR-10 data and CIFAR-10 ResNet weights in the weights cache (``$RESNETLAB_HOME/weights``), a
+fourth part studies a trained net: a lesion on a test subsample and a 1-D loss landscape;
+without them the report says what it left out.
 """
 
 from __future__ import annotations

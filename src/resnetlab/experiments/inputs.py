@@ -12,8 +12,6 @@ from ..errors import ResnetlabError, close_matches
 from ..settings import setting
 from .trained import NORMALISATIONS
 
-SYNTHETIC = "synthetic"
-
 
 @dataclass
 class StudyData:
@@ -40,7 +38,7 @@ class TrainedNet(StudyData):
 def check_data(spec: str) -> None:
     """Refuse a data set that is neither a known name nor an existing path, before any work."""
     key = spec.lower().replace("-", "").replace("_", "")
-    if key in {n.replace("-", "") for n in NAMES} or spec == SYNTHETIC:
+    if key in {n.replace("-", "") for n in NAMES}:
         return
     if not Path(spec).expanduser().exists():
         raise ResnetlabError(

@@ -209,11 +209,10 @@ def interpolation_start(spec: str, subject: Subject, seed: int) -> dict[str, tor
     path = interpolation_path(spec)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
         raise ResnetlabError(
-            f"--interpolate-from {spec}: not a weights file that loads as tensors only "
-            f"({first[:120]}). Pass a state dict or a resnetlab checkpoint."
+            f"--interpolate-from {spec}: refused, it does not load as tensors only (a pickle "
+            "that would run code, or not a weights file). Pass a state dict or a checkpoint."
         ) from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     own = subject.model.state_dict()
