@@ -204,3 +204,10 @@ def test_cross_validation_takes_the_lock_and_records_a_failure(tmp_path, monkeyp
         holder.kill()
         holder.wait()
     assert _status(out) == "failed: RuntimeError: fold failed"
+
+
+def test_a_net_without_blocks_is_refused_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "lesion"
+    assert main(["lesion", "vgg11", "--data", "cifar10", "--out", str(out)]) == 2
+    assert "not a ResNet or plain twin" in capsys.readouterr().err
+    assert not out.exists()

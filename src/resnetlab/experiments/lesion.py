@@ -329,6 +329,8 @@ class Lesion(Study):
             load_subject(m, p, c.normalisation, c.seed)
             for m, p in zip(c.models, pretrained, strict=True)
         ]
+        for subject in self.subjects:
+            Chain(subject.model)  # a net without blocks to delete is refused here
         self.splits: dict[str, Any] = {}
 
     def inputs(self) -> dict[str, str | None]:
