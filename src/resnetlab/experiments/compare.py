@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ..analysis.gradients import BLOCK_TYPES
-from ..console import Bar
 from ..errors import ResnetlabError
 from ..models import create_model, model_info
 from ..models.registry import ModelInfo

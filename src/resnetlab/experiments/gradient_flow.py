@@ -25,7 +25,6 @@ from ..analysis.gradients import (
     mlp_stack,
     seed_mlp_gradients,
 )
-from ..console import Bar
 from ..errors import ResnetlabError
 from ..models import ModelInfo, create_model, model_info
 from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding

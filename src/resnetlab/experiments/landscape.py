@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..console import Bar, say
 from ..errors import ResnetlabError
 from ..files import atomic_write
 from ..models import create_model

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..console import Bar, say
+from ..console import Bar
 from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
 from ..settings import setting

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..console import Bar, say
+from ..console import Bar
 from ..errors import ResnetlabError
 from ..models import create_model
 from ..models.inference import optimize_for_inference

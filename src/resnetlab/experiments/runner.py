@@ -16,12 +16,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
-
 
 from .. import runfolder
 from ..console import Bar, say

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..console import Bar, say
 from ..errors import ResnetlabError
 from ..models.cifar import CifarResNet, PreActResNet
 from ..settings import setting

@@ -14,9 +14,6 @@ from typing import Any
 from torch import nn
 
 from ..analysis.throughput import measure_throughput
-from ..console import Bar
-from ..models import create_model
-from . import runs
 
 
 @dataclass(frozen=True)
