@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from resnetlab.cli import Parser, build_parser, main
+from resnetlab.cli.demo import ExperimentRun
 from resnetlab.cli.explain import CompareRunsSettings, ExplainSettings
 from resnetlab.cli.export import ExportSettings
 from resnetlab.cli.finetune import (
@@ -22,6 +23,7 @@ from resnetlab.cli.finetune import (
     given_options,
 )
 from resnetlab.cli.flags import REGISTERED, add_settings, given_settings, settings_from_args
+from resnetlab.cli.models import SummarySettings
 from resnetlab.cli.serve import ServeSettings
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.compare import CompareConfig
@@ -190,7 +192,7 @@ def test_finetune_run_records_grad_clip_in_the_engine_config(tmp_path, monkeypat
 
 
 # Commands whose settings come from the command line alone (nothing saved to resume).
-EAGER = {"predict", "evaluate", "explain", "compare-runs", "export", "serve"}
+EAGER = {"predict", "evaluate", "explain", "compare-runs", "export", "serve", "summary"}
 # Every command with a settings dataclass: every field is a flag (or its positional argument).
 COMMANDS = [
     ("predict", PredictSettings, set()),
@@ -200,6 +202,8 @@ COMMANDS = [
     ("export", ExportSettings, set()),
     ("serve", ServeSettings, set()),
     ("lr-find", SweepSettings, set()),
+    ("summary", SummarySettings, set()),
+    ("degradation", ExperimentRun, set()),
     ("train", TrainConfig, set()),
     ("finetune", FinetuneOptions, {"fold"}),
     ("lr-find", FinetuneOptions, {"fold", "resume", "folds", "tta", "threshold", "test_size"}),

@@ -10,11 +10,31 @@ import argparse
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ResnetlabError
 from ..experiments.degradation import DegradationConfig
 from ..experiments.demo import DemoConfig
+from ..groups import Checked, RunFolderSettings
+from ..settings import Default, compose, setting
 from .flags import add_settings, given_settings, settings_from_args
+
+
+@dataclass
+@compose(RunFolderSettings, defaults={"out_dir": Default(None, "runs/degradation-<time>")})
+class ExperimentRun(Checked):
+    """Where an experiment writes and how it runs: the run-folder group and torch's threads."""
+
+    threads: int | None = setting(
+        None, "CPU threads for torch (default: torch's choice; 1 is often faster on a busy "
+        "machine)", ">= 1",
+    )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        out_dir: str | None = setting()
+        resume: bool = setting()
+        progress: bool = setting()
 
 
 def run_degradation_command(args: argparse.Namespace) -> int:
@@ -25,8 +45,11 @@ def run_degradation_command(args: argparse.Namespace) -> int:
     family = given.get("family", DegradationConfig.family)
     default_depths = {"depths": list(FAMILIES.get(family, []))} if "depths" not in given else {}
     config = settings_from_args(DegradationConfig, args, **default_depths)
-    with _threads(args.threads):
-        run_dir, result = run_degradation(config, args.out, resume=args.resume)
+    run = settings_from_args(ExperimentRun, args)
+    with _threads(run.threads):
+        run_dir, result = run_degradation(
+            config, run.out_dir, resume=run.resume, progress=run.progress
+        )
     print(format_finals(result))
     html_path, _ = render_report([run_dir])
     print(f"run folder: {run_dir}\nreport: {html_path}")
@@ -94,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "test bold), the final errors and a verdict on the paper's two claims.",
     )
     add_settings(p, DegradationConfig)
-    _common(p, None, "default: torch's choice; 1 is often faster on a busy machine")
+    add_settings(p, ExperimentRun)
     p.set_defaults(func=run_degradation_command)
 
     p = subparsers.add_parser(
