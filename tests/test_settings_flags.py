@@ -23,8 +23,9 @@ from resnetlab.cli.finetune import (
     given_options,
 )
 from resnetlab.cli.flags import REGISTERED, add_settings, given_settings, settings_from_args
-from resnetlab.cli.models import SummarySettings
+from resnetlab.cli.models import ModelsSettings, SummarySettings
 from resnetlab.cli.serve import ServeSettings
+from resnetlab.cli.weights import WeightsSettings
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.compare import CompareConfig
 from resnetlab.experiments.degradation import DegradationConfig
@@ -192,7 +193,8 @@ def test_finetune_run_records_grad_clip_in_the_engine_config(tmp_path, monkeypat
 
 
 # Commands whose settings come from the command line alone (nothing saved to resume).
-EAGER = {"predict", "evaluate", "explain", "compare-runs", "export", "serve", "summary"}
+EAGER = {"predict", "evaluate", "explain", "compare-runs", "export", "serve", "summary",
+         "models", "weights"}  # fmt: skip
 # Every command with a settings dataclass: every field is a flag (or its positional argument).
 COMMANDS = [
     ("predict", PredictSettings, set()),
@@ -203,6 +205,8 @@ COMMANDS = [
     ("serve", ServeSettings, set()),
     ("lr-find", SweepSettings, set()),
     ("summary", SummarySettings, set()),
+    ("models", ModelsSettings, set()),
+    ("weights", WeightsSettings, set()),
     ("degradation", ExperimentRun, set()),
     ("train", TrainConfig, set()),
     ("finetune", FinetuneOptions, {"fold"}),

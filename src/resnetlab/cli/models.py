@@ -39,6 +39,13 @@ class SummarySettings(Checked):
         check_shape(self.example_shape)
 
 
+@dataclass
+class ModelsSettings(Checked):
+    """``resnetlab models``: which names to list."""
+
+    pattern: str = setting("*", "shell-style filter, e.g. 'resnet*'")
+
+
 def print_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> None:
     """Print an aligned plain-text table; columns in ``right`` are right-aligned."""
     right = right or set()
@@ -56,7 +63,8 @@ def print_table(header: list[str], rows: list[list[str]], right: set[int] | None
         print(line(row))
 
 
-def run_models(args: argparse.Namespace) -> int:
+def run_models(namespace: argparse.Namespace) -> int:
+    args = settings_from_args(ModelsSettings, namespace)
     names = list_models(args.pattern)
     if not names:
         raise ResnetlabError(f"no model matches {args.pattern!r}; try `resnetlab models` for all.")
@@ -147,7 +155,7 @@ def run_summary(namespace: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list the registered models")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    add_settings(p, ModelsSettings, positional={"pattern": "PATTERN"}, eager=True)
     p.set_defaults(func=run_models)
 
     p = subparsers.add_parser("summary", help="per-stage shapes, parameters and MACs of a model")
