@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from resnetlab.cli.demo import ExperimentRun
 
 from resnetlab.cli import Parser, build_parser, main
 from resnetlab.cli.explain import CompareRunsSettings, ExplainSettings
@@ -22,7 +23,9 @@ from resnetlab.cli.finetune import (
     given_options,
 )
 from resnetlab.cli.flags import REGISTERED, add_settings, given_settings, settings_from_args
+from resnetlab.cli.models import ModelsSettings, SummarySettings
 from resnetlab.cli.serve import ServeSettings
+from resnetlab.cli.weights import WeightsSettings
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.compare import CompareConfig
 from resnetlab.experiments.degradation import DegradationConfig
@@ -190,7 +193,8 @@ def test_finetune_run_records_grad_clip_in_the_engine_config(tmp_path, monkeypat
 
 
 # Commands whose settings come from the command line alone (nothing saved to resume).
-EAGER = {"predict", "evaluate", "explain", "compare-runs", "export", "serve"}
+EAGER = {"predict", "evaluate", "explain", "compare-runs", "export", "serve", "summary",
+         "models", "weights"}  # fmt: skip
 # Every command with a settings dataclass: every field is a flag (or its positional argument).
 COMMANDS = [
     ("predict", PredictSettings, set()),
@@ -200,6 +204,10 @@ COMMANDS = [
     ("export", ExportSettings, set()),
     ("serve", ServeSettings, set()),
     ("lr-find", SweepSettings, set()),
+    ("summary", SummarySettings, set()),
+    ("models", ModelsSettings, set()),
+    ("weights", WeightsSettings, set()),
+    ("degradation", ExperimentRun, set()),
     ("train", TrainConfig, set()),
     ("finetune", FinetuneOptions, {"fold"}),
     ("lr-find", FinetuneOptions, {"fold", "resume", "folds", "tta", "threshold", "test_size"}),
@@ -303,8 +311,9 @@ def test_one_device_setting_with_one_default_in_every_command(command):
     action = next(a for a in sub.choices[command]._actions if "--device" in a.option_strings)
     assert action.help == _option_help("train", "--device") or command == "degradation"
     assert "auto (a GPU when present, else the CPU)" in action.help
-    cls = REGISTERED[f"resnetlab {command}"][0]
-    assert {f.name: f.default for f in dataclasses.fields(cls)}["device"] in ("auto", None)
+    defaults = {f.name: f.default for cls in REGISTERED[f"resnetlab {command}"]
+                for f in dataclasses.fields(cls)}  # fmt: skip
+    assert defaults["device"] in ("auto", None)  # None: degradation's recipe, whose is auto
 
 
 def test_auto_is_the_cpu_on_a_machine_without_a_gpu(monkeypatch):

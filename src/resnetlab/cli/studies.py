@@ -31,7 +31,9 @@ from ..experiments.paths import Paths
 from ..experiments.receptive_field import ReceptiveField, format_layers, format_stacked
 from ..experiments.runner import Study, StudyRun, run_study
 from ..experiments.shattered import Shattered
+from ..groups import Checked
 from ..reports.report import render_report
+from ..settings import setting
 from .flags import add_settings, given_settings, settings_from_args
 
 
@@ -52,14 +54,36 @@ class Command:
     always_report: bool = False
 
 
+@dataclass
+class StudyRunSettings(Checked):
+    """Where and how a study runs: not settings of its result, so not in its config.json."""
+
+    out: str | None = setting(None, "run folder (default: runs/<study>-<timestamp>)")
+    resume: bool = setting(False, "continue an interrupted run in --out (same settings and inputs)")
+    threads: int | None = setting(
+        None, "CPU threads for torch (default: torch's choice, demo 1; 1 is often faster on a "
+        "busy machine)", ">= 1",
+    )  # fmt: skip
+    report: bool = setting(False, "also render report.html/.md (degradation and demo always do)")
+
+
+@dataclass
+class ReportSettings(Checked):
+    """``resnetlab report``: the folders to render and where the report goes."""
+
+    run_dirs: list[str] = setting(help="run folders", factory=list)
+    out: str | None = setting(None, "output folder (default: the run folder, if only one)")
+
+
 def run_command(command: Command, args: argparse.Namespace) -> int:
     """Build the study's settings from the flags, run it (resumable), print what it found."""
     config = settings_from_args(command.study.settings, args,
                                 **(command.fixed(args) if command.fixed else {}))  # fmt: skip
+    how = settings_from_args(StudyRunSettings, args)
     options = command.options(args) if command.options else {}
-    report = command.always_report or getattr(args, "report", False)
-    with _threads(args.threads):
-        run = run_study(command.study(config, **options), args.out, resume=args.resume,
+    report = command.always_report or how.report
+    with _threads(how.threads if how.threads is not None else command.threads):
+        run = run_study(command.study(config, **options), how.out, resume=how.resume,
                         report=report)  # fmt: skip
     (command.show or _summary)(args, run)
     print(f"run folder: {run.folder}", file=sys.stdout if command.always_report else sys.stderr)
@@ -216,15 +240,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_settings(p, command.study.settings, positional=command.positional)
         if command.flags:
             command.flags(p)
-        why = "default 1: tiny nets; more threads pay only on an idle machine" if (
-            command.threads) else "default: torch's choice; 1 is often faster on a busy machine"
-        p.add_argument("--threads", type=int, default=command.threads,
-                       help=f"CPU threads for torch ({why})")  # fmt: skip
-        p.add_argument("--out", help="run folder (default: runs/<study>-<timestamp>)")
-        p.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run in --out (same settings and inputs)")
-        if not command.always_report:
-            p.add_argument("--report", action="store_true", help="also render report.html/.md")
+        add_settings(p, StudyRunSettings)
         p.set_defaults(func=partial(run_command, command))
 
     p = subparsers.add_parser(
@@ -233,12 +249,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render run folders (config.json, run.json, results, plots, metrics.jsonl) "
         "as one self-contained report.html and a report.md twin.",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
-    p.add_argument("--out", help="output folder (default: the run folder, if only one)")
+    add_settings(p, ReportSettings, positional={"run_dirs": "RUN_DIR"})
     p.set_defaults(func=run_report_command)
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    html_path, md_path = render_report(args.run_dirs, args.out)
+    settings = settings_from_args(ReportSettings, args)
+    if not settings.run_dirs:
+        raise ResnetlabError("no run folder given; name one or more, e.g. resnetlab report runs/x.")
+    html_path, md_path = render_report(settings.run_dirs, settings.out)
     print(f"{html_path}\n{md_path}")
     return 0

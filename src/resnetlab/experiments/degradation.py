@@ -27,7 +27,13 @@ from ..models import CifarResNet, create_model, list_models, model_info
 from ..reports.findings import degradation_findings
 from ..settings import Default, check_settings, compose, setting
 from ..train import TrainingDiverged, recipe_config, train
-from ..train.config import DEFAULT_ITERS, RECIPES, TrainConfig, check_trackers, tracker_names
+from ..train.config import (
+    DEFAULT_ITERS,
+    RecipeSettings,
+    TrainConfig,
+    check_trackers,
+    tracker_names,
+)
 from .degradation_curves import (
     FINAL_WINDOW,
     LABEL,
@@ -54,8 +60,9 @@ PER_NET = ("model", "model_options", "pretrained", "max_iters", "epochs", "miles
 
 
 @dataclass
-@compose(TrainConfig, exclude=PER_NET, unset="the recipe's", defaults={
-    "data": "cifar10", "seed": 0, "eval_every": Default(None, "budget / 20"),
+@compose(RecipeSettings, TrainConfig, exclude=PER_NET, unset="the recipe's", defaults={
+    "recipe": "he2015-cifar", "data": "cifar10", "seed": 0,
+    "eval_every": Default(None, "budget / 20"),
 })  # fmt: skip
 class DegradationConfig:
     """Settings of one degradation experiment (written to config.json). Its own fields below;
@@ -68,7 +75,6 @@ class DegradationConfig:
         help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
         bounds=">= 1", factory=lambda: list(FAMILIES["cifar"]),
     )  # fmt: skip
-    recipe: str = setting("he2015-cifar", "training recipe", choices=tuple(RECIPES))
     budget: int | None = setting(None, "iterations per net; the recipe's lr milestones are "
                                  "scaled to it", ">= 1")  # fmt: skip
     input_size: int | None = setting(None, "resize images to this many px (default: as "
@@ -85,6 +91,7 @@ class DegradationConfig:
 
     if TYPE_CHECKING:  # added by compose (this block never runs): the ones read here
         __composed__: ClassVar[tuple[str, ...]]
+        recipe: str = setting()
         data: str = setting()
         seed: int = setting()
         batch_size: int | None = setting()
@@ -103,7 +110,8 @@ class DegradationConfig:
 
     def engine_settings(self) -> dict[str, Any]:
         """The engine settings given for every net's run (those left unset are the recipe's)."""
-        values = {name: getattr(self, name) for name in self.__composed__}
+        engine = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {name: getattr(self, name) for name in self.__composed__ if name in engine}
         return {name: value for name, value in values.items() if value is not None}
 
 
