@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,9 +31,9 @@ from ..experiments.paths import Paths
 from ..experiments.receptive_field import ReceptiveField, format_layers, format_stacked
 from ..experiments.runner import Study, StudyRun, run_study
 from ..experiments.shattered import Shattered
-from ..groups import Checked
+from ..groups import Checked, RunFolderSettings
 from ..reports.report import render_report
-from ..settings import setting
+from ..settings import Default, compose, setting
 from .flags import add_settings, given_settings, settings_from_args
 
 
@@ -55,24 +55,32 @@ class Command:
 
 
 @dataclass
+@compose(RunFolderSettings, only=("out_dir", "resume"),
+         defaults={"out_dir": Default(None, "runs/<study>-<time>")})  # fmt: skip
 class StudyRunSettings(Checked):
     """Where and how a study runs: not settings of its result, so not in its config.json."""
 
-    out: str | None = setting(None, "run folder (default: runs/<study>-<timestamp>)")
-    resume: bool = setting(False, "continue an interrupted run in --out (same settings and inputs)")
     threads: int | None = setting(
         None, "CPU threads for torch (default: torch's choice, demo 1; 1 is often faster on a "
         "busy machine)", ">= 1",
     )  # fmt: skip
     report: bool = setting(False, "also render report.html/.md (degradation and demo always do)")
 
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        out_dir: str | None = setting()
+        resume: bool = setting()
+
 
 @dataclass
+@compose(RunFolderSettings, only=("out_dir",),
+         defaults={"out_dir": Default(None, "the run folder, if only one")})  # fmt: skip
 class ReportSettings(Checked):
     """``resnetlab report``: the folders to render and where the report goes."""
 
     run_dirs: list[str] = setting(help="run folders", factory=list)
-    out: str | None = setting(None, "output folder (default: the run folder, if only one)")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        out_dir: str | None = setting()
 
 
 def run_command(command: Command, args: argparse.Namespace) -> int:
@@ -83,7 +91,7 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
     options = command.options(args) if command.options else {}
     report = command.always_report or how.report
     with _threads(how.threads if how.threads is not None else command.threads):
-        run = run_study(command.study(config, **options), how.out, resume=how.resume,
+        run = run_study(command.study(config, **options), how.out_dir, resume=how.resume,
                         report=report)  # fmt: skip
     (command.show or _summary)(args, run)
     print(f"run folder: {run.folder}", file=sys.stdout if command.always_report else sys.stderr)
@@ -257,6 +265,6 @@ def run_report_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(ReportSettings, args)
     if not settings.run_dirs:
         raise ResnetlabError("no run folder given; name one or more, e.g. resnetlab report runs/x.")
-    html_path, md_path = render_report(settings.run_dirs, settings.out)
+    html_path, md_path = render_report(settings.run_dirs, settings.out_dir)
     print(f"{html_path}\n{md_path}")
     return 0

@@ -6,33 +6,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.bundle import NAMES
 from ..errors import ResnetlabError, close_matches
-from ..settings import setting
+from ..groups import DataSettings, ModelSettings, SeedSettings
+from ..settings import compose, setting
 from .trained import NORMALISATIONS
 
 
 @dataclass
+@compose(DataSettings, SeedSettings, only=("data", "seed"))
 class StudyData:
-    """The images a study measures on, how they are normalised, and the seed of its draws."""
+    """The images a study measures on (the data group's ``data``), how they are normalised, and
+    the seed of its draws (the seed group's)."""
 
-    data: str = setting("cifar10", "data set name or path")
     normalisation: str = setting(
         "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
         choices=NORMALISATIONS,
     )  # fmt: skip
-    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        data: str = setting()
+        seed: int = setting()
 
 
 @dataclass
+@compose(ModelSettings, only=("model", "pretrained"))
 class TrainedNet(StudyData):
-    """One net to study (a model name with its weights, or a training run folder) and its data."""
+    """One net to study (a model name with its weights, or a training run folder: the model
+    group's ``model`` and ``pretrained``) and its data."""
 
-    model: str = setting("resnet20", "model name or run folder")
-    pretrained: str | None = setting(
-        None, "weights for a model name: file, URL or tag (e.g. cifar10)"
-    )
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        model: str = setting()
+        pretrained: str | None = setting()
 
 
 def check_data(spec: str) -> None:

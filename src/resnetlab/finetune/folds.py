@@ -64,9 +64,10 @@ def cross_validate(options: FinetuneOptions) -> Path:
     new, or ``resume`` continues it with its own settings (``resume_settings``): a finished
     cross-validation is never read back as the result of other data or another seed. The
     folder is locked for the run's life and its run.json records how the run ended."""
-    options = resume_settings(options, Path(options.out_dir))  # refused before any write
-    with RunLock(options.out_dir), runfolder.recording(options.out_dir):
-        return _cross_validate(options)
+    with RunLock(options.out_dir):
+        options = resume_settings(options, Path(options.out_dir))  # refused before any write
+        with runfolder.recording(options.out_dir):
+            return _cross_validate(options)
 
 
 def _cross_validate(options: FinetuneOptions) -> Path:
