@@ -66,7 +66,7 @@ def test_default_compare_counts_and_times_nothing(tmp_path, monkeypatch, capsys)
         raise AssertionError("the default compare timed a model")
 
     monkeypatch.setattr(speed, "measure_throughput", refuse)
-    monkeypatch.setattr(compare, "measure_speeds", refuse)
+    monkeypatch.setattr(compare, "time_model", refuse)
     out = tmp_path / "cmp"
     start = time.perf_counter()
     assert main(["compare", "--out", str(out), "--json"]) == 0  # the default models
@@ -85,10 +85,12 @@ def test_default_compare_counts_and_times_nothing(tmp_path, monkeypatch, capsys)
 def test_speed_gives_medians_with_their_spread(tmp_path):
     config = CompareConfig(models=["resnet20", "resnet32"], speed=True, batch=2, input_size=8,
                            iters=1, warmup=1, repeats=3)  # fmt: skip
-    run_dir, rows, claims = run_compare(config, tmp_path / "run", progress=False)
+    run_dir, result = run_compare(config, tmp_path / "run", progress=False)
+    rows, claims = result["rows"], result["claims"]
     for name in ("config.json", "run.json", "compare.json", "compare.csv", "compare.txt"):
         assert (run_dir / name).is_file(), name
-    timings = [json.loads(line) for line in (run_dir / "speed.jsonl").read_text().splitlines()]
+    journal = (run_dir / "measurements.jsonl").read_text().splitlines()
+    timings = [t for t in map(json.loads, journal) if "img_s" in t]
     assert len(timings) == 2 * 2 * 3  # models x modes x repeats
     assert [t["model"] for t in timings[:4]] == ["resnet20"] * 2 + ["resnet32"] * 2  # interleaved
     for row in rows:

@@ -14,7 +14,7 @@ from resnetlab.experiments.gradient_flow import (
     expand_models,
     run_gradient_flow,
 )
-from resnetlab.experiments.runs import read_jsonl
+from resnetlab.runfolder import read_jsonl
 
 
 def _tiny(**changes) -> GradientFlowConfig:
@@ -24,7 +24,7 @@ def _tiny(**changes) -> GradientFlowConfig:
 
 @pytest.mark.slow
 def test_run_folder_contents(tmp_path):
-    run_dir = run_gradient_flow(_tiny(), tmp_path / "gf", progress=False)
+    run_dir = run_gradient_flow(_tiny(), tmp_path / "gf", progress=False).folder
     for name in ("config.json", "run.json", "gradient_flow.json", "gradient_flow.csv",
                  "seed_mlp.csv", "seed_mlp.png", "gradient_flow_inputs.png",
                  "gradient_flow_weights.png", "layer_responses.png"):  # fmt: skip
@@ -74,7 +74,7 @@ def test_checkpoint_needs_one_model(capsys):
 def test_real_data_batch(shared_dir, tmp_path):
     spec = str(shared_dir / "data" / "pneumoniamnist-balanced.npz")
     config = _tiny(models=["plain20", "resnet20"], seeds=1, data=spec)
-    run_dir = run_gradient_flow(config, tmp_path / "gf", progress=False)
+    run_dir = run_gradient_flow(config, tmp_path / "gf", progress=False).folder
     assert "PneumoniaMNIST" in (run_dir / "data.txt").read_text()
     profiles = json.loads((run_dir / "gradient_flow.json").read_text())["profiles"]
     assert all(v > 0 for v in profiles["resnet20"]["input_grad_norm"]["mean"])
@@ -84,8 +84,9 @@ def test_real_data_batch(shared_dir, tmp_path):
 def test_profile_at_a_trained_checkpoint(shared_dir, tmp_path):
     checkpoint = next((shared_dir / "peer" / "cifar-resnets").glob("resnet20-*.th"))
     init = run_gradient_flow(_tiny(models=["resnet20"], seeds=1), tmp_path / "a", progress=False)
+    init = init.folder
     config = _tiny(models=["resnet20"], seeds=1, checkpoint=str(checkpoint))
-    trained = run_gradient_flow(config, tmp_path / "b", progress=False)
+    trained = run_gradient_flow(config, tmp_path / "b", progress=False).folder
     profiles = [
         json.loads((d / "gradient_flow.json").read_text())["profiles"]["resnet20"]
         for d in (init, trained)

@@ -11,14 +11,14 @@ import pytest
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.gradient_flow import GradientFlowConfig, run_gradient_flow
-from resnetlab.experiments.runs import write_json
+from resnetlab.files import write_json
 from resnetlab.reports.report import render_report
 
 
 @pytest.fixture(scope="module")
 def gradient_run(tmp_path_factory) -> Path:
     config = GradientFlowConfig(models=["mlp3"], seeds=1)
-    return run_gradient_flow(config, tmp_path_factory.mktemp("runs") / "gf", progress=False)
+    return run_gradient_flow(config, tmp_path_factory.mktemp("runs") / "gf", progress=False).folder
 
 
 def _training_run(folder: Path) -> Path:

@@ -111,8 +111,9 @@ def test_evaluate_val_recreates_the_runs_held_out_split(scratch, data, tmp_path,
     for key in ("loss", "accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1"):
         assert measured[key] == pytest.approx(recorded[key], rel=1e-5, abs=1e-6), key
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["confusion_val.png", "metrics_val.json", "pr_val.png",
-                     "predictions_val.csv", "reliability_val.png", "roc_val.png"]  # fmt: skip
+    assert names == ["confusion_val.png", "decision_curve_val.png", "metrics_val.json",
+                     "pr_val.png", "predictions_val.csv", "reliability_val.png",
+                     "roc_val.png"]  # fmt: skip
     assert measured["clinical"]["evaluated"] == "val" and "val" in measured["clinical"]
     # another copy of the data is not the run's: its splits are the data's own
     other = write_folder(tmp_path / "other", size=16, per_class=PER_CLASS)

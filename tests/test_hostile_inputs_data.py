@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from resnetlab.data.preprocess import Preprocessing
 
 from resnetlab.cli import main
 from resnetlab.data import FileImageSet, open_data, tensors
+from resnetlab.data.preprocess import Preprocessing
 from resnetlab.errors import ResnetlabError
 from resnetlab.finetune.prepare import _prepare_split
 from test_data_safety import write_folder  # the same small image folder
@@ -205,7 +205,7 @@ def test_finetune_skipping_every_test_row_says_the_split_is_empty(tmp_path, home
     rows = clean_rows(names)
     rows[6:] = ["img/gone1.png,a,g6,test", "img/gone2.png,b,g7,test"]
     root = manifest(tmp_path / "d", rows)
-    argv = ["finetune", str(root), "--model", "resnet20", "--pretrained", "none", "--epochs",
+    argv = ["finetune", str(root), "--model", "resnet20", "--pretrained", "none", "--full-epochs",
             "1", "--out", str(tmp_path / "run"), "--on-bad", "skip", "--no-progress"]  # fmt: skip
     with pytest.warns(UserWarning, match="gone1.png"):
         assert main(argv) == 2
@@ -289,7 +289,7 @@ def test_a_failed_cache_write_leaves_no_entry(tmp_path, home, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tensors.torch, "save", half_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(ResnetlabError, match="no space left on the device"):
         open_data(tmp_path / "d")
     assert list((home / "data" / "cache").iterdir()) == []
     assert tensors.load_cache(tmp_path / "d") is None

@@ -28,6 +28,7 @@ from resnetlab.experiments.paths import Routed, effective_range, path_counts
 from resnetlab.experiments.shattered import autocorrelation, fit_decay
 from resnetlab.experiments.trained import Bypass, Chain, errors_of_variants, load_subject
 from resnetlab.models.inference import optimize_for_inference
+from resnetlab.runfolder import read_jsonl
 
 PEER20 = ("resnet20-12fca82f.th", 81.03)
 
@@ -169,12 +170,17 @@ def test_interrupted_grid_resumes_to_the_same_result(tmp_path, tiny_npz, monkeyp
     with pytest.raises(KeyboardInterrupt):
         run_landscape(config, tmp_path / "cut", progress=False)
     monkeypatch.setattr(landscape_module, "evaluate_point", real)
-    lines = (tmp_path / "cut" / "points_2d.jsonl").read_text().splitlines()
+    lines = _grid_points(tmp_path / "cut")
     assert len(lines) == 2  # 3 points of the 1-D slice, then 2 of the grid
     _, resumed = run_landscape(config, tmp_path / "cut", resume=True, progress=False)
     assert resumed["surface"] == pytest.approx(whole["surface"])
     assert resumed["line"] == whole["line"]
-    assert len((tmp_path / "cut" / "points_2d.jsonl").read_text().splitlines()) == 9
+    assert len(_grid_points(tmp_path / "cut")) == 9
+
+
+def _grid_points(folder) -> list[dict]:
+    """The 2-D grid's points in a study's journal."""
+    return [r for r in read_jsonl(folder / "measurements.jsonl") if r["id"].startswith("2d:")]
 
 
 def test_path_counts_are_binomial_and_routing_keeps_the_forward():
@@ -295,20 +301,21 @@ def test_degradation_arms_build_the_identity_starts():
 
 def test_demo_trained_part_says_what_it_left_out(tmp_path, tiny_npz, monkeypatch):
     from resnetlab.experiments.demo import DemoConfig, trained_part
+    from resnetlab.experiments.runner import run_study
 
     monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
-    common = {"resume": False, "command": None, "progress": False}
-    dirs, note = trained_part(DemoConfig(data="cifar10", quick=True), tmp_path / "a", common)
-    assert dirs == [] and note.startswith("Left out") and "weights" in note
+    parts, note = trained_part(DemoConfig(data="cifar10", quick=True))
+    assert parts == [] and note.startswith("Left out") and "weights" in note
     weights = tmp_path / "home" / "weights"
     weights.mkdir(parents=True)
     torch.save(create_model("resnet20").state_dict(), weights / "resnet20-test.th")
-    dirs, note = trained_part(DemoConfig(data="synthetic", quick=True), tmp_path / "b", common)
-    assert dirs == [] and "not CIFAR-10" in note
+    parts, note = trained_part(DemoConfig(data="synthetic", quick=True))
+    assert parts == [] and "not CIFAR-10" in note
     data = tmp_path / "cifar10-tiny.npz"
     data.write_bytes(tiny_npz.read_bytes())
     config = DemoConfig(data=str(data), quick=True)
-    dirs, note = trained_part(config, tmp_path / "c", common)
+    parts, note = trained_part(config)
+    dirs = [run_study(study, tmp_path / "c" / name).folder for name, study in parts]
     assert [d.name for d in dirs] == ["lesion", "landscape"] and "resnet20-test.th" in note
     assert (dirs[0] / "lesion_single.png").is_file() and (dirs[1] / "landscape_1d.png").is_file()
 

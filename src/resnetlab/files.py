@@ -45,8 +45,8 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
         if _out_of_space(error):
             kept = "it keeps its previous content" if path.exists() else "nothing was written"
             raise ResnetlabError(
-                f"no space left on the disk holding {path.parent} while writing {path.name} "
-                f"({kept}); free some space or choose another folder, then run again."
+                f"no space left on the device; free some space or choose another folder, then "
+                f"run again ({path.name} in {path.parent}: {kept})."
             ) from error
         raise
     finally:

@@ -21,15 +21,17 @@ import json
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import ResnetlabError
 from .files import write_json, write_text_atomic
 from .version import __version__
 
@@ -177,6 +179,36 @@ def finish(
     record |= extra or {}
     write_json(folder / RUN_FILE, record)
     return record
+
+
+@contextmanager
+def recording(folder: str | Path) -> Iterator[None]:
+    """Within this block a run that stops early never stays "running" in ``run.json``: a Ctrl-C
+    or SIGTERM (turned into a KeyboardInterrupt here) is recorded as ``interrupted``, an error
+    as ``failed: <reason>``; a run that recorded its own ending, or never started, is left as
+    it is."""
+    previous = None
+    with suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    except BaseException as exc:
+        if read(folder).get("status") == "running":
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            finish(folder, "interrupted" if interrupted else f"failed: {_reason(exc)}")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _reason(exc: BaseException) -> str:
+    """An error in words: a user error's own line, else its type and message."""
+    return str(exc) if isinstance(exc, ResnetlabError) else f"{type(exc).__name__}: {exc}"
 
 
 def update(folder: str | Path, **facts: Any) -> dict[str, Any]:

@@ -123,23 +123,24 @@ def compose(
     exclude: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
     unset: str | None = None,
+    only: Iterable[str] | None = None,
 ) -> Callable[[type], type]:
     """A class decorator (put it under ``@dataclass``) that adds the ``sources``' fields, with
     their help, bounds and choices, to the class: all but ``exclude`` and those the class
     declares itself, with ``defaults`` replacing the sources' defaults (a value, a ``Default``,
     or ``REQUIRED``: none, for a ``kw_only`` dataclass); with ``unset`` every other field added
     defaults to None, a value the class fills in itself, shown in the help as ``unset`` says
-    (degradation: "the recipe's"). The names
+    (degradation: "the recipe's"); ``only`` takes just the fields it names. The names
     added are kept in the class's ``__composed__`` (and the sources in ``__sources__``), so a
     field added to a source reaches the class with no edit."""
-    skip, new = set(exclude), dict(defaults or {})
+    skip, new, wanted = set(exclude), dict(defaults or {}), None if only is None else set(only)
 
     def decorate(cls: Any) -> type:  # Any: the class gets a __composed__ attribute
         own = cls.__dict__.get("__annotations__", {})
         added = list(cls.__dict__.get("__composed__", ()))
         fields = [f for source in sources for f in dataclasses.fields(source)]
         for f in fields:
-            if f.name in skip or f.name in own:
+            if f.name in skip or f.name in own or (wanted is not None and f.name not in wanted):
                 continue
             own[f.name] = f.type
             if f.name in new:

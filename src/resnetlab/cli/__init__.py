@@ -18,8 +18,7 @@ from ..version import __version__
 
 # Modules that define sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "models", "weights", "export", "train", "experiments", "studies", "finetune", "explain",
-    "demo", "serve",
+    "models", "weights", "export", "train", "studies", "finetune", "explain", "serve",
 ]  # fmt: skip
 
 

@@ -62,11 +62,15 @@ class ExportSettings(Checked):
 
     def __post_init__(self) -> None:
         check_groups(self)
-        if self.example_shape is not None and len(self.example_shape) != 3:
-            raise ResnetlabError(
-                f"--example-shape takes three numbers, C H W (e.g. 3 224 224), got "
-                f"{self.example_shape}."
-            )
+        check_shape(self.example_shape)
+
+
+def check_shape(shape: list[int] | None) -> None:
+    """An example input's shape is three numbers, C H W."""
+    if shape is not None and len(shape) != 3:
+        raise ResnetlabError(
+            f"--example-shape takes three numbers, C H W (e.g. 3 224 224), got {shape}."
+        )
 
 
 def run_export(args: argparse.Namespace) -> int:

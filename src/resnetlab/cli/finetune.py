@@ -32,7 +32,7 @@ from ..groups import (
     RunFolderSettings,
     device_name,
 )
-from ..settings import REQUIRED, Default, check_settings, compose, setting
+from ..settings import REQUIRED, Default, compose, setting
 from .flags import add_renamed, add_settings, flag_name, given_settings, settings_from_args
 
 # FinetuneOptions fields without a flag: the fold is set by cross-validation.
@@ -47,18 +47,15 @@ RENAMED_FLAGS = {
 
 
 @dataclass
-class SweepSettings:
+class SweepSettings(Checked):
     """The learning-rate range test's sweep (``resnetlab lr-find``)."""
 
-    iters: int = setting(100, "sweep steps", ">= 1")
+    iters: int = setting(100, "sweep steps", ">= 5")
     start_lr: float = setting(1e-7, "first lr of the sweep", "> 0")
     end_lr: float = setting(10.0, "last lr of the sweep", "> 0")
     phase: str = setting(
         "full", "sweep the unfrozen model or the head alone", choices=("full", "head")
     )
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
 
 @dataclass(kw_only=True)

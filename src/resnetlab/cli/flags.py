@@ -6,7 +6,10 @@ its ``setting(...)`` alone, and a metavar that says what it takes: ``INT``, ``FL
 list takes one or more values (``--depths 20 56`` or ``--depths 20,56``); a dict is a repeatable
 ``--model-option KEY=VALUE`` (the name without its last ``s``); ``none`` clears an optional one.
 No flag has an argparse default: a flag not given is absent from the parsed arguments, so the
-dataclass's own default applies (and a resumed run can tell given from saved).
+dataclass's own default applies (and a resumed run can tell given from saved); a command with
+nothing to resume may be ``eager`` (argparse holds the default and checks choices and bounds as
+it reads). A field's ``setting(flag=...)`` names its flag (``out_dir`` is ``--out``), and
+``add_renamed`` keeps a renamed flag as a one-line error naming the new one.
 """
 
 from __future__ import annotations

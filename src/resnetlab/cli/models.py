@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ResnetlabError
+from ..finetune.options import FinetuneOptions
+from ..groups import Checked, InferenceSettings, check_groups
 from ..models import create_model, list_models, model_info
 from ..models.summary import count_parameters, format_count, summarize
+from ..settings import REQUIRED, compose, setting
+from .export import ExportSettings, check_shape
+from .flags import add_renamed, add_settings, settings_from_args
+
+
+@dataclass(kw_only=True)
+@compose(InferenceSettings, ExportSettings, FinetuneOptions, defaults={"source": REQUIRED},
+         only=("source", "num_classes", "example_shape", "head_dropout", "freeze", "bn"))
+class SummarySettings(Checked):
+    """``resnetlab summary``: the model, a new head and frozen stages, each setting declared in
+    the group or command it belongs to."""
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        source: str = setting()
+        num_classes: int | None = setting()
+        example_shape: list[int] | None = setting()
+        head_dropout: float = setting()
+        freeze: tuple[str, ...] = setting()
+        bn: str = setting()
+
+    def __post_init__(self) -> None:
+        check_groups(self)
+        check_shape(self.example_shape)
+
+
+@dataclass
+class ModelsSettings(Checked):
+    """``resnetlab models``: which names to list."""
+
+    pattern: str = setting("*", "shell-style filter, e.g. 'resnet*'")
 
 
 def print_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> None:
@@ -30,7 +63,8 @@ def print_table(header: list[str], rows: list[list[str]], right: set[int] | None
         print(line(row))
 
 
-def run_models(args: argparse.Namespace) -> int:
+def run_models(namespace: argparse.Namespace) -> int:
+    args = settings_from_args(ModelsSettings, namespace)
     names = list_models(args.pattern)
     if not names:
         raise ResnetlabError(f"no model matches {args.pattern!r}; try `resnetlab models` for all.")
@@ -53,12 +87,12 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, ...]]:
+def _summary_model(args: SummarySettings) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The model to summarise: a registered name, or a fine-tuned run folder / model file
     (its card gives the architecture, head, input size and the stages it kept frozen)."""
     from ..transfer import freeze, replace_head
 
-    source = Path(args.name)
+    source = Path(args.source)
     if source.is_dir() or source.is_file():
         from ..artifact import load_trained
 
@@ -70,8 +104,9 @@ def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int
         if frozen and not args.freeze:
             freeze(model, frozen, bn)
     else:
-        options = {"in_channels": args.input_size[0]} if args.input_size else {}
-        model = create_model(args.name, **options)
+        shape = args.example_shape
+        options: dict[str, Any] = {"in_channels": shape[0]} if shape else {}
+        model = create_model(args.source, **options)
         created: Any = model.info  # set by create_model
         input_size = created.input_size
     if args.num_classes is not None or args.head_dropout:
@@ -80,20 +115,21 @@ def _summary_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int
         classes = args.num_classes or linears[-1].out_features
         replace_head(model, classes, dropout=args.head_dropout)
     if args.freeze:
-        freeze(model, [s.strip() for s in args.freeze.split(",") if s.strip()], args.bn)
-    return model, tuple(args.input_size) if args.input_size else input_size
+        freeze(model, list(args.freeze), args.bn)
+    return model, tuple(args.example_shape) if args.example_shape else input_size
 
 
-def run_summary(args: argparse.Namespace) -> int:
+def run_summary(namespace: argparse.Namespace) -> int:
+    args = settings_from_args(SummarySettings, namespace)
     model, input_size = _summary_model(args)
     info: Any = model.info  # set by create_model
     rows = summarize(model, input_size)
-    if args.name == info.name:
+    if args.source == info.name:
         print(f"{info.name}: {info.description}")
     else:
         from ..artifact import run_summary as card_summary
 
-        print(card_summary(args.name))
+        print(card_summary(args.source))
     print(f"input {' x '.join(map(str, input_size))}")
     print_table(
         ["stage", "output shape", "params", "trainable", "MACs"],
@@ -110,7 +146,7 @@ def run_summary(args: argparse.Namespace) -> int:
         right={2, 3, 4},
     )
     new_head = args.num_classes is not None or args.head_dropout
-    if args.name == info.name and not new_head:  # published figures are for the original head
+    if args.source == info.name and not new_head:  # published figures are for the original head
         for item in info.published:
             print(f"published: {item}")
     return 0
@@ -118,17 +154,11 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list the registered models")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    add_settings(p, ModelsSettings, positional={"pattern": "PATTERN"}, eager=True)
     p.set_defaults(func=run_models)
 
     p = subparsers.add_parser("summary", help="per-stage shapes, parameters and MACs of a model")
-    p.add_argument("name", help="model name (see `resnetlab models`), or a fine-tuning run folder")
-    p.add_argument(
-        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-        help="input size; default: the model's own (3 224 224 or 3 32 32)",
-    )  # fmt: skip
-    p.add_argument("--num-classes", type=int, help="a new head with this many outputs")
-    p.add_argument("--head-dropout", type=float, default=0.0, help="dropout before the new head")
-    p.add_argument("--freeze", help="stages to freeze, e.g. layer1,layer2 (trainable column)")
-    p.add_argument("--bn", choices=("frozen", "train"), default="frozen", help="BN policy")
+    add_settings(p, SummarySettings, positional={"source": "RUN_OR_MODEL"}, eager=True)
+    add_renamed(p, {"--input-size": "--example-shape C H W (--input-size is a size in px "
+                    "elsewhere)"})  # fmt: skip
     p.set_defaults(func=run_summary)

@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..console import say
 from ..errors import ResnetlabError
-from ..train.config import RECIPES, TrainConfig, recipe_config, with_overrides
-from .flags import add_settings, given_settings
+from ..train.config import RecipeSettings, TrainConfig, recipe_config, with_overrides
+from .flags import add_settings, given_settings, settings_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a model; writes a run folder with metrics and checkpoints",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--recipe", help=f"start from a recipe: {', '.join(RECIPES)}")
+    add_settings(p, RecipeSettings)
     add_settings(p, TrainConfig, required=("out_dir",))  # the run folder is --out
     p.set_defaults(func=run_train)
 
@@ -34,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..train import train
 
+    recipe = settings_from_args(RecipeSettings, args).recipe
     overrides = parse_overrides(args)
     out = Path(args.out_dir)
     saved = out / "config.json"
@@ -43,14 +43,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"nothing to resume in {out}: it holds no checkpoint (last.pt); drop --resume to "
             "start a new run there."
         )
-    if resume and saved.is_file() and args.recipe is None:
+    if resume and saved.is_file() and recipe is None:
         values = json.loads(saved.read_text())
         values.pop("resolved", None)
         values = with_overrides(values, overrides)  # a new length replaces the saved one
         config = TrainConfig.from_dict({**values, "out_dir": str(out), "resume": True})
     else:
-        config = recipe_config(args.recipe, **overrides, out_dir=str(out), resume=resume)
-    say(f"run folder: {out.resolve()}")
+        config = recipe_config(recipe, **overrides, out_dir=str(out), resume=resume)
     result = train(config)
     shown = {k: v for k, v in result.metrics.items() if "error" in k}
     print(" ".join(f"{k} {100 * v:.2f}%" for k, v in shown.items()))

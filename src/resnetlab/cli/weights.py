@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ResnetlabError
+from ..groups import Checked, ModelSettings
 from ..models import model_info
+from ..settings import Default, compose, setting
 from ..weights import catalog, hub
+from .flags import add_settings, settings_from_args
 from .models import print_table
 
 
-def run_weights(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+@compose(ModelSettings, only=("model",), defaults={"model": Default(None, "every model's")})
+class WeightsSettings(Checked):
+    """``resnetlab weights``: whose weights, and whether to download them now."""
+
+    download: bool = setting(False, "download MODEL's weights now")
+    tag: str | None = setting(None, "weights tag for --download (default: the model's default)")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        model: str | None = setting()
+
+
+def run_weights(namespace: argparse.Namespace) -> int:
+    args = settings_from_args(WeightsSettings, namespace)
     if args.model is not None:
         model_info(args.model)  # an unknown name raises with close matches
     entries = catalog.list_weights(args.model)
@@ -48,9 +66,5 @@ def run_weights(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("weights", help="list the named pretrained weights and the cache")
-    p.add_argument("model", nargs="?", help="only this model's weights")
-    p.add_argument("--download", action="store_true", help="download MODEL's weights now")
-    p.add_argument(
-        "--tag", default=None, help="weights tag for --download (default: the model's default)"
-    )
+    add_settings(p, WeightsSettings, positional={"model": "MODEL"}, eager=True)
     p.set_defaults(func=run_weights)

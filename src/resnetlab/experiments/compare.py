@@ -11,21 +11,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..analysis.gradients import BLOCK_TYPES
-from ..console import Bar
 from ..errors import ResnetlabError
-from ..files import write_json, write_text_atomic
 from ..models import create_model, model_info
 from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
 from ..reports.findings import compare_finding
 from ..settings import setting
-from . import runs
-from .speed import Spread, add_speeds, measure_speeds, unresolved
+from .runner import Figure, Study, Summary, pyplot, save_figure
+from .speed import MODES, Spread, add_speeds, time_model, unresolved
 
 DEFAULT_MODELS = ["vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV_FILE_SIZE = "torchvision weights metadata (_file_size, IMAGENET1K_V1)"
@@ -272,7 +271,7 @@ def plot_compare(rows: list[dict], path: Path) -> Path | None:
     rows = [r for r in rows if r["top1"] is not None]
     if not rows:
         return None
-    plt = runs.pyplot()
+    plt = pyplot()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -307,7 +306,7 @@ def plot_compare(rows: list[dict], path: Path) -> Path | None:
     axes[0].legend(handles=handles, fontsize=8)
     fig.suptitle("Accuracy (published) against size and compute (counted)", fontsize=10)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _check_device(device: str) -> None:
@@ -321,49 +320,52 @@ def _check_device(device: str) -> None:
         raise ResnetlabError(f"device {device!r} is not available here. Use --device cpu.")
 
 
-def run_compare(
-    config: CompareConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> tuple[Path, list[dict], list[str]]:
-    """Build the table into a run folder; returns (folder, rows, derived claims)."""
-    if not config.models:
-        raise ResnetlabError("no models to compare. Name at least one, e.g. resnet50.")
-    for name in config.models:
-        model_info(name)  # unknown names fail before any work
-    if config.speed and (min(config.iters, config.input_size) < 1 or config.batch < 2):
-        raise ResnetlabError(
-            "--batch must be at least 2 (BatchNorm in training), --iters and --input-size at "
-            "least 1."
-        )
-    if config.speed and config.repeats < 3:
-        raise ResnetlabError(
-            f"--repeats {config.repeats}: a spread needs at least 3 repeats; use --repeats 3."
-        )
-    if config.speed:
-        _check_device(config.device)
-    run_dir = runs.new_run_dir("compare", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    log = run_dir / "rows.jsonl"
-    done = {r["model"] for r in runs.read_jsonl(log)}
-    todo = [m for m in config.models if m not in done]
-    for name in Bar(todo, desc="compare", unit="model", disable=not progress):
-        runs.append_jsonl(log, model_row(name, config))
-    by_name = {r["model"]: r for r in runs.read_jsonl(log)}
-    rows = [by_name[m] for m in config.models]
-    if config.speed:
-        rows = add_speeds(rows, measure_speeds(config, run_dir / "speed.jsonl", progress))
-    claims = derived_claims(rows, config) + speed_findings(rows, config)
-    table = format_table(rows, config)
-    names = {r["model"]: display_name(r["model"]) for r in rows}
-    found = [f for f in [compare_finding(rows, names)] if f is not None]
-    write_json(run_dir / "compare.json",
-               {"rows": rows, "claims": claims, "findings": found, "summary": claims})  # fmt: skip
-    runs.write_csv(run_dir / "compare.csv", rows)
-    write_text_atomic(run_dir / "compare.txt", table + "\n")
-    plot_compare(rows, run_dir / "compare.png")
-    runs.finish_run(run_dir)
-    return run_dir, rows, claims
+class Compare(Study):
+    """One row per model (counted and published), then, with ``speed``, every timing: each
+    repeat of each model and mode, models interleaved round by round, one a measurement."""
+
+    settings = CompareConfig
+    name = "compare"
+
+    def check(self) -> None:
+        if not self.config.models:
+            raise ResnetlabError("no models to compare. Name at least one, e.g. resnet50.")
+        for name in self.config.models:
+            model_info(name)  # unknown names fail before any work
+        if self.config.speed:
+            _check_device(self.config.device)
+        self.timed: dict[str, nn.Module] = {}
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        c = self.config
+        plan: list[tuple[str, Any]] = [(f"row:{m}", ("row", m, "", 0)) for m in c.models]
+        if c.speed:
+            plan += [(f"speed:{r}:{m}:{mode}", ("speed", m, mode, r))
+                     for r in range(c.repeats) for m in c.models for mode in MODES]  # fmt: skip
+        return plan
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        kind, name, mode, repeat = spec
+        if kind == "row":
+            return model_row(name, self.config)
+        if name not in self.timed:
+            self.timed[name] = create_model(name)
+        timing = time_model(self.timed[name], mode, self.config)
+        return {"model": name, "mode": mode, "repeat": repeat, **timing}
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        c = self.config
+        rows = [{k: v for k, v in r.items() if k != "id"} for r in records if "params" in r]
+        if c.speed:
+            rows = add_speeds(rows, [r for r in records if "img_s" in r])
+        claims = derived_claims(rows, c) + speed_findings(rows, c)
+        names = {r["model"]: display_name(r["model"]) for r in rows}
+        found = [f for f in [compare_finding(rows, names)] if f is not None]
+        result = {"rows": rows, "claims": claims, "findings": found, "summary": claims}
+        figure = Figure("compare.png", "Published ImageNet top-1 against counted parameters and "
+                        "multiply-accumulates.", lambda p: plot_compare(rows, p))  # fmt: skip
+        texts = {"compare.txt": format_table(rows, c) + "\n"}
+        return Summary(result, {"compare.csv": rows}, texts, [figure])
+
+
+run_compare = Compare.run

@@ -10,8 +10,6 @@ training and test error.
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,14 +21,19 @@ from ..console import say
 from ..data import open_data, split_val
 from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
-from ..files import write_json, write_text_atomic
+from ..files import write_text_atomic
 from ..groups import check_device
 from ..models import CifarResNet, create_model, list_models, model_info
 from ..reports.findings import degradation_findings
 from ..settings import Default, check_settings, compose, setting
 from ..train import TrainingDiverged, recipe_config, train
-from ..train.config import DEFAULT_ITERS, RECIPES, TrainConfig, check_trackers, tracker_names
-from . import runs
+from ..train.config import (
+    DEFAULT_ITERS,
+    RecipeSettings,
+    TrainConfig,
+    check_trackers,
+    tracker_names,
+)
 from .degradation_curves import (
     FINAL_WINDOW,
     LABEL,
@@ -41,6 +44,8 @@ from .degradation_curves import (
     read_curves,
     verdict,
 )
+from .inputs import check_data
+from .runner import Figure, Study, Summary, fingerprint, status
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
@@ -55,8 +60,9 @@ PER_NET = ("model", "model_options", "pretrained", "max_iters", "epochs", "miles
 
 
 @dataclass
-@compose(TrainConfig, exclude=PER_NET, unset="the recipe's", defaults={
-    "data": "cifar10", "seed": 0, "eval_every": Default(None, "budget / 20"),
+@compose(RecipeSettings, TrainConfig, exclude=PER_NET, unset="the recipe's", defaults={
+    "recipe": "he2015-cifar", "data": "cifar10", "seed": 0,
+    "eval_every": Default(None, "budget / 20"),
 })  # fmt: skip
 class DegradationConfig:
     """Settings of one degradation experiment (written to config.json). Its own fields below;
@@ -69,7 +75,6 @@ class DegradationConfig:
         help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
         bounds=">= 1", factory=lambda: list(FAMILIES["cifar"]),
     )  # fmt: skip
-    recipe: str = setting("he2015-cifar", "training recipe", choices=tuple(RECIPES))
     budget: int | None = setting(None, "iterations per net; the recipe's lr milestones are "
                                  "scaled to it", ">= 1")  # fmt: skip
     input_size: int | None = setting(None, "resize images to this many px (default: as "
@@ -86,6 +91,7 @@ class DegradationConfig:
 
     if TYPE_CHECKING:  # added by compose (this block never runs): the ones read here
         __composed__: ClassVar[tuple[str, ...]]
+        recipe: str = setting()
         data: str = setting()
         seed: int = setting()
         batch_size: int | None = setting()
@@ -104,7 +110,8 @@ class DegradationConfig:
 
     def engine_settings(self) -> dict[str, Any]:
         """The engine settings given for every net's run (those left unset are the recipe's)."""
-        values = {name: getattr(self, name) for name in self.__composed__}
+        engine = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {name: getattr(self, name) for name in self.__composed__ if name in engine}
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -142,8 +149,8 @@ def build_net(family: str, kind: str, depth: int, num_classes: int, in_channels:
 
 
 def check_config(config: DegradationConfig, recipe_iters: int | None) -> None:
-    """Refuse settings that cannot make the experiment, naming the fix (bounds and choices are
-    checked when the config is made)."""
+    """Refuse settings that cannot make the experiment, naming the fix."""
+    check_settings(config)
     check_variants(config.variants)
     if len(set(config.depths)) < 2:
         raise ResnetlabError("the claims compare depths: pass at least two, e.g. --depths 20 56.")
@@ -202,53 +209,71 @@ def _budget_banner(iterations: int, recipe_iters: int, milestones: list[int]) ->
     )
 
 
-def run_degradation(
-    config: DegradationConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-    log: tuple[str, ...] = (),
-) -> tuple[Path, dict[str, Any]]:
-    """Train the plain and residual net of every depth and write the results; returns
-    (run folder, the contents of degradation.json). ``log`` names trackers for each net's run."""
+class Degradation(Study):
+    """The plain and residual net of every depth, each trained into its own sub-folder (one net
+    a measurement, taken again on resume until its run completed)."""
 
-    base = recipe_config(config.recipe)
-    recipe_iters = base.max_iters or DEFAULT_ITERS  # the recipes state their length in iterations
-    check_config(config, recipe_iters)
-    iterations = config.budget or recipe_iters
-    milestones = scaled_milestones(base.milestones_at(recipe_iters), recipe_iters, iterations)
-    if base.schedule != "multistep":
-        milestones = []
-    eval_every = config.eval_every or max(1, iterations // 20)
-    val_size = config.val_size if config.val_size is not None else base.val_size
-    run_dir = runs.new_run_dir("degradation", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    say(f"degradation: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
-    bundle = open_bundle(config, val_size)
-    sources = [f"  {n}: {getattr(bundle, n).source}" for n in SPLITS if getattr(bundle, n)]
-    write_text_atomic(run_dir / "data.txt", "\n".join([bundle.summary(), *sources]) + "\n")
-    schedule = {
-        "max_iters": iterations, "milestones": tuple(milestones), "eval_every": eval_every,
-        "checkpoint_every": eval_every, "log_every": max(1, min(100, iterations // 100)),
-        "log": tuple(log) or tuple(config.log or ()),
-    }  # fmt: skip
-    kinds = [arm_kind(v) for v in config.variants]
-    nets = [(kind, d) for kind in kinds for d in sorted(set(config.depths))]
-    results: dict[str, dict[str, Any]] = {}
-    for i, (kind, depth) in enumerate(nets, 1):
-        name, folder = net_name(kind, depth), run_dir / net_name(kind, depth)
-        if _status(folder) != "completed":
-            say(f"degradation [{i}/{len(nets)}] {display(kind, depth)}: {iterations:,} "
+    settings = DegradationConfig
+    name = "degradation"
+
+    def check(self) -> None:
+        c = self.config
+        self.base = recipe_config(c.recipe)
+        self.recipe_iters = self.base.max_iters or DEFAULT_ITERS  # recipes count iterations
+        check_config(c, self.recipe_iters)
+        if c.data != "synthetic":
+            check_data(c.data)
+        self.iterations = c.budget or self.recipe_iters
+        at = self.base.milestones_at(self.recipe_iters)
+        self.milestones = scaled_milestones(at, self.recipe_iters, self.iterations)
+        if self.base.schedule != "multistep":
+            self.milestones = []
+
+    def inputs(self) -> dict[str, str | None]:
+        return {"data": fingerprint(self.config.data, content=False)}
+
+    def prepare(self) -> None:
+        c, iterations = self.config, self.iterations
+        self.bundle = open_bundle(c, c.val_size if c.val_size is not None else self.base.val_size)
+        sources = [f"  {n}: {getattr(self.bundle, n).source}" for n in SPLITS
+                   if getattr(self.bundle, n)]  # fmt: skip
+        write_text_atomic(self.folder / "data.txt", "\n".join([self.bundle.summary(), *sources])
+                          + "\n")  # fmt: skip
+        eval_every = c.eval_every or max(1, iterations // 20)
+        self.schedule = {
+            "max_iters": iterations, "milestones": tuple(self.milestones),
+            "eval_every": eval_every, "checkpoint_every": eval_every,
+            "log_every": max(1, min(100, iterations // 100)), "log": tuple(c.log or ()),
+        }  # fmt: skip
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        kinds = [arm_kind(v) for v in self.config.variants]
+        nets = [(kind, d) for kind in kinds for d in sorted(set(self.config.depths))]
+        return [(net_name(k, d), (i, len(nets), k, d)) for i, (k, d) in enumerate(nets, 1)]
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        i, count, kind, depth = spec
+        name = net_name(kind, depth)
+        folder = self.folder / name
+        if status(folder) != "completed":
+            say(f"degradation [{i}/{count}] {display(kind, depth)}: {self.iterations:,} "
                 f"iterations -> {folder}")  # fmt: skip
-            _train_net(config, kind, depth, bundle, schedule, folder, resume, progress)
+            _train_net(self.config, kind, depth, self.bundle, self.schedule, folder, self.resume,
+                       self.progress)  # fmt: skip
         curves = read_curves(folder)
-        results[name] = {"kind": kind, "depth": depth, "status": _status(folder), "folder": name,
-                         "curves": curves, **final_errors(curves, iterations)}  # fmt: skip
-    result = write_results(run_dir, config, results, iterations, recipe_iters, milestones)
-    runs.finish_run(run_dir)
-    return run_dir, result
+        return {"kind": kind, "depth": depth, "status": status(folder), "folder": name,
+                "curves": curves, **final_errors(curves, self.iterations)}  # fmt: skip
+
+    def finished(self, record: dict[str, Any]) -> bool:
+        return status(self.folder / record["folder"]) == "completed"
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        results = {r["id"]: {k: v for k, v in r.items() if k != "id"} for r in records}
+        return summary_of(self.config, results, self.iterations, self.recipe_iters,
+                          self.milestones)  # fmt: skip
+
+
+run_degradation = Degradation.run
 
 
 def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,
@@ -268,14 +293,7 @@ def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, sc
     try:
         train(train_config, model=model, data=bundle)
     except TrainingDiverged as exc:  # recorded in its run.json; the other nets still run
-        print(f"{display(kind, depth)}: {exc}", file=sys.stderr)
-
-
-def _status(folder: Path) -> str:
-    try:
-        return str(json.loads((folder / "run.json").read_text()).get("status", "not started"))
-    except (OSError, json.JSONDecodeError):
-        return "not started"
+        say(f"{display(kind, depth)}: {exc}")
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
@@ -287,14 +305,13 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write_results(
-    run_dir: Path,
+def summary_of(
     config: DegradationConfig,
     results: dict[str, dict[str, Any]],
     iterations: int,
     recipe_iters: int,
     milestones: list[int],
-) -> dict[str, Any]:
+) -> Summary:
     """degradation.json (curves, finals, verdict, summary), degradation.csv and .png."""
     claims = verdict(results)
     banner = _budget_banner(iterations, recipe_iters, milestones)
@@ -328,12 +345,14 @@ def write_results(
         "findings": degradation_findings(claims, iterations, recipe_iters),
         "summary": summary,
     }
-    write_json(run_dir / "degradation.json", result)
-    runs.write_csv(run_dir / "degradation.csv", rows)
     depths = "/".join(str(d) for d in sorted(set(config.depths)))
-    data = Path(config.data).name
-    title = f"Training (dashed) and test (bold) error, {config.family} nets {depths}, {data}"
-    plot_degradation(
-        results, title + (f"\n{banner}" if banner else ""), run_dir / "degradation.png"
-    )
-    return result
+    title = f"Training (dashed) and test (bold) error, {config.family} nets {depths}, "
+    title += Path(config.data).name + (f"\n{banner}" if banner else "")
+    figure = Figure("degradation.png", CAPTION, lambda p: plot_degradation(results, title, p))
+    return Summary(result, {"degradation.csv": rows}, figures=[figure])
+
+
+CAPTION = (
+    "He et al. 2015, Fig. 1/6: training error (dashed, running error on augmented batches) and "
+    "test error (bold) against iterations, plain and residual nets of each depth."
+)

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from . import runs
+from ..figures import pyplot, save_figure
+from ..runfolder import read_jsonl
 from .variants import base_kind
 
 FINAL_WINDOW = 0.1  # final training error: mean over the last 10 % of iterations
@@ -23,7 +24,7 @@ def display(kind: str, depth: int) -> str:
 def read_curves(folder: Path) -> dict[str, dict[str, list]]:
     """Training error (per log interval) and val/test error (per evaluation) from metrics.jsonl."""
     curves: dict[str, dict[str, list]] = {s: {"step": [], "error": []} for s in SPLITS}
-    for r in runs.read_jsonl(folder / "metrics.jsonl"):
+    for r in read_jsonl(folder / "metrics.jsonl"):
         for split in SPLITS:
             key = "error" if split == "train" else f"{split}_error"
             if r.get("kind") == ("train" if split == "train" else "eval") and key in r:
@@ -104,7 +105,7 @@ def verdict(finals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def plot_degradation(curves: dict[str, dict], title: str, path: Path) -> Path:
     """The paper's figure: plain (left) and ResNet (right), one colour per depth, training
     error dashed and test error bold, error % against iterations."""
-    plt = runs.pyplot()
+    plt = pyplot()
     depths = sorted({c["depth"] for c in curves.values()})
     colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -128,4 +129,4 @@ def plot_degradation(curves: dict[str, dict], title: str, path: Path) -> Path:
     axes[0].set_ylabel("error (%)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)

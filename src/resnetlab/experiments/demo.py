@@ -1,11 +1,12 @@
 """``resnetlab demo``: the classic experiments, small enough for a laptop CPU, in one report.
 
-It runs the comparison table, the gradient-flow check (the seed's 10/20-block MLPs and conv
-nets at initialisation) and a short degradation run on synthetic shapes made on the spot,
-each into a sub-folder, then renders them as one report. Nothing is downloaded unless
-``data`` names a data set to fetch. With CIFAR-10 data and CIFAR-10 ResNet weights in the
-weights cache (``$RESNETLAB_HOME/weights``), a fourth part studies a trained net: a lesion on a
-test subsample and a 1-D loss landscape; without them the report says what it left out.
+The demo is a list of studies: the comparison table, the gradient-flow check (the seed's
+10/20-block MLPs and conv nets at initialisation) and a short degradation run on synthetic
+shapes made on the spot, each run into a sub-folder (one measurement of the demo each), then
+rendered as one report. Nothing is downloaded unless ``data`` names a data set to fetch. With
+CIFAR-10 data and CIFAR-10 ResNet weights in the weights cache (``$RESNETLAB_HOME/weights``), a
+fourth part studies a trained net: a lesion on a test subsample and a 1-D loss landscape;
+without them the report says what it left out.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from typing import Any
 
 from ..console import say
 from ..download import resnetlab_home
-from ..files import write_json
-from ..settings import setting
-from . import runs
+from ..settings import check_settings, setting
 from .compare import DEFAULT_MODELS as COMPARE_MODELS
-from .compare import CompareConfig, run_compare
-from .degradation import DegradationConfig, run_degradation
-from .gradient_flow import GradientFlowConfig, run_gradient_flow
-from .landscape import LandscapeConfig, run_landscape
-from .lesion import LesionConfig, run_lesion
+from .compare import Compare, CompareConfig
+from .degradation import Degradation, DegradationConfig
+from .gradient_flow import GradientFlow, GradientFlowConfig
+from .landscape import Landscape, LandscapeConfig
+from .lesion import Lesion, LesionConfig
+from .runner import Study, Summary, run_study, status
 
 DEMO_BUDGET = 300  # iterations per net in the demo's degradation run
 QUICK_BUDGET = 4
@@ -97,9 +97,9 @@ def _is_cifar10(data: str) -> bool:
     return data == "cifar10" or "cifar10" in Path(data).name and "100" not in Path(data).name
 
 
-def trained_part(config: DemoConfig, run_dir: Path, common: dict) -> tuple[list[Path], str]:
+def trained_part(config: DemoConfig) -> tuple[list[tuple[str, Study]], str]:
     """Lesion (1,000 test images) and 1-D landscape (500 training images) of a cached CIFAR-10
-    ResNet; or no folders and the reason it was left out."""
+    ResNet; or no studies and the reason they were left out."""
     found = cached_cifar_weights()
     if found is None:
         return [], (
@@ -116,12 +116,10 @@ def trained_part(config: DemoConfig, run_dir: Path, common: dict) -> tuple[list[
     small = 200 if config.quick else 1000
     lesion = LesionConfig(models=[model], pretrained=[str(path)], data=config.data,
                           eval_size=small, max_k=1 if config.quick else 3, draws=2)  # fmt: skip
-    lesion_dir, _ = run_lesion(lesion, run_dir / "lesion", **common)
     points = 7 if config.quick else 21
     land = LandscapeConfig(model=model, pretrained=str(path), data=config.data,
                            train_size=small // 2, points_1d=points, grid=0)  # fmt: skip
-    land_dir, _ = run_landscape(land, run_dir / "landscape", **common)
-    return [lesion_dir, land_dir], (
+    return [("lesion", Lesion(lesion)), ("landscape", Landscape(land))], (
         f"Trained networks: {model} from {path.name}, lesion on {small:,} test images, 1-D "
         f"landscape on {small // 2:,} training images; no 2-D landscape (see loss-landscape)."
     )
@@ -140,64 +138,68 @@ def demo_verdict(folders: list[Path]) -> list[str]:
     return lines
 
 
-def _timed(label: str, step: int, fn, *args, **kwargs) -> tuple[Any, float]:
-    say(f"demo [{step}/4] {label}")
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+class Demo(Study):
+    """The list of studies above, each a measurement: run into its sub-folder and timed."""
+
+    settings = DemoConfig
+    name = "demo"
+
+    def check(self) -> None:
+        c = self.config
+        self.parts: list[tuple[str, str, Study]] = [
+            ("compare", "comparison table", Compare(compare_config(c))),
+            ("gradient-flow", "gradient flow at initialisation",
+             GradientFlow(gradient_flow_config(c))),
+            ("degradation", f"degradation, {degradation_config(c).budget} iterations per net on "
+             f"{c.data}", Degradation(degradation_config(c))),
+        ]  # fmt: skip
+        trained, self.trained_note = trained_part(c)
+        self.parts += [(n, "trained networks (cached CIFAR-10 weights)", s) for n, s in trained]
+        for _, _, part in self.parts:  # every part's input, before any of them runs
+            part.progress = self.progress
+            check_settings(part.config)
+            part.check()
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        return [(name, (i, label, part)) for i, (name, label, part) in enumerate(self.parts, 1)]
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        i, label, part = spec
+        say(f"demo [{i}/{len(self.parts)}] {label}")
+        started = time.perf_counter()
+        run_study(part, self.folder / part.name, resume=True)
+        return {"seconds": time.perf_counter() - started}
+
+    def finished(self, record: dict[str, Any]) -> bool:
+        return status(self.folder / record["id"]) == "completed"
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        c, took = self.config, {r["id"]: r["seconds"] for r in records}
+        trained = sum(took.get(n, 0.0) for n in ("lesion", "landscape"))
+        timings = {"compare_s": took["compare"], "gradient_flow_s": took["gradient-flow"],
+                   "degradation_s": took["degradation"], "trained_s": trained,
+                   "total_s": sum(took.values())}  # fmt: skip
+        summary = [
+            f"Demo on {c.data} data; wall time {timings['total_s']:.0f} s; machine and versions "
+            "at the end.",
+            f"Comparison table {took['compare']:.0f} s, gradient flow {took['gradient-flow']:.0f}"
+            f" s, degradation run {took['degradation']:.0f} s, trained networks {trained:.0f} s.",
+            self.trained_note,
+        ]
+        if c.data == "synthetic":
+            summary.append(
+                "The degradation run uses synthetic shapes (16 px, made on the spot) and a few "
+                "hundred iterations: it shows the method, not the paper's result. Run "
+                "'resnetlab degradation --data cifar10' for the real experiment."
+            )
+        verdict = demo_verdict(self.report_folders()[1:])
+        return Summary({"timings": timings, "verdict": verdict, "summary": summary})
+
+    def report_folders(self) -> list[Path]:
+        """The demo, then its parts with the degradation claims first (the verdict's order)."""
+        order = ["degradation", "gradient-flow", "compare", "lesion", "landscape"]
+        names = [n for n in order if any(n == name for name, _, _ in self.parts)]
+        return [self.folder, *(self.folder / n for n in names)]
 
 
-def run_demo(
-    config: DemoConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> tuple[Path, Path]:
-    """Run the three experiments into one folder and render it; returns (folder, report.html)."""
-    from ..reports.report import render_report
-
-    degradation = degradation_config(config)
-    run_dir = runs.new_run_dir("demo", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    say(f"demo: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
-    common = {"resume": resume, "command": command, "progress": progress}
-    started = time.perf_counter()
-    (compare_dir, _, _), t_compare = _timed(
-        "comparison table", 1, run_compare, compare_config(config), run_dir / "compare", **common
-    )
-    flow_dir, t_flow = _timed(
-        "gradient flow at initialisation", 2, run_gradient_flow, gradient_flow_config(config),
-        run_dir / "gradient-flow", **common,
-    )  # fmt: skip
-    (degradation_dir, _), t_degradation = _timed(
-        f"degradation, {degradation.budget} iterations per net on {config.data}", 3,
-        run_degradation, degradation, run_dir / "degradation", **common,
-    )  # fmt: skip
-    (trained_dirs, trained_note), t_trained = _timed(
-        "trained networks (cached CIFAR-10 weights)", 4, trained_part, config, run_dir, common
-    )
-    total = time.perf_counter() - started
-    summary = [
-        f"Demo on {config.data} data; wall time {total:.0f} s"
-        f"{' (this resumed session only)' if resume else ''}; machine and versions at the end.",
-        f"Comparison table {t_compare:.0f} s, gradient flow {t_flow:.0f} s, "
-        f"degradation run {t_degradation:.0f} s, trained networks {t_trained:.0f} s.",
-        trained_note,
-    ]
-    if config.data == "synthetic":
-        summary.append(
-            "The degradation run uses synthetic shapes (16 px, made on the spot) and a few "
-            "hundred iterations: it shows the method, not the paper's result. Run "
-            "'resnetlab degradation --data cifar10' for the real experiment."
-        )
-    timings = {"compare_s": t_compare, "gradient_flow_s": t_flow,
-               "degradation_s": t_degradation, "trained_s": t_trained,
-               "total_s": total}  # fmt: skip
-    verdict = demo_verdict([degradation_dir, flow_dir, compare_dir, *trained_dirs])
-    write_json(run_dir / "demo.json", {"timings": timings, "verdict": verdict, "summary": summary})
-    runs.finish_run(run_dir)
-    parts = [run_dir, degradation_dir, flow_dir, compare_dir, *trained_dirs]  # verdict's order
-    html_path, _ = render_report(parts, out=run_dir)
-    return run_dir, html_path
+run_demo = Demo.run

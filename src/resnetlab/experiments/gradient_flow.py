@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +25,12 @@ from ..analysis.gradients import (
     mlp_stack,
     seed_mlp_gradients,
 )
-from ..console import Bar
 from ..errors import ResnetlabError
-from ..files import write_json, write_text_atomic
 from ..models import ModelInfo, create_model, model_info
 from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding
 from ..settings import setting
-from . import runs
+from .inputs import check_data
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 
 DEFAULT_MODELS = [
     "mlp10", "mlp20", "plain20", "resnet20", "plain56", "resnet56", "plain110", "resnet110",
@@ -247,7 +247,7 @@ def _band(ax, stats: dict, colour: str, label: str) -> None:
 
 def plot_profiles(profiles: dict[str, dict], key: str, ylabel: str, title: str, path: Path):
     """One panel per depth, plain vs residual, mean line and min–max band over seeds, log y."""
-    plt = runs.pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     groups: dict[str, list[dict]] = {}
@@ -275,12 +275,12 @@ def plot_profiles(profiles: dict[str, dict], key: str, ylabel: str, title: str, 
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_seed_mlp(seed_rows: list[dict], path: Path) -> Path:
     """First-layer gradient norm against depth, plain vs residual (log y)."""
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for kind in ("plain", "residual"):
         rows = [r for r in seed_rows if r["kind"] == kind]
@@ -297,7 +297,7 @@ def plot_seed_mlp(seed_rows: list[dict], path: Path) -> Path:
     ax.set_title("Seed MLP: first-layer gradient norm\n" + PLUS_ONE, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _csv_rows(profiles: dict[str, dict]) -> list[dict]:
@@ -318,72 +318,83 @@ def _csv_rows(profiles: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def run_gradient_flow(
-    config: GradientFlowConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Run the experiment into a run folder and return the folder."""
-    entries = expand_models(config.models)
-    if config.checkpoint and len({e.name for e in entries}) != 1:
-        raise ResnetlabError("--checkpoint needs exactly one model. Pass --models NAME.")
-    if config.seeds < 1:
-        raise ResnetlabError(f"--seeds must be at least 1, got {config.seeds}.")
-    if config.batch < 2 or config.mlp_batch < 1:
-        raise ResnetlabError(f"--batch must be at least 2 (BatchNorm), got {config.batch}.")
-    if config.imagenet_size < 32:
-        raise ResnetlabError(f"--imagenet-size must be at least 32 px, got {config.imagenet_size}.")
-    run_dir = runs.new_run_dir("gradient-flow", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    seeds = list(range(config.seed, config.seed + config.seeds))
-    data = None
-    if config.data:
-        data, description = _data_batches(config.data, config.batch, seeds)
-        write_text_atomic(run_dir / "data.txt", f"{description}\n  spec: {config.data}\n")
-    log = run_dir / "profiles.jsonl"
-    done = {(r["model"], r["seed"]) for r in runs.read_jsonl(log)}
-    tasks = [(e, s) for e in entries for s in seeds if (e.name, s) not in done]
-    for entry, seed in Bar(tasks, desc="gradient flow", unit="net", disable=not progress):
-        runs.append_jsonl(log, measure(entry, config, seed, data))
-    wanted = {e.name for e in entries}
-    profiles = aggregate([r for r in runs.read_jsonl(log) if r["model"] in wanted])
-    seed_rows = seed_mlp_gradients((10, 20), config.mlp_width, config.mlp_batch, config.seed)
-    lines = summary_lines(seed_rows, profiles)
-    at = f"at {Path(config.checkpoint).name}" if config.checkpoint else "at initialisation"
-    found = findings(seed_rows, profiles, at)
-    write_json(
-        run_dir / "gradient_flow.json",
-        {"seed_mlp": seed_rows, "profiles": profiles, "findings": found, "summary": lines},
-    )
-    runs.write_csv(run_dir / "seed_mlp.csv", seed_rows)
-    runs.write_csv(run_dir / "gradient_flow.csv", _csv_rows(profiles))
-    plot_seed_mlp(seed_rows, run_dir / "seed_mlp.png")
-    n = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, line = mean, band = min–max"
-    plot_profiles(
-        profiles,
-        "input_grad_norm",
-        "‖∂L/∂x_l‖ (whole batch)",
-        f"Gradient w.r.t. each block's input, {at} ({n})\n{PLUS_ONE}",
-        run_dir / "gradient_flow_inputs.png",
-    )
-    plot_profiles(
-        profiles,
-        "weight_grad_norm",
-        "‖∂L/∂W‖ of the block's weights",
-        f"Weight-gradient norm per block, {at} ({n})\n{PLUS_ONE}",
-        run_dir / "gradient_flow_weights.png",
-    )
-    note = "" if config.checkpoint else "; at initialisation BN's running statistics are identity"
-    plot_profiles(
-        profiles,
-        "response_std",
-        "std of response (eval mode)",
-        f"Std of each 3×3 layer's response after BN, before addition/ReLU, {at}\n"
-        f"(He et al. 2015, Fig. 7; eval mode{note})",
-        run_dir / "layer_responses.png",
-    )
-    runs.finish_run(run_dir)
-    return run_dir
+class GradientFlow(Study):
+    """Every model at every seed, one a measurement (journaled in ``profiles.jsonl``)."""
+
+    settings = GradientFlowConfig
+    name = "gradient-flow"
+    journal = "profiles.jsonl"
+
+    def check(self) -> None:
+        c = self.config
+        self.entries = expand_models(c.models)
+        if c.checkpoint and len({e.name for e in self.entries}) != 1:
+            raise ResnetlabError("--checkpoint needs exactly one model. Pass --models NAME.")
+        if c.data:
+            check_data(c.data)
+        self.seeds = list(range(c.seed, c.seed + c.seeds))
+
+    def inputs(self) -> dict[str, str | None]:
+        return {"checkpoint": fingerprint(self.config.checkpoint),
+                "data": fingerprint(self.config.data, content=False)}  # fmt: skip
+
+    def prepare(self) -> None:
+        self.data, self.description = None, ""
+        if self.config.data:
+            self.data, self.description = _data_batches(self.config.data, self.config.batch,
+                                                        self.seeds)  # fmt: skip
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        return [(f"{e.name}:{s}", (e, s)) for e in self.entries for s in self.seeds]
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        entry, seed = spec
+        return measure(entry, self.config, seed, self.data)
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        c, profiles = self.config, aggregate(records)
+        seed_rows = seed_mlp_gradients((10, 20), c.mlp_width, c.mlp_batch, c.seed)
+        at = f"at {Path(c.checkpoint).name}" if c.checkpoint else "at initialisation"
+        result = {"seed_mlp": seed_rows, "profiles": profiles,
+                  "findings": findings(seed_rows, profiles, at),
+                  "summary": summary_lines(seed_rows, profiles)}  # fmt: skip
+        tables = {"seed_mlp.csv": seed_rows, "gradient_flow.csv": _csv_rows(profiles)}
+        n = f"{len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''}, line = mean, band = "
+        n += "min–max"
+        note = "" if c.checkpoint else "; at initialisation BN's running statistics are identity"
+        figures = [
+            Figure("seed_mlp.png", CAPTIONS["seed_mlp.png"],
+                   lambda p: plot_seed_mlp(seed_rows, p)),
+            Figure("gradient_flow_inputs.png", CAPTIONS["gradient_flow_inputs.png"],
+                   lambda p: plot_profiles(profiles, "input_grad_norm", "‖∂L/∂x_l‖ (whole batch)",
+                   f"Gradient w.r.t. each block's input, {at} ({n})\n{PLUS_ONE}", p)),
+            Figure("gradient_flow_weights.png", CAPTIONS["gradient_flow_weights.png"],
+                   lambda p: plot_profiles(profiles, "weight_grad_norm",
+                   "‖∂L/∂W‖ of the block's weights",
+                   f"Weight-gradient norm per block, {at} ({n})\n{PLUS_ONE}", p)),
+            Figure("layer_responses.png", CAPTIONS["layer_responses.png"],
+                   lambda p: plot_profiles(profiles, "response_std", "std of response (eval mode)",
+                   f"Std of each 3×3 layer's response after BN, before addition/ReLU, {at}\n"
+                   f"(He et al. 2015, Fig. 7; eval mode{note})", p)),
+        ]  # fmt: skip
+        texts = {"data.txt": f"{self.description}\n  spec: {c.data}\n"} if c.data else {}
+        return Summary(result, tables, texts, figures)
+
+
+CAPTIONS = {
+    "gradient_flow_inputs.png": "Norm of the loss gradient at each block's input, plain (red) vs "
+    "residual (blue), log scale; line = mean over seeds, band = min to max. A curve rising "
+    "towards block 1 is a gradient growing towards the input (exploding, as BatchNorm plain nets "
+    "do at initialisation), a falling one a vanishing gradient; the findings say which. "
+    + PLUS_ONE,
+    "gradient_flow_weights.png": "Norm of each block's weight gradient, plain vs residual, log "
+    "scale. " + PLUS_ONE,
+    "layer_responses.png": "Std of each 3×3 layer's response after BN and before the addition or "
+    "ReLU, in eval mode. He et al. 2015, Fig. 7 measures trained nets; at initialisation the "
+    "ResNet's responses grow block by block as each branch adds to the stream (see the findings).",
+    "seed_mlp.png": "First layer's weight-gradient norm of the Linear-ReLU-Linear stacks against "
+    "depth, plain vs residual. " + PLUS_ONE,
+}
+
+
+run_gradient_flow = GradientFlow.run

@@ -6,13 +6,15 @@ Each direction has one Gaussian entry per weight, rescaled filter by filter to t
 matching filter of the weights (a filter: one output unit of a conv or linear layer); biases and
 BatchNorm parameters get zero, as in the paper ("ignore biasbn"). The loss is measured on a fixed
 subsample of the training split, without augmentation, BatchNorm in eval mode, on the BN-folded
-copy of the net. Finished grid points go to ``points.jsonl`` as they are measured, so an
-interrupted grid resumes where it stopped.
+copy of the net. Every point is one measurement of the study runner, journaled as it is
+taken, so an interrupted grid resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import copy
+import pickle
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifact import load_trained
-from ..console import Bar, say
 from ..errors import ResnetlabError
-from ..files import atomic_write, write_json, write_text_atomic
+from ..files import atomic_write
 from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..settings import setting
-from ..weights import load_weights
-from . import runs
-from .trained import load_split, load_subject
+from .inputs import TrainedNet, check_data
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .trained import Subject, load_split, load_subject, run_weights
 
 CLAIM = (
     "Li et al. 2018 (§5-6, Fig. 5, published) report that skip connections keep the loss surface "
@@ -41,26 +41,20 @@ CLAIM = (
 )
 
 
+MAX_GRID = 101  # points per 2-D axis: 10,201 evaluations, minutes to an hour on a CPU
+RECORD_BYTES = 1024  # a measured point held in memory, about
+
+
 @dataclass
-class LandscapeConfig:
+class LandscapeConfig(TrainedNet):
     """Settings of one landscape study (written to config.json)."""
 
-    model: str = setting("resnet20", "model name or run folder")
-    pretrained: str | None = setting(
-        None, "weights for a model name: file, URL or tag (e.g. cifar10)"
-    )
-    data: str = setting("cifar10", "data set name or path")
     train_size: int = setting(
         2000, "training images (a fixed stratified subsample of the training split)", ">= 1"
     )
-    normalisation: str = setting(
-        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
-        choices=("auto", "imagenet", "none"),
-    )  # fmt: skip
-    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
     span: float = setting(1.0, "coordinates in [-span, span]", "> 0")
     points_1d: int = setting(41, "points of the 1-D slice", ">= 3")
-    grid: int = setting(21, "points per 2-D axis; 0: no 2-D slice", ">= 0")
+    grid: int = setting(21, f"points per 2-D axis (at most {MAX_GRID}); 0: no 2-D slice", ">= 0")
     interpolate_from: str | None = setting(
         None, "also interpolate from these weights: init, a run folder or a file"
     )
@@ -117,42 +111,6 @@ def evaluate_point(
     return loss_and_error(model, x, y, batch)
 
 
-def _load_directions(path: Path, model: nn.Module, seed: int) -> list[dict]:
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    generator = torch.Generator().manual_seed(seed)
-    dirs = [filter_normalised_direction(model, generator) for _ in range(2)]
-    with atomic_write(path) as handle:
-        torch.save(dirs, handle)
-    return dirs
-
-
-def sweep(
-    model: nn.Module,
-    theta: dict,
-    dirs: list[dict],
-    points: list[tuple],
-    x,
-    y,
-    batch: int,
-    path: Path,
-    desc: str,
-    progress: bool,
-) -> dict[tuple, dict]:
-    """Measure every point (a key and its coordinates) not yet in ``path``; returns all."""
-    done = {tuple(r["key"]): r for r in runs.read_jsonl(path)}
-    todo = [(k, c) for k, c in points if tuple(k) not in done]
-    for key, coords in Bar(todo, desc=desc, unit="pt", disable=not progress, leave=False):
-        record = {
-            "key": list(key),
-            "coords": list(coords),
-            **evaluate_point(model, theta, dirs, coords, x, y, batch),
-        }
-        runs.append_jsonl(path, record)
-        done[tuple(key)] = record
-    return done
-
-
 def surface_facts(loss: np.ndarray, step: float) -> dict[str, Any]:
     """Shape figures of a 2-D loss grid: the fraction of interior points with negative
     curvature along some direction (finite-difference Hessian), on the whole grid and on its
@@ -185,41 +143,8 @@ def surface_facts(loss: np.ndarray, step: float) -> dict[str, Any]:
     }
 
 
-def _interpolation_start(spec: str, subject: Any, seed: int) -> dict[str, torch.Tensor]:
-    if spec == "init":
-        torch.manual_seed(seed)
-        return create_model(subject.name).state_dict()
-    if Path(spec).is_dir():
-        return load_trained(spec).model.state_dict()
-    if not Path(spec).is_file():
-        raise ResnetlabError(
-            f"--interpolate-from {spec}: no such file or run folder. Pass init, "
-            "a run folder or a weights file."
-        )
-    return load_weights(spec)
-
-
-def interpolate(
-    model: nn.Module, start: dict, end: dict, alphas: np.ndarray, x, y, batch: int, progress: bool
-) -> list[dict]:
-    """Loss and error at (1 - α)·start + α·end, parameters and BN statistics alike; a BN
-    variance extrapolated below zero (α outside [0, 1]) is clipped to zero."""
-    rows = []
-    probe = copy.deepcopy(model)
-    for alpha in Bar(alphas, desc="interpolation", disable=not progress, leave=False):
-        state = {
-            k: (1 - alpha) * start[k].float() + alpha * v.float() if v.is_floating_point() else v
-            for k, v in end.items()
-        }
-        for key in [k for k in state if k.endswith("running_var")]:
-            state[key] = state[key].clamp_min(0)
-        probe.load_state_dict(state)
-        rows.append({"alpha": float(alpha), **loss_and_error(probe, x, y, batch)})
-    return rows
-
-
 def plot_1d(line: list[dict], title: str, path: Path, key: str = "coord") -> Path:
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     xs = [r[key] for r in line]
     ax.plot(xs, [r["loss"] for r in line], "b-", label="loss")
@@ -230,140 +155,246 @@ def plot_1d(line: list[dict], title: str, path: Path, key: str = "coord") -> Pat
     twin.set_ylabel("training error (%)", color="r")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_2d(axis: np.ndarray, loss: np.ndarray, title: str, folder: Path) -> list[Path]:
-    plt = runs.pyplot()
+def plot_2d(axis: np.ndarray, loss: np.ndarray, title: str, path: Path, surface: bool) -> Path:
+    """The 2-D slice as contours, or as a surface (loss clipped at min + 10)."""
+    plt = pyplot()
     a, b = np.meshgrid(axis, axis, indexing="ij")
-    fig, ax = plt.subplots(figsize=(5, 4.4))
-    levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 30)
-    contour = ax.contour(a, b, loss, levels=levels, cmap="viridis")
-    fig.colorbar(contour, ax=ax, label="training loss")
+    if surface:
+        fig = plt.figure(figsize=(5.5, 4.4))
+        ax = fig.add_subplot(projection="3d")
+        ax.plot_surface(a, b, np.minimum(loss, loss.min() + 10), cmap="viridis", linewidth=0)
+        ax.set_zlabel("loss")
+    else:
+        fig, ax = plt.subplots(figsize=(5, 4.4))
+        levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 30)
+        contour = ax.contour(a, b, loss, levels=levels, cmap="viridis")
+        fig.colorbar(contour, ax=ax, label="training loss")
     ax.set_xlabel("direction 1")
     ax.set_ylabel("direction 2")
     ax.set_title(title, fontsize=9)
-    paths = [runs.save_figure(fig, folder / "landscape_contour.png")]
-    fig = plt.figure(figsize=(5.5, 4.4))
-    ax3 = fig.add_subplot(projection="3d")
-    ax3.plot_surface(a, b, np.minimum(loss, loss.min() + 10), cmap="viridis", linewidth=0)
-    ax3.set_xlabel("direction 1")
-    ax3.set_ylabel("direction 2")
-    ax3.set_zlabel("loss")
-    ax3.set_title(title, fontsize=9)
-    paths.append(runs.save_figure(fig, folder / "landscape_surface.png"))
-    return paths
+    return save_figure(fig, path)
 
 
-def run_landscape(
-    config: LandscapeConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> tuple[Path, dict]:
-    """The slices (and interpolation) of one net; returns (run folder, landscape.json)."""
-    if config.points_1d < 3 or config.grid == 1 or config.grid < 0 or config.span <= 0:
-        raise ResnetlabError("--points-1d must be at least 3, --grid 0 or at least 2, --span > 0.")
-    subject = load_subject(config.model, config.pretrained, config.normalisation, config.seed)
-    run_dir = runs.new_run_dir("landscape", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    say(f"landscape: run folder {run_dir} (after an interruption: --out {run_dir} --resume)")
-    x, y, source = load_split(
-        config.data, "train", config.train_size, config.seed, subject.normalisation
-    )
-    write_text_atomic(run_dir / "data.txt", f"{source} ({len(y):,} images, no augmentation)\n")
-    model = copy.deepcopy(subject.model).eval()
-    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
-    dirs = _load_directions(run_dir / "directions.pt", model, config.seed)
-    axis_1d = np.linspace(-config.span, config.span, config.points_1d)
-    done = sweep(
-        model,
-        theta,
-        dirs[:1],
-        [((i,), (float(a),)) for i, a in enumerate(axis_1d)],
-        x,
-        y,
-        config.batch,
-        run_dir / "points_1d.jsonl",
-        "1-D slice",
-        progress,
-    )
-    line = [
-        {"coord": float(a), **{k: done[(i,)][k] for k in ("loss", "error")}}
-        for i, a in enumerate(axis_1d)
-    ]
-    label = subject.label
-    plot_1d(line, f"{label}: 1-D slice, {len(y):,} training images", run_dir / "landscape_1d.png")
-    summary = [CLAIM]
-    result: dict[str, Any] = {"model": subject.name, "label": label, "line": line}
-    if config.grid:
-        axis = np.linspace(-config.span, config.span, config.grid)
-        keys = [
-            ((i, j), (float(a), float(b))) for i, a in enumerate(axis) for j, b in enumerate(axis)
+
+def _load_directions(path: Path, model: nn.Module, seed: int) -> list[dict]:
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(seed)
+    dirs = [filter_normalised_direction(model, generator) for _ in range(2)]
+    with atomic_write(path) as handle:
+        torch.save(dirs, handle)
+    return dirs
+
+
+def interpolation_path(spec: str) -> Path:
+    """The weights file ``--interpolate-from`` names (a file, or a run folder's weights)."""
+    path = run_weights(Path(spec)) if Path(spec).is_dir() else Path(spec)
+    if not path.is_file():
+        raise ResnetlabError(
+            f"--interpolate-from {spec}: no such file or run folder. Pass init, "
+            "a run folder or a weights file."
+        )
+    return path
+
+
+def interpolation_start(spec: str, subject: Subject, seed: int) -> dict[str, torch.Tensor]:
+    """The weights at α = 0: ``init`` (the architecture at ``seed``), a run folder or a file,
+    read as tensors only and checked against the net's own keys and shapes."""
+    if spec == "init":
+        torch.manual_seed(seed)
+        return create_model(subject.name).state_dict()
+    path = interpolation_path(spec)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        raise ResnetlabError(
+            f"--interpolate-from {spec}: refused, it does not load as tensors only (a pickle "
+            "that would run code, or not a weights file). Pass a state dict or a checkpoint."
+        ) from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    own = subject.model.state_dict()
+    if not isinstance(state, dict) or {k: tuple(v.shape) for k, v in own.items()} != {
+        k: tuple(getattr(v, "shape", ())) for k, v in state.items()
+    }:
+        raise ResnetlabError(
+            f"--interpolate-from {spec}: its weights do not match {subject.name}'s layers. "
+            f"Pass weights of the same architecture."
+        )
+    return state
+
+
+def interpolate_at(
+    model: nn.Module, start: dict, end: dict, alpha: float, x: torch.Tensor, y: torch.Tensor,
+    batch: int,
+) -> dict:  # fmt: skip
+    """Loss and error at (1 - α)·start + α·end, parameters and BN statistics alike; a BN
+    variance extrapolated below zero (α outside [0, 1]) is clipped to zero."""
+    state = {
+        k: (1 - alpha) * start[k].float() + alpha * v.float() if v.is_floating_point() else v
+        for k, v in end.items()
+    }
+    for key in [k for k in state if k.endswith("running_var")]:
+        state[key] = state[key].clamp_min(0)
+    model.load_state_dict(state)
+    return loss_and_error(model, x, y, batch)
+
+
+def _seconds_per_point(subject: Subject, images: int, batch: int) -> float:
+    """One evaluation of the BN-folded net on ``images`` random inputs, timed here."""
+    info = getattr(subject.model, "info", None)
+    shape = tuple(info.input_size) if info is not None else (3, 32, 32)
+    n = min(images, 32)
+    x = torch.randn(n, *shape)
+    started = time.perf_counter()
+    loss_and_error(subject.model, x, torch.zeros(n, dtype=torch.long), batch)
+    return (time.perf_counter() - started) * images / n
+
+
+class Landscape(Study):
+    """The 1-D slice, the 2-D grid and the interpolation of one net, one point a measurement."""
+
+    settings = LandscapeConfig
+    name = "landscape"
+
+    def check(self) -> None:
+        c = self.config
+        if c.grid == 1:
+            raise ResnetlabError("--grid must be 0 (no 2-D slice) or at least 2.")
+        check_data(c.data)
+        self.subject = load_subject(c.model, c.pretrained, c.normalisation, c.seed)
+        if c.grid > MAX_GRID:
+            points = c.grid**2
+            seconds = points * _seconds_per_point(self.subject, c.train_size, c.batch)
+            raise ResnetlabError(
+                f"--grid {c.grid} is {points:,} loss evaluations of {c.train_size:,} images: "
+                f"about {points * RECORD_BYTES / 2**30:,.1f} GiB of results and "
+                f"{seconds / 3600:,.1f} hours here. Use --grid {MAX_GRID} or less (the paper: 51)."
+            )
+        self.start: dict[str, torch.Tensor] | None = None
+        if c.interpolate_from:
+            self.start = interpolation_start(c.interpolate_from, self.subject, c.seed)
+
+    def inputs(self) -> dict[str, str | None]:
+        c = self.config
+        start = c.interpolate_from
+        return {
+            "weights": fingerprint(self.subject.weights),
+            "data": fingerprint(c.data, content=False),
+            "interpolate_from": fingerprint(
+                interpolation_path(start) if start and start != "init" else start
+            ),
+        }
+
+    def prepare(self) -> None:
+        c = self.config
+        self.x, self.y, self.source = load_split(
+            c.data, "train", c.train_size, c.seed, self.subject.normalisation
+        )
+        self.model = copy.deepcopy(self.subject.model).eval()
+        self.theta = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self.dirs = _load_directions(self.folder / "directions.pt", self.model, c.seed)
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.config
+        return (
+            np.linspace(-c.span, c.span, c.points_1d),
+            np.linspace(-c.span, c.span, c.grid),
+            np.linspace(-0.25, 1.25, c.interpolation_points),
+        )
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        line, axis, alphas = self.axes()
+        plan: list[tuple[str, Any]] = [(f"1d:{i}", ("1d", (float(a),))) for i, a in enumerate(line)]
+        plan += [
+            (f"2d:{i},{j}", ("2d", (float(a), float(b))))
+            for i, a in enumerate(axis)
+            for j, b in enumerate(axis)
         ]
-        grid = sweep(
-            model,
-            theta,
-            dirs,
-            keys,
-            x,
-            y,
-            config.batch,
-            run_dir / "points_2d.jsonl",
-            f"2-D grid {config.grid}x{config.grid}",
-            progress,
-        )
-        loss = np.array(
-            [[grid[(i, j)]["loss"] for j in range(len(axis))] for i in range(len(axis))]
-        )
-        facts = surface_facts(loss, float(axis[1] - axis[0]))
-        result["surface"] = facts
-        runs.write_csv(
-            run_dir / "landscape_2d.csv",
-            [
+        if self.start is not None:
+            plan += [(f"interpolation:{k}", ("alpha", float(a))) for k, a in enumerate(alphas)]
+        return plan
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        kind, where = spec
+        c = self.config
+        if kind == "alpha":
+            assert self.start is not None
+            end = self.subject.model.state_dict()
+            found = interpolate_at(self.model, self.start, end, where, self.x, self.y, c.batch)
+            return {"alpha": where, **found}
+        dirs = self.dirs[: len(where)]
+        found = evaluate_point(self.model, self.theta, dirs, where, self.x, self.y, c.batch)
+        return {"coords": list(where), **found}
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        c, label, n = self.config, self.subject.label, len(self.y)
+        line_axis, axis, _ = self.axes()
+        by_kind: dict[str, list[dict]] = {"1d": [], "2d": [], "interpolation": []}
+        for r in records:
+            by_kind[r["id"].split(":")[0]].append(r)
+        line = [{"coord": float(a), "loss": r["loss"], "error": r["error"]}
+                for a, r in zip(line_axis, by_kind["1d"], strict=True)]  # fmt: skip
+        result: dict[str, Any] = {"model": self.subject.name, "label": label, "line": line}
+        summary = [CLAIM]
+        figures = [Figure("landscape_1d.png", CAPTION_1D, lambda p: plot_1d(
+            line, f"{label}: 1-D slice, {n:,} training images", p))]  # fmt: skip
+        tables = {"landscape_1d.csv": line}
+        if c.grid:
+            loss = np.array([r["loss"] for r in by_kind["2d"]]).reshape(c.grid, c.grid)
+            facts = result["surface"] = surface_facts(loss, float(axis[1] - axis[0]))
+            tables["landscape_2d.csv"] = [
                 {"a": r["coords"][0], "b": r["coords"][1], "loss": r["loss"], "error": r["error"]}
-                for r in grid.values()
-            ],
-        )
-        plot_2d(axis, loss, f"{label}: loss on {len(y):,} training images", run_dir)
+                for r in by_kind["2d"]
+            ]
+            title = f"{label}: loss on {n:,} training images"
+            figures += [
+                Figure("landscape_contour.png", CAPTION_CONTOUR,
+                       lambda p: plot_2d(axis, loss, title, p, surface=False)),
+                Figure("landscape_surface.png", CAPTION_SURFACE,
+                       lambda p: plot_2d(axis, loss, title, p, surface=True)),
+            ]  # fmt: skip
+            summary.append(
+                f"Measured on {label}: centre loss {facts['centre_loss']:.3f}, mean loss on the "
+                f"grid's edge {facts['edge_mean_loss']:.3f}; "
+                f"{100 * facts['nonconvex_fraction']:.0f} % of interior grid points have negative "
+                f"curvature along some direction ({100 * facts['central_nonconvex_fraction']:.0f} "
+                f"% in the central half); {facts['local_minima']} local minima on the "
+                f"{c.grid}×{c.grid} grid."
+            )
+        if by_kind["interpolation"]:
+            rows = [{k: r[k] for k in ("alpha", "loss", "error")} for r in by_kind["interpolation"]]
+            result["interpolation"] = tables["interpolation.csv"] = rows
+            title = f"{label}: from {c.interpolate_from} (α=0) to these weights (α=1)"
+            figures.append(Figure("interpolation.png", CAPTION_INTERPOLATION,
+                                  lambda p: plot_1d(rows, title, p, key="alpha")))  # fmt: skip
+            bumps = sum(
+                1
+                for a, b, d in zip(rows, rows[1:], rows[2:], strict=False)
+                if b["loss"] > max(a["loss"], d["loss"]) and 0 <= b["alpha"] <= 1
+            )
+            summary.append(
+                f"Interpolation from {c.interpolate_from}: the loss has {bumps} "
+                "local maxima between α=0 and α=1."
+            )
         summary.append(
-            f"Measured on {label}: centre loss {facts['centre_loss']:.3f}, mean loss on the grid's "
-            f"edge {facts['edge_mean_loss']:.3f}; {100 * facts['nonconvex_fraction']:.0f} % of "
-            f"interior grid points have negative curvature along some direction "
-            f"({100 * facts['central_nonconvex_fraction']:.0f} % in the central half); "
-            f"{facts['local_minima']} local minima on the {config.grid}×{config.grid} grid."
+            "Relation: the paper compares nets of one depth with and without skips; read "
+            "this run next to its twin's (same directions seed, same images)."
         )
-    if config.interpolate_from:
-        start = _interpolation_start(config.interpolate_from, subject, config.seed)
-        alphas = np.linspace(-0.25, 1.25, config.interpolation_points)
-        rows = interpolate(
-            subject.model, start, subject.model.state_dict(), alphas, x, y, config.batch, progress
-        )
-        result["interpolation"] = rows
-        runs.write_csv(run_dir / "interpolation.csv", rows)
-        plot_1d(
-            rows,
-            f"{label}: from {config.interpolate_from} (α=0) to these weights (α=1)",
-            run_dir / "interpolation.png",
-            key="alpha",
-        )
-        bumps = sum(
-            1
-            for a, b, c in zip(rows, rows[1:], rows[2:], strict=False)
-            if b["loss"] > max(a["loss"], c["loss"]) and 0 <= b["alpha"] <= 1
-        )
-        summary.append(
-            f"Interpolation from {config.interpolate_from}: the loss has {bumps} "
-            "local maxima between α=0 and α=1."
-        )
-    summary.append(
-        "Relation: the paper compares nets of one depth with and without skips; read "
-        "this run next to its twin's (same directions seed, same images)."
-    )
-    result["summary"] = summary
-    runs.write_csv(run_dir / "landscape_1d.csv", line)
-    write_json(run_dir / "landscape.json", result)
-    runs.finish_run(run_dir)
-    return run_dir, result
+        result["summary"] = summary
+        text = {"data.txt": f"{self.source} ({n:,} images, no augmentation)\n"}
+        return Summary(result, tables, text, figures)
+
+
+CAPTION_1D = (
+    "Training loss along one filter-normalised random direction (Li et al. 2018), BN in eval "
+    "mode, no augmentation."
+)
+CAPTION_CONTOUR = "Training loss on a 2-D slice along two filter-normalised directions."
+CAPTION_SURFACE = "The same 2-D slice as a surface (loss clipped at min + 10)."
+CAPTION_INTERPOLATION = "Loss and error on the line between two sets of weights."
+
+
+run_landscape = Landscape.run

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..console import Bar, say
+from ..console import Bar
 from ..errors import ResnetlabError
-from ..files import write_json, write_text_atomic
 from ..models.inference import optimize_for_inference
 from ..settings import setting
-from . import runs
+from .inputs import StudyData, check_data
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import (
     Bypass,
     Chain,
@@ -44,7 +44,7 @@ SMALL = 0.05  # "barely changes": at most 5 points of test error
 
 
 @dataclass
-class LesionConfig:
+class LesionConfig(StudyData):
     """Settings of one lesion study (written to config.json)."""
 
     models: list[str] = setting(
@@ -54,20 +54,14 @@ class LesionConfig:
         help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
         "or once per model in order (none for untrained)", factory=list,
     )  # fmt: skip
-    data: str = setting("cifar10", "data set name or path")
     split: str = setting("test", "split to evaluate on")
     eval_size: int | None = setting(
         None, "stratified subsample (default: whole split)", ">= 1"
     )
-    normalisation: str = setting(
-        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
-        choices=("auto", "imagenet", "none"),
-    )  # fmt: skip
     max_k: int = setting(
         6, "deletions / swaps of k = 1..max-k blocks; 0: single blocks only", ">= 0"
     )
     draws: int = setting(4, "random draws per k", ">= 1")
-    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
     batch: int = setting(500, "evaluation batch", ">= 1")
 
 
@@ -276,7 +270,7 @@ def verdict(nets: list[dict[str, Any]]) -> list[str]:
 
 
 def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 3.6), squeeze=False)
     for ax, net in zip(axes[0], nets, strict=True):
         xs = [r["index"] for r in net["singles"]]
@@ -295,11 +289,11 @@ def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(0, 100)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, kind, title in zip(
         axes, ("delete", "swap"), ("k random blocks deleted", "k random pairs swapped"), strict=True
@@ -318,54 +312,60 @@ def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def run_lesion(
-    config: LesionConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Lesion every net of the config on the same images; returns (run folder, lesion.json)."""
-    if config.max_k < 0 or config.draws < 1 or config.batch < 1:
-        raise ResnetlabError("--draws and --batch must be at least 1, --max-k at least 0.")
-    pretrained = _pretrained_for(config)
-    subjects = [
-        load_subject(m, p, config.normalisation, config.seed)
-        for m, p in zip(config.models, pretrained, strict=True)
-    ]
-    run_dir = runs.new_run_dir("lesion", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    say(f"lesion: run folder {run_dir}")
-    nets, data_lines, cache = [], [], {}
-    for subject in subjects:
-        key = repr(subject.normalisation)
-        if key not in cache:
-            cache[key] = load_split(
-                config.data, config.split, config.eval_size, config.seed, subject.normalisation
-            )
-            data_lines.append(f"{cache[key][2]} ({len(cache[key][1]):,} images)")
-        x, y, _ = cache[key]
-        nets.append(lesion_net(subject, x, y, config, progress))
-    write_text_atomic(run_dir / "data.txt", "\n".join(data_lines) + "\n")
-    summary = verdict(nets)
-    result = {"nets": nets, "verdict": [net_verdict(n) for n in nets], "summary": summary}
-    write_json(run_dir / "lesion.json", result)
-    runs.write_csv(run_dir / "lesion_single.csv", [r for n in nets for r in n["singles"]])
-    runs.write_csv(
-        run_dir / "lesion_k.csv",
-        [
-            {"net": n["name"], "kind": kind, **c}
-            for n in nets
-            for kind in ("delete", "swap")
-            for c in n["curves"][kind]
-        ],
-    )
-    runs.write_csv(run_dir / "lesion_draws.csv", [d for n in nets for d in n["draws"]])
-    plot_singles(nets, run_dir / "lesion_single.png")
-    plot_curves(nets, run_dir / "lesion_k.png")
-    runs.finish_run(run_dir)
-    return run_dir, result
+class Lesion(Study):
+    """Every net of the settings on the same images, one net a measurement."""
+
+    settings = LesionConfig
+    name = "lesion"
+
+    def check(self) -> None:
+        c = self.config
+        check_data(c.data)
+        pretrained = _pretrained_for(c)
+        self.subjects = [
+            load_subject(m, p, c.normalisation, c.seed)
+            for m, p in zip(c.models, pretrained, strict=True)
+        ]
+        for subject in self.subjects:
+            Chain(subject.model)  # a net without blocks to delete is refused here
+        self.splits: dict[str, Any] = {}
+
+    def inputs(self) -> dict[str, str | None]:
+        found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(self.subjects)}
+        return found | {"data": fingerprint(self.config.data, content=False)}
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        return [(f"net:{i}", s) for i, s in enumerate(self.subjects)]
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        c, key = self.config, repr(spec.normalisation)
+        if key not in self.splits:
+            self.splits[key] = load_split(c.data, c.split, c.eval_size, c.seed, spec.normalisation)
+        x, y, source = self.splits[key]
+        return {**lesion_net(spec, x, y, c, self.progress), "data": f"{source} ({len(y):,} images)"}
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        nets = [{k: v for k, v in r.items() if k not in ("id", "data")} for r in records]
+        data = "\n".join(dict.fromkeys(r["data"] for r in records)) + "\n"
+        result = {"nets": nets, "verdict": [net_verdict(n) for n in nets], "summary": verdict(nets)}
+        tables = {
+            "lesion_single.csv": [r for n in nets for r in n["singles"]],
+            "lesion_k.csv": [{"net": n["name"], "kind": kind, **c} for n in nets
+                             for kind in ("delete", "swap") for c in n["curves"][kind]],
+            "lesion_draws.csv": [d for n in nets for d in n["draws"]],
+        }  # fmt: skip
+        figures = [
+            Figure("lesion_single.png", "Test error after deleting one block (Veit et al. 2016): "
+                   "residual branch removed, shortcut kept; plain blocks replaced by the identity "
+                   "(n/a: shape changes).", lambda p: plot_singles(nets, p)),
+            Figure("lesion_k.png", "Test error after deleting k random blocks and swapping k "
+                   "random pairs of same-shape blocks, mean ± std over draws.",
+                   lambda p: plot_curves(nets, p)),
+        ]  # fmt: skip
+        return Summary(result, tables, {"data.txt": data}, figures)
+
+
+run_lesion = Lesion.run

@@ -22,15 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..console import Bar, say
+from ..console import Bar
 from ..errors import ResnetlabError
-from ..files import write_json, write_text_atomic
 from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..settings import setting
-from . import runs
+from .inputs import TrainedNet, check_data
+from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import POST_ACTIVATION, Chain, load_split, load_subject
 
+PLAIN = "path lengths need a residual net. Pass a ResNet, not a plain net."
 SHARE = 0.9  # the effective range carries this share of the total gradient
 CLAIM = (
     "Veit et al. 2016 (abstract, §4-5, Fig. 6, published): in a 110-layer ResNet (54 blocks) "
@@ -40,21 +41,12 @@ CLAIM = (
 
 
 @dataclass
-class PathsConfig:
+class PathsConfig(TrainedNet):
     """Settings of one path-length study (written to config.json)."""
 
     model: str = setting("resnet56", "model name or run folder")
-    pretrained: str | None = setting(
-        None, "weights for a model name: file, URL or tag (e.g. cifar10)"
-    )
-    data: str = setting("cifar10", "data set name or path")
     images: int = setting(32, "test images in the batch", ">= 1")
     draws: int = setting(4, "random sets of k blocks per length k", ">= 1")
-    normalisation: str = setting(
-        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
-        choices=("auto", "imagenet", "none"),
-    )  # fmt: skip
-    seed: int = setting(0, "seed of subsamples and draws", ">= 0")
 
 
 class Routed(nn.Module):
@@ -121,7 +113,7 @@ def gradient_by_length(
     """Mean per-image input-gradient norm of the paths through k residual branches."""
     chain = Chain(optimize_for_inference(model, channels_last=False))
     if not all(b.skip for b in chain.blocks):
-        raise ResnetlabError("path lengths need a residual net. Pass a ResNet, not a plain net.")
+        raise ResnetlabError(PLAIN)
     routed = [Routed(b) for b in chain.blocks]
     n, rng = len(routed), random.Random(seed)
     means = []
@@ -161,7 +153,7 @@ def study(name: str, model: nn.Module, x, y, config: PathsConfig, progress: bool
 
 
 def plot(results: list[dict], path: Path) -> Path:
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     n = results[0]["blocks"]
     axes[0].bar(range(n + 1), results[0]["path_share"], color="grey")
@@ -184,62 +176,73 @@ def plot(results: list[dict], path: Path) -> Path:
     for ax in axes[1:]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def run_paths(
-    config: PathsConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> tuple[Path, dict]:
-    """The trained net (``model``/``pretrained``) and an untrained one of its architecture."""
-    if config.images < 1 or config.draws < 1:
-        raise ResnetlabError("--images and --draws must be at least 1.")
-    subject = load_subject(config.model, config.pretrained, config.normalisation, config.seed)
-    run_dir = runs.new_run_dir("paths", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    say(f"paths: run folder {run_dir}")
-    x, y, source = load_split(
-        config.data, "test", config.images, config.seed, subject.normalisation
-    )
-    write_text_atomic(run_dir / "data.txt", f"{source} ({len(y):,} images)\n")
-    torch.manual_seed(config.seed)
-    untrained = create_model(subject.name).eval()
-    results = [
-        study(subject.label, subject.model, x, y, config, progress),
-        study(f"{subject.name} untrained (seed {config.seed})", untrained, x, y, config, progress),
-    ]
-    summary = [CLAIM]
-    for r in results:
-        a, b = r["range"]
-        lay = r["layers_per_block"]
-        summary.append(
-            f"{r['net']}: {r['blocks']} blocks, typical path {r['typical']:.1f} blocks; "
-            f"{SHARE:.0%} of the gradient comes from paths through {a}-{b} residual branches "
-            f"({a * lay}-{b * lay} layers), most at {r['peak']}: "
-            + (
-                "shorter than the typical path, as the paper reports."
-                if b < r["typical"]
-                else "not shorter than the typical path; the paper's effect does not show here."
-            )
+class Paths(Study):
+    """The trained net (``model``/``pretrained``) and an untrained one of its architecture, one
+    net a measurement."""
+
+    settings = PathsConfig
+    name = "paths"
+
+    def check(self) -> None:
+        c = self.config
+        check_data(c.data)
+        self.subject = load_subject(c.model, c.pretrained, c.normalisation, c.seed)
+        if not all(b.skip for b in Chain(self.subject.model).blocks):
+            raise ResnetlabError(PLAIN)
+
+    def inputs(self) -> dict[str, str | None]:
+        data = fingerprint(self.config.data, content=False)
+        return {"weights": fingerprint(self.subject.weights), "data": data}
+
+    def prepare(self) -> None:
+        c = self.config
+        self.x, self.y, self.source = load_split(
+            c.data, "test", c.images, c.seed, self.subject.normalisation
         )
-    rows = [
-        {
-            "net": r["net"],
-            "k": k,
-            "path_share": r["path_share"][k],
-            "gradient": r["gradient"][k],
-            "contribution": r["contribution"][k],
-        }
-        for r in results
-        for k in range(r["blocks"] + 1)
-    ]
-    runs.write_csv(run_dir / "paths.csv", rows)
-    plot(results, run_dir / "paths.png")
-    result = {"nets": results, "summary": summary}
-    write_json(run_dir / "paths.json", result)
-    runs.finish_run(run_dir)
-    return run_dir, result
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        return [("trained", "trained"), ("untrained", "untrained")]
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        c, subject = self.config, self.subject
+        if spec == "trained":
+            return study(subject.label, subject.model, self.x, self.y, c, self.progress)
+        torch.manual_seed(c.seed)
+        untrained = create_model(subject.name).eval()
+        name = f"{subject.name} untrained (seed {c.seed})"
+        return study(name, untrained, self.x, self.y, c, self.progress)
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        results = [{k: v for k, v in r.items() if k != "id"} for r in records]
+        summary = [CLAIM]
+        for r in results:
+            a, b = r["range"]
+            lay = r["layers_per_block"]
+            summary.append(
+                f"{r['net']}: {r['blocks']} blocks, typical path {r['typical']:.1f} blocks; "
+                f"{SHARE:.0%} of the gradient comes from paths through {a}-{b} residual branches "
+                f"({a * lay}-{b * lay} layers), most at {r['peak']}: "
+                + (
+                    "shorter than the typical path, as the paper reports."
+                    if b < r["typical"]
+                    else "not shorter than the typical path; the paper's effect does not show "
+                    "here."
+                )
+            )
+        rows = [
+            {"net": r["net"], "k": k, "path_share": r["path_share"][k],
+             "gradient": r["gradient"][k], "contribution": r["contribution"][k]}
+            for r in results
+            for k in range(r["blocks"] + 1)
+        ]  # fmt: skip
+        figure = Figure("paths.png", "Veit et al. 2016 §5: share of paths by length, gradient "
+                        "magnitude of paths of each length, and each length's share of the total "
+                        "gradient.", lambda p: plot(results, p))  # fmt: skip
+        data = {"data.txt": f"{self.source} ({len(self.y):,} images)\n"}
+        return Summary({"nets": results, "summary": summary}, {"paths.csv": rows}, data, [figure])
+
+
+run_paths = Paths.run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,10 +20,9 @@ from ..analysis.receptive_field import (
     stage_summary,
 )
 from ..errors import ResnetlabError
-from ..files import write_json
 from ..models import create_model, model_info
 from ..settings import setting
-from . import runs
+from .runner import Figure, Study, Summary, pyplot, save_figure
 
 
 @dataclass
@@ -94,7 +94,7 @@ def format_stacked(rows: list[dict]) -> str:
 
 def plot_growth(table: list[dict], name: str, input_size: int, path: Path) -> Path:
     """Receptive field after each layer, coloured by stage, with the input size marked."""
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     stages = list(dict.fromkeys(r["stage"] for r in table))
     cmap = plt.get_cmap("tab10")
@@ -115,12 +115,12 @@ def plot_growth(table: list[dict], name: str, input_size: int, path: Path) -> Pa
     ax.set_title(f"{name}: r_out = r_in + (k-1)·j_in, j_out = j_in·s", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_erf(erf: np.ndarray, name: str, final: dict, samples: int, path: Path) -> Path:
     """The effective receptive field as a heat map, with the theoretical field drawn as a box."""
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     image = ax.imshow(erf, cmap="magma", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="|∂y_centre/∂x| (scaled to max 1)")
@@ -149,67 +149,62 @@ def plot_erf(erf: np.ndarray, name: str, final: dict, samples: int, path: Path) 
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="lower right")
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def run_receptive_field(
-    config: ReceptiveFieldConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-) -> tuple[Path, dict]:
-    """Compute, check and plot the receptive fields; returns (run folder, results)."""
-    info = model_info(config.model)
-    size = config.input_size or info.input_size[1]
-    if size < 8:
-        raise ResnetlabError(f"--input-size must be at least 8 px, got {size}.")
-    model = create_model(config.model)
-    table = [r.as_dict() for r in receptive_field_table(model, size)]
-    stages = stage_summary(receptive_field_table(model, size))
-    if config.max_stack < 2:
-        raise ResnetlabError(f"--max-stack must be at least 2, got {config.max_stack}.")
-    stacked = [stacked_3x3(k, config.channels) for k in range(2, config.max_stack + 1)]
-    run_dir = runs.new_run_dir(f"receptive-field-{config.model}", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    final = table[-1]
-    result: dict = {
-        "model": config.model,
-        "input_size": size,
-        "layers": table,
-        "stages": stages,
-        "stacked_3x3": stacked,
-        "final": final,
-    }
-    lines = [
-        f"{config.model}: theoretical receptive field after {final['name']} = "
-        f"{final['rf']} px (jump {final['jump']})"
-    ]
-    if config.measure:
-        measured, used = measure_final(model, final["rf"], final["jump"], final["name"])
-        result["measured"] = {
-            "layer": final["name"],
-            "rf": measured,
-            "input_size": used,
-            "agrees": measured == final["rf"],
-        }
-        verdict = "agrees" if measured == final["rf"] else "DISAGREES"
-        lines.append(f"measured from input gradients ({used}-px input): {measured} px, {verdict}")
-    lines += [s for s in format_stacked(stacked).splitlines()]
-    result["summary"] = lines
-    write_json(run_dir / "receptive_field.json", result)
-    runs.write_csv(run_dir / "receptive_field.csv", table)
-    runs.write_csv(run_dir / "stages.csv", stages)
-    runs.write_csv(run_dir / "stacked_3x3.csv", stacked)
-    plot_growth(table, config.model, size, run_dir / "receptive_field.png")
-    if config.erf:
-        erf = effective_receptive_field(model, size, final["name"], config.erf_samples, config.seed)
-        plot_erf(
-            erf.numpy(),
-            config.model,
-            final,
-            config.erf_samples,
-            run_dir / "effective_receptive_field.png",
-        )
-    runs.finish_run(run_dir)
-    return run_dir, result
+class ReceptiveField(Study):
+    """The theoretical fields (in the summary) and their gradient check (the one measurement)."""
+
+    settings = ReceptiveFieldConfig
+    name = "receptive-field"
+
+    def check(self) -> None:
+        info = model_info(self.config.model)
+        self.size = self.config.input_size or info.input_size[1]
+
+    def prefix(self) -> str:
+        return f"receptive-field-{self.config.model}"
+
+    def prepare(self) -> None:
+        self.model = create_model(self.config.model)
+        self.table = [r.as_dict() for r in receptive_field_table(self.model, self.size)]
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        return [("measured", self.table[-1])] if self.config.measure else []
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        measured, used = measure_final(self.model, spec["rf"], spec["jump"], spec["name"])
+        return {"layer": spec["name"], "rf": measured, "input_size": used,
+                "agrees": measured == spec["rf"]}  # fmt: skip
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        c, size, table, final = self.config, self.size, self.table, self.table[-1]
+        stages = stage_summary(receptive_field_table(self.model, size))
+        stacked = [stacked_3x3(k, c.channels) for k in range(2, c.max_stack + 1)]
+        result: dict[str, Any] = {"model": c.model, "input_size": size, "layers": table,
+                                  "stages": stages, "stacked_3x3": stacked, "final": final}
+        lines = [f"{c.model}: theoretical receptive field after {final['name']} = "
+                 f"{final['rf']} px (jump {final['jump']})"]  # fmt: skip
+        for record in records:
+            result["measured"] = {k: v for k, v in record.items() if k != "id"}
+            verdict = "agrees" if record["agrees"] else "DISAGREES"
+            lines.append(f"measured from input gradients ({record['input_size']}-px input): "
+                         f"{record['rf']} px, {verdict}")  # fmt: skip
+        result["summary"] = lines + format_stacked(stacked).splitlines()
+        tables = {"receptive_field.csv": table, "stages.csv": stages, "stacked_3x3.csv": stacked}
+        figures = [Figure("receptive_field.png", "Theoretical receptive field after each "
+                          "conv/pool layer on the main path.",
+                          lambda p: plot_growth(table, c.model, size, p))]  # fmt: skip
+        if c.erf:
+            figures.append(Figure(
+                "effective_receptive_field.png", "Effective receptive field (Luo et al. 2016): "
+                "input-gradient magnitude of the centre output at initialisation; the box is the "
+                "theoretical field.",
+                lambda p: plot_erf(effective_receptive_field(
+                    self.model, size, final["name"], c.erf_samples, c.seed).numpy(),
+                    c.model, final, c.erf_samples, p),
+            ))  # fmt: skip
+        return Summary(result, tables, figures=figures)
+
+
+run_receptive_field = ReceptiveField.run

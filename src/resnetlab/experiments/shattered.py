@@ -18,12 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..console import Bar, say
 from ..errors import ResnetlabError
-from ..files import write_json
 from ..models.cifar import CifarResNet, PreActResNet
 from ..settings import setting
-from . import runs
+from .runner import Figure, Study, Summary, pyplot, save_figure
 
 KINDS = ("plain", "resnet", "preact", "mlp-plain", "mlp-resnet")
 NOISE_FLOOR = 0.1  # |ρ| of a shattered gradient over a 128-point sweep stays below this
@@ -160,7 +158,7 @@ def measure(kind: str, depth: int, config: ShatteredConfig, seed: int) -> dict[s
 
 
 def plot(rows: list[dict], fits: dict, path: Path, config: ShatteredConfig) -> Path:
-    plt = runs.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     colours = plt.get_cmap("tab10")
     for i, kind in enumerate(config.kinds):
@@ -193,54 +191,23 @@ def plot(rows: list[dict], fits: dict, path: Path, config: ShatteredConfig) -> P
         ax.legend(fontsize=7)
     fig.suptitle("Shattered gradients at initialisation", fontsize=10)
     fig.tight_layout()
-    return runs.save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def run_shattered(
-    config: ShatteredConfig,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    command: str | None = None,
-    progress: bool = True,
-) -> tuple[Path, dict]:
-    """Every kind × depth × seed; writes shattered.json/.csv/.png; resumable per measurement."""
-    bad = [k for k in config.kinds if k not in KINDS]
-    if bad:
-        raise ResnetlabError(f"unknown kind {bad[0]!r}. Use {', '.join(KINDS)}.")
-    conv = [d for d in config.depths if d < 8 or (d - 2) % 6]
-    if conv and any(not k.startswith("mlp") for k in config.kinds):
-        raise ResnetlabError(f"CIFAR nets have 6n+2 layers (8, 14, 20, ...), not {conv[0]}.")
-    if config.points < 16 or config.seeds < 1:
-        raise ResnetlabError("--points must be at least 16 and --seeds at least 1.")
-    run_dir = runs.new_run_dir("shattered", out, resume=resume)
-    runs.start_run(run_dir, config, command)
-    say(f"shattered: run folder {run_dir}")
-    path = run_dir / "measurements.jsonl"
-    done = {(r["kind"], r["depth"], r["seed"]): r for r in runs.read_jsonl(path)}
-    jobs = [
-        (k, d, config.seed + s)
-        for k in config.kinds
-        for d in config.depths
-        for s in range(config.seeds)
-    ]
-    for job in Bar([j for j in jobs if j not in done], desc="shattered", disable=not progress):
-        kind, depth, seed = job
-        record = measure(kind, depth, config, seed)
-        runs.append_jsonl(path, record)
-        done[job] = record
-    rows = [done[j] for j in jobs]
+def decay_summary(rows: list[dict], c: ShatteredConfig) -> tuple[list[dict], dict, list[str]]:
+    """The lag-1 autocorrelation per kind and depth (mean over seeds), its decay fits, and the
+    summary lines that compare them with the paper."""
     fits: dict[str, Any] = {}
     table: list[dict[str, Any]] = []
     summary = [CLAIM]
-    for kind in config.kinds:
-        depths = sorted(config.depths)
+    for kind in c.kinds:
+        depths = sorted(c.depths)
         rho = [
             float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
             for d in depths
         ]
         fits[kind] = fit_decay(depths, rho, NOISE_FLOOR)
-        table += [{"kind": kind, "depth": d, "rho1": p} for d, p in zip(depths, rho, strict=True)]
+        table += [{"kind": kind, "depth": d, "rho1": v} for d, v in zip(depths, rho, strict=True)]
         e, p = fits[kind]["exponential"], fits[kind]["power"]
         text = f"{kind}: lag-1 autocorrelation {rho[0]:.3f} at depth {depths[0]} to {rho[-1]:.3f} "
         text += f"at {depths[-1]}"
@@ -262,7 +229,7 @@ def run_shattered(
     if plain and res:
         shows = plain[-1] < res[-1]
         summary.append(
-            f"At depth {max(config.depths)} the plain net's lag-1 autocorrelation is "
+            f"At depth {max(c.depths)} the plain net's lag-1 autocorrelation is "
             f"{plain[-1]:.3f}, the ResNet's {res[-1]:.3f}: "
             + (
                 "the plain net's gradient is the more shattered, as the paper predicts."
@@ -270,9 +237,38 @@ def run_shattered(
                 else "the effect the paper predicts does not show here."
             )
         )
-    runs.write_csv(run_dir / "shattered.csv", table)
-    plot(rows, fits, run_dir / "shattered.png", config)
-    result = {"rho1": table, "fits": fits, "summary": summary}
-    write_json(run_dir / "shattered.json", result)
-    runs.finish_run(run_dir)
-    return run_dir, result
+    return table, fits, summary
+
+
+class Shattered(Study):
+    """Every kind × depth × seed, one a measurement."""
+
+    settings = ShatteredConfig
+    name = "shattered"
+
+    def check(self) -> None:
+        conv = [d for d in self.config.depths if d < 8 or (d - 2) % 6]
+        if conv and any(not k.startswith("mlp") for k in self.config.kinds):
+            raise ResnetlabError(f"CIFAR nets have 6n+2 layers (8, 14, 20, ...), not {conv[0]}.")
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        c = self.config
+        jobs = [(k, d, c.seed + s) for k in c.kinds for d in c.depths for s in range(c.seeds)]
+        return [(f"{k}:{d}:{s}", (k, d, s)) for k, d, s in jobs]
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        kind, depth, seed = spec
+        return measure(kind, depth, self.config, seed)
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        c, rows = self.config, [{k: v for k, v in r.items() if k != "id"} for r in records]
+        table, fits, summary = decay_summary(rows, c)
+        figure = Figure("shattered.png", "Balduzzi et al. 2017: lag-1 autocorrelation of the input "
+                        "gradient along a 1-D input sweep against depth, the gradient of the "
+                        "deepest nets, and its autocorrelation.",
+                        lambda p: plot(rows, fits, p, c))  # fmt: skip
+        result = {"rho1": table, "fits": fits, "summary": summary}
+        return Summary(result, {"shattered.csv": table}, figures=[figure])
+
+
+run_shattered = Shattered.run

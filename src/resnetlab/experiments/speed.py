@@ -1,23 +1,19 @@
 """Throughput over repeats for the comparison table: median, min–max, and what they resolve.
 
 Every model is timed ``repeats`` times, round by round (models interleaved), so a change in the
-machine's load during the run hits every model alike instead of one; each timing is appended to
-a JSON-lines log, so an interrupted measurement resumes where it stopped.
+machine's load during the run hits every model alike instead of one; each timing is one
+measurement of the comparison study, so an interrupted measurement resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..analysis.throughput import measure_throughput
-from ..console import Bar
-from ..models import create_model
-from . import runs
 
 
 @dataclass(frozen=True)
@@ -47,26 +43,13 @@ def unresolved(a: Spread, b: Spread) -> bool:
 MODES = ("forward", "train")
 
 
-def measure_speeds(config: Any, log: Path, progress: bool = True) -> list[dict]:
-    """Time every model ``repeats`` times, round by round (models interleaved, so a change in
-    the machine's load hits all of them alike); each timing is appended to ``log`` (resumable)."""
-    done = {(r["model"], r["mode"], r["repeat"]) for r in runs.read_jsonl(log)}
-    todo = [(repeat, name) for repeat in range(config.repeats) for name in config.models
-            if any((name, mode, repeat) not in done for mode in MODES)]  # fmt: skip
-    settings = {"batch": config.batch, "input_size": config.input_size, "iters": config.iters,
-                "warmup": config.warmup, "device": config.device}  # fmt: skip
-    models: dict[str, nn.Module] = {}
-    for repeat, name in Bar(todo, desc="timing", unit="run", disable=not progress):
-        model = models.setdefault(name, create_model(name))
-        for mode in MODES:
-            if (name, mode, repeat) in done:
-                continue
-            result = measure_throughput(model, mode=mode, **settings)
-            model.zero_grad(set_to_none=True)
-            runs.append_jsonl(log, {"model": name, "mode": mode, "repeat": repeat,
-                                    "img_s": result.images_per_s, "device": result.device,
-                                    "precision": result.precision})  # fmt: skip
-    return runs.read_jsonl(log)
+def time_model(model: nn.Module, mode: str, config: Any) -> dict[str, Any]:
+    """One timing of ``model`` in ``mode`` with the comparison's settings: images per second,
+    the device and the precision."""
+    settings = {k: getattr(config, k) for k in ("batch", "input_size", "iters", "warmup", "device")}
+    result = measure_throughput(model, mode=mode, **settings)
+    model.zero_grad(set_to_none=True)
+    return {"img_s": result.images_per_s, "device": result.device, "precision": result.precision}
 
 
 def add_speeds(rows: list[dict], timings: list[dict]) -> list[dict]:

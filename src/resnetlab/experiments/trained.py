@@ -29,6 +29,7 @@ from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
 IMAGENET_NORM = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 NORMALISATIONS = ("auto", "imagenet", "none")
 POST_ACTIVATION = (BasicBlock, BottleneckBlock)
+WEIGHT_FILES = ("best.pt", "last.pt")
 
 
 @dataclass
@@ -40,6 +41,14 @@ class Subject:
     label: str
     weights: str | None
     normalisation: dict[str, Any]
+
+
+def run_weights(folder: Path) -> Path:
+    """The weights file of a training run folder."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ResnetlabError(f"{folder} holds no best.pt or last.pt. Pass a finished training run.")
 
 
 def load_subject(

@@ -124,7 +124,7 @@ def finetune(options: FinetuneOptions, callbacks: Sequence[Callback] = ()) -> Fi
     """Run (or resume) a fine-tuning run; ``callbacks`` are passed to every engine run.
 
     The run folder is locked for the run's life: a second run into it is refused."""
-    with RunLock(options.out_dir):
+    with RunLock(options.out_dir), runfolder.recording(options.out_dir):
         return _finetune(options, callbacks)
 
 

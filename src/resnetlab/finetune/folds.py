@@ -23,7 +23,7 @@ from ..card import read_card
 from ..console import say
 from ..evaluation.clinic import DIGEST, read_digests, read_predictions
 from ..evaluation.uncertainty import bootstrap_intervals
-from ..files import write_json, write_text_atomic
+from ..files import RunLock, write_json, write_text_atomic
 from ..reports.report import render_report
 from ..runfolder import write_csv
 from .finetune import finetune
@@ -64,10 +64,17 @@ def mean_sd(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
 def cross_validate(options: FinetuneOptions) -> Path:
     """Run the K folds (each resumable), then the summary and the one report. The folder is
     new, or ``resume`` continues it with its own settings (``resume_settings``): a finished
-    cross-validation is never read back as the result of other data or another seed."""
+    cross-validation is never read back as the result of other data or another seed. The
+    folder is locked for the run's life and its run.json records how the run ended."""
+    with RunLock(options.out_dir):
+        options = resume_settings(options, Path(options.out_dir))  # refused before any write
+        with runfolder.recording(options.out_dir):
+            return _cross_validate(options)
+
+
+def _cross_validate(options: FinetuneOptions) -> Path:
     start = time.perf_counter()
     root = Path(options.out_dir)
-    options = resume_settings(options, root)
     if not options.resume:
         root.mkdir(parents=True, exist_ok=True)
         write_json(root / OPTIONS_FILE, dataclasses.asdict(options))

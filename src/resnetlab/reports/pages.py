@@ -42,6 +42,7 @@ class RunSection:
     tables: list[tuple[str, list[dict]]] = field(default_factory=list)
     long_tables: list[tuple[str, int]] = field(default_factory=list)  # (file name, rows)
     images: list[Path] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)  # a study's own, by image file name
 
 
 def words(value: Any) -> str:

@@ -27,41 +27,8 @@ from .pages import (
 
 NO_DATA = "No data set: this run uses random or synthetic inputs only."
 SKIP_JSON = ("config.json", "run.json", train_report.PER_CLASS)
-PLUS_ONE = (
-    "For a residual block ∂x_{l+1}/∂x_l = 1 + ∂F/∂x_l: the +1 carries the gradient back past "
-    "blocks whose ∂F/∂x_l is small; a plain block has only ∂F/∂x_l."
-)
 CAPTIONS = {
-    "gradient_flow_inputs.png": "Norm of the loss gradient at each block's input, plain (red) vs "
-    "residual (blue), log scale; line = mean over seeds, band = min to max. A curve rising "
-    "towards block 1 is a gradient growing towards the input (exploding, as BatchNorm plain nets "
-    "do at initialisation), a falling one a vanishing gradient; the findings say which. "
-    + PLUS_ONE,
-    "gradient_flow_weights.png": "Norm of each block's weight gradient, plain vs residual, log "
-    "scale. " + PLUS_ONE,
-    "layer_responses.png": "Std of each 3×3 layer's response after BN and before the addition or "
-    "ReLU, in eval mode. He et al. 2015, Fig. 7 measures trained nets; at initialisation the "
-    "ResNet's responses grow block by block as each branch adds to the stream (see the findings).",
-    "seed_mlp.png": "First layer's weight-gradient norm of the Linear-ReLU-Linear stacks against "
-    "depth, plain vs residual. " + PLUS_ONE,
     "compare.png": "Published ImageNet top-1 against counted parameters and multiply-accumulates.",
-    "receptive_field.png": "Theoretical receptive field after each conv/pool layer on the main "
-    "path.",
-    "effective_receptive_field.png": "Effective receptive field (Luo et al. 2016): input-gradient "
-    "magnitude of the centre output at initialisation; the box is the theoretical field.",
-    "lesion_single.png": "Test error after deleting one block (Veit et al. 2016): residual branch "
-    "removed, shortcut kept; plain blocks replaced by the identity (n/a: shape changes).",
-    "lesion_k.png": "Test error after deleting k random blocks and swapping k random pairs of "
-    "same-shape blocks, mean ± std over draws.",
-    "landscape_1d.png": "Training loss along one filter-normalised random direction (Li et al. "
-    "2018), BN in eval mode, no augmentation.",
-    "landscape_contour.png": "Training loss on a 2-D slice along two filter-normalised directions.",
-    "landscape_surface.png": "The same 2-D slice as a surface (loss clipped at min + 10).",
-    "interpolation.png": "Loss and error on the line between two sets of weights.",
-    "paths.png": "Veit et al. 2016 §5: share of paths by length, gradient magnitude of paths of "
-    "each length, and each length's share of the total gradient.",
-    "shattered.png": "Balduzzi et al. 2017: lag-1 autocorrelation of the input gradient along a "
-    "1-D input sweep against depth, the gradient of the deepest nets, and its autocorrelation.",
 }
 for _split in ("val", "test", "test_fold1"):
     CAPTIONS[f"reliability_{_split}.png"] = (
@@ -127,6 +94,8 @@ def _results(section: RunSection) -> None:
             continue
         value = _read_json(path)
         verdict, found, summary = value.get("verdict"), value.get("findings"), value.get("summary")
+        if isinstance(value.get("captions"), dict):
+            section.captions |= {str(k): str(v) for k, v in value["captions"].items()}
         if isinstance(verdict, list) and all(isinstance(v, str) for v in verdict):
             section.verdict += verdict
         if isinstance(found, list):
@@ -193,6 +162,7 @@ def render_report(run_dirs: list[str | Path], out: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     sections = [collect(Path(d), out) for d in run_dirs]
     title = "resnetlab report: " + ", ".join(s.folder.name for s in sections)
-    html_path = write_text_atomic(out / "report.html", render_html(sections, title, CAPTIONS))
-    md_path = write_text_atomic(out / "report.md", render_markdown(sections, title, out, CAPTIONS))
+    captions = CAPTIONS | {k: v for s in sections for k, v in s.captions.items()}
+    html_path = write_text_atomic(out / "report.html", render_html(sections, title, captions))
+    md_path = write_text_atomic(out / "report.md", render_markdown(sections, title, out, captions))
     return html_path, md_path

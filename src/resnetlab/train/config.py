@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import ResnetlabError, close_matches
 from ..groups import (
     BatchSettings,
+    Checked,
     DataSettings,
     DeviceSettings,
     ModelSettings,
@@ -271,6 +272,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "checkpoint_every": 500,
     },
 }
+
+@dataclass
+class RecipeSettings(Checked):
+    """The named recipe a run starts from (``train --recipe``, ``degradation --recipe``)."""
+
+    recipe: str | None = setting(
+        None, "training recipe, its values overridden by the flags given (none: the settings "
+        "as declared)", choices=tuple(RECIPES),
+    )  # fmt: skip
+
 
 # "ResNet-110: lr 0.01 until training error < 80 % (about 400 iterations)", He et al. 2015 §4.2.
 DEEP_CIFAR_WARMUP = {"warmup_iters": 400, "warmup_lr": 0.01, "warmup": "constant"}

@@ -1,0 +1,54 @@
+"""The settings the studies of trained nets share, declared once (a study's settings class
+derives from these groups, so mypy and the flags see every field), and the checks of those
+inputs made before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..data.bundle import NAMES
+from ..errors import ResnetlabError, close_matches
+from ..groups import DataSettings, ModelSettings, SeedSettings
+from ..settings import compose, setting
+from .trained import NORMALISATIONS
+
+
+@dataclass
+@compose(DataSettings, SeedSettings, only=("data", "seed"))
+class StudyData:
+    """The images a study measures on (the data group's ``data``), how they are normalised, and
+    the seed of its draws (the seed group's)."""
+
+    normalisation: str = setting(
+        "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
+        choices=NORMALISATIONS,
+    )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        data: str = setting()
+        seed: int = setting()
+
+
+@dataclass
+@compose(ModelSettings, only=("model", "pretrained"))
+class TrainedNet(StudyData):
+    """One net to study (a model name with its weights, or a training run folder: the model
+    group's ``model`` and ``pretrained``) and its data."""
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        model: str = setting()
+        pretrained: str | None = setting()
+
+
+def check_data(spec: str) -> None:
+    """Refuse a data set that is neither a known name nor an existing path, before any work."""
+    key = spec.lower().replace("-", "").replace("_", "")
+    if key in {n.replace("-", "") for n in NAMES}:
+        return
+    if not Path(spec).expanduser().exists():
+        raise ResnetlabError(
+            f"no data set named or found at {spec!r}{close_matches(spec, NAMES)}; use one of "
+            f"{', '.join(NAMES)} or a path to a data folder or file"
+        )

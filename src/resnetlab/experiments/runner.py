@@ -1,0 +1,272 @@
+"""One runner for every study: the run folder and its lock, resume from one journal, the
+``run.json`` status on every exit, and the result's files.
+
+A study (a :class:`Study` subclass) is its settings, the list of its measurements, how to take
+one, and how to summarise them; :func:`run_study` does the rest, in this order: check the
+settings and the inputs (nothing is written for a refused study), take the folder's lock,
+record the settings and what the run was started from (a resume from other settings or other
+inputs is refused), take every measurement the journal lacks (``measurements.jsonl``, one JSON
+line per measurement keyed by its id), summarise, write the result and mark the run completed.
+An error, a Ctrl-C or a SIGTERM is recorded in ``run.json`` as ``failed: ...`` or
+``interrupted``, never left as ``running``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+from .. import runfolder
+from ..console import Bar, say
+from ..errors import ResnetlabError
+from ..figures import pyplot, save_figure
+from ..files import RunLock, remove_stale_temps, write_json, write_text_atomic
+from ..reports.report import render_report
+from ..runfolder import RUNS_ROOT, append_jsonl, read_jsonl, write_csv
+from ..settings import check_settings
+
+JOURNAL = "measurements.jsonl"
+
+
+class StudyRun(NamedTuple):
+    """What every study returns: its run folder and its result (the result file's contents)."""
+
+    folder: Path
+    result: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Figure:
+    """One figure of a result: its file name, its caption, and how to draw it into a path."""
+
+    name: str
+    caption: str
+    draw: Callable[[Path], Any]
+
+
+@dataclasses.dataclass
+class Summary:
+    """A study's result: the JSON written to ``<study>.json`` (with its ``summary`` lines and,
+    where it has them, ``findings`` and ``verdict``), its tables (CSV name: rows), its texts
+    (file name: text) and its figures."""
+
+    result: dict[str, Any]
+    tables: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    texts: dict[str, str] = dataclasses.field(default_factory=dict)
+    figures: list[Figure] = dataclasses.field(default_factory=list)
+
+
+class Study:
+    """The base of every study. A subclass names itself and overrides a few hooks:
+
+    - :meth:`check` refuses bad input (beyond the bounds its settings declare, which the runner
+      checks) before anything is written; :meth:`inputs` fingerprints what the run starts from;
+    - :meth:`prepare` loads what the measurements share (data, directions, ...);
+    - :meth:`measurements` lists ``(id, spec)`` pairs, :meth:`measure` takes one (a JSON-able
+      dict, journaled at once); :meth:`summarise` turns them into a :class:`Summary`.
+    """
+
+    settings: ClassVar[type]  # its settings dataclass (what config.json and the flags hold)
+    name: ClassVar[str] = "study"  # the folder's prefix; the result is <name with _ for ->.json
+    journal: ClassVar[str] = JOURNAL
+
+    def __init__(self, config: Any, *, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.resume = False
+        self.folder = Path()
+
+    @classmethod
+    def run(
+        cls, config: Any, out: str | Path | None = None, *, resume: bool = False,
+        report: bool = False, progress: bool = True, **options: Any,
+    ) -> StudyRun:  # fmt: skip
+        """Run this study with ``config`` into ``out`` (``run_study``); returns (folder, result)."""
+        return run_study(cls(config, progress=progress, **options), out, resume=resume,
+                         report=report)  # fmt: skip
+
+    def check(self) -> None:
+        """Refuse settings or inputs that cannot make the study (one line, the fix)."""
+
+    def inputs(self) -> dict[str, str | None]:
+        """What the run is started from, by fingerprint (e.g. a hash of each weights file)."""
+        return {}
+
+    def prepare(self) -> None:
+        """Load what the measurements share; ``self.folder`` is the run folder."""
+
+    def measurements(self) -> list[tuple[str, Any]]:
+        """Every measurement as ``(id, spec)``, in the order they are taken."""
+        return []
+
+    def measure(self, spec: Any) -> dict[str, Any]:
+        """Take one measurement."""
+        raise NotImplementedError
+
+    def finished(self, record: dict[str, Any]) -> bool:
+        """Whether a journaled measurement is final (else it is taken again on resume)."""
+        return True
+
+    def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        """The verdict, findings, tables and figures of all measurements (in list order)."""
+        raise NotImplementedError
+
+    def report_folders(self) -> list[Path]:
+        """The run folders its report shows, in order."""
+        return [self.folder]
+
+    def file_name(self) -> str:
+        return f"{self.name.replace('-', '_')}.json"
+
+    def prefix(self) -> str:
+        """The default folder's name before its time stamp."""
+        return self.name
+
+
+def run_study(
+    study: Study, out: str | Path | None = None, *, resume: bool = False, report: bool = False
+) -> StudyRun:
+    """Check, lock, record, measure what the journal lacks, summarise and write ``study``;
+    with ``report``, render ``report.html`` and ``report.md`` into its folder."""
+    check_settings(study.config)
+    study.check()
+    inputs = study.inputs()
+    folder = run_folder(study.prefix(), out, resume=resume)
+    with RunLock(folder):
+        remove_stale_temps(folder)
+        start(folder, study.config, inputs)
+        with runfolder.recording(folder):
+            study.folder, study.resume = folder, resume
+            say(f"{study.name}: run folder {folder}")
+            try:
+                study.prepare()
+                records = take_measurements(study, folder / study.journal)
+            except KeyboardInterrupt:
+                say(f"interrupted; continue with --out {folder} --resume")
+                raise
+            summary = study.summarise(records)
+            write_summary(folder, study.file_name(), summary)
+            runfolder.finish(folder, "completed")
+        if report:
+            render_report(list[str | Path](study.report_folders()), out=folder)
+    return StudyRun(folder, summary.result)
+
+
+def status(folder: Path) -> str:
+    """How a run in ``folder`` ended (``completed``, ...), or ``not started``."""
+    return str(runfolder.read(folder).get("status") or "not started")
+
+
+def run_folder(name: str, out: str | Path | None, *, resume: bool = False) -> Path:
+    """``out`` or ``runs/<name>-<UTC time>`` (not created here); a non-empty ``out`` needs
+    ``resume``."""
+    if out is None and resume:
+        raise ResnetlabError("--resume needs the folder to continue. Pass it with --out.")
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        path, suffix = RUNS_ROOT / f"{name}-{stamp}", 1
+        while path.exists():
+            suffix += 1
+            path = RUNS_ROOT / f"{name}-{stamp}-{suffix}"
+        return path
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ResnetlabError(f"{path} is a file, not a folder. Pass a folder to --out.")
+    if path.is_dir() and any(path.iterdir()) and not resume:
+        raise ResnetlabError(
+            f"run folder {path} is not empty. Pass --resume to continue it, or another --out."
+        )
+    return path
+
+
+def start(
+    folder: Path,
+    config: Any,
+    inputs: dict[str, str | None] | None = None,
+    *,
+    command: str | None = None,
+) -> None:
+    """Write ``config.json`` and ``run.json``; a resumed run must have the same settings and
+    start from the same inputs (refused before anything is written)."""
+    is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
+    settings = dataclasses.asdict(config) if is_instance else dict(config)
+    settings = json.loads(json.dumps(settings, default=str))
+    previous = folder / "config.json"
+    resumed = previous.is_file()
+    if resumed:
+        old = json.loads(previous.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise ResnetlabError(
+                f"{folder} was started with other settings ({', '.join(changed)}). "
+                "Use the same settings to resume, or another --out."
+            )
+        old_inputs = runfolder.read(folder).get("inputs") or {}
+        moved = sorted(k for k in old_inputs if (inputs or {}).get(k) != old_inputs[k])
+        if moved:
+            raise ResnetlabError(
+                f"{folder} was started from other inputs: {', '.join(moved)} changed since. "
+                "Resume from the same files, or start a new run with another --out."
+            )
+    write_json(previous, settings)
+    extra = {"inputs": inputs} if inputs else None
+    runfolder.start(folder, command=command, resume=resumed, extra=extra)
+
+
+def take_measurements(study: Study, journal: Path) -> list[dict[str, Any]]:
+    """Every measurement of ``study``, from the journal where it is there and final, else
+    taken now and appended to it at once (so an interruption loses at most one)."""
+    done = {r["id"]: r for r in read_jsonl(journal) if "id" in r}
+    plan = study.measurements()
+    todo = [(i, s) for i, s in plan if i not in done or not study.finished(done[i])]
+    bar = Bar(todo, desc=study.name, leave=False, disable=not study.progress or len(todo) < 2)
+    for key, spec in bar:
+        record = {"id": key, **study.measure(spec)}
+        append_jsonl(journal, record)
+        done[key] = record
+    return [done[i] for i, _ in plan]
+
+
+def write_summary(folder: Path, name: str, summary: Summary) -> None:
+    """The result JSON (with each figure's caption), its tables, texts and figures."""
+    captions = {f.name: f.caption for f in summary.figures}
+    write_json(folder / name, {**summary.result, "captions": captions} if captions
+               else summary.result)  # fmt: skip
+    for table, rows in summary.tables.items():
+        write_csv(folder / table, rows)
+    for text_name, text in summary.texts.items():
+        write_text_atomic(folder / text_name, text)
+    for figure in summary.figures:
+        figure.draw(folder / figure.name)
+
+
+def fingerprint(spec: str | Path | None, *, content: bool = True) -> str | None:
+    """A file's SHA-256 (with ``content=False``, as a folder: its name, size and modification
+    time, for data too large to read twice); a folder's file names, sizes and modification
+    times; else the spec itself (a tag, a URL, a data set's name)."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    digest = hashlib.sha256()
+    if path.is_file() and content:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"sha256:{digest.hexdigest()}"
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for item in files:
+            st = item.stat()
+            digest.update(f"{item.relative_to(path.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                          .encode())  # fmt: skip
+        return f"files:{digest.hexdigest()}"
+    return str(spec)
+
+
+__all__ = ["JOURNAL", "Figure", "Study", "StudyRun", "Summary", "fingerprint", "pyplot",
+           "read_jsonl", "run_folder", "run_study", "save_figure", "start"]  # fmt: skip
