@@ -130,6 +130,16 @@ def test_a_card_that_disagrees_with_its_weights_is_one_line(
     assert not (tmp_path / "m.onnx").exists()
 
 
+def toy_npz(path: Path) -> Path:
+    """A tiny in-memory data set for the studies (CIFAR-shaped)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3)).astype(np.uint8)
+    labels = np.arange(12) % 2
+    np.savez(path, train_images=images, train_labels=labels, test_images=images,
+             test_labels=labels)  # fmt: skip
+    return path
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
@@ -141,7 +151,8 @@ def test_a_code_running_checkpoint_in_a_train_folder_is_one_line(tmp_path, capsy
     (folder / "config.json").write_text(json.dumps({"model": "resnet20"}))
     torch.save({"model": Evil()}, folder / "best.pt")
     for argv in (["serve", str(folder)], ["predict", str(folder), str(folder)],
-                 ["lesion", str(folder), "--data", "synthetic", "--out", str(tmp_path / "l")]):
+                 ["lesion", str(folder), "--data", str(toy_npz(tmp_path / "toy.npz")), "--out",
+                  str(tmp_path / "l")]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "best.pt" in err, err
@@ -152,7 +163,8 @@ def test_a_train_folder_whose_config_names_no_model_is_one_line(tmp_path, capsys
     folder = tmp_path / "empty"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert main(["lesion", str(folder), "--data", "synthetic", "--out", str(tmp_path / "l")]) == 2
+    data = toy_npz(tmp_path / "toy.npz")
+    assert main(["lesion", str(folder), "--data", str(data), "--out", str(tmp_path / "l")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "names no model (key 'model')" in err, err
     with pytest.raises(ResnetlabError, match="holds no model_card.json or config.json"):
