@@ -46,7 +46,7 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             kept = "it keeps its previous content" if path.exists() else "nothing was written"
             raise ResnetlabError(
                 f"no space left on the device; free some space or choose another folder, then "
-                f"run again ({path.name} in {path.parent}: {kept})."
+                f"run again (while writing {path.name} in {path.parent}; {kept})."
             ) from error
         raise
     finally:

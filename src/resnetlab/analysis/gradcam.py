@@ -112,6 +112,18 @@ def _activations_and_grads(model, layer, x, target, name):
     return saved["a"].detach(), saved["a"].grad, logits.detach(), classes
 
 
+def _gives_map(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``layer``'s output for ``x`` is a map of more than one position."""
+    seen: list[bool] = []
+    handle = layer.register_forward_hook(lambda m, i, out: seen.append(is_map(out)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return bool(seen and seen[-1])
+
+
 def _targets(target, logits: torch.Tensor) -> torch.Tensor:
     classes = torch.as_tensor(target, dtype=torch.long).reshape(-1)
     classes = classes.expand(len(logits)) if classes.numel() == 1 else classes
@@ -139,9 +151,13 @@ def cam_maps(
     (``target=None``) or the given class(es); also the logits, classes and layer used."""
     if method not in METHODS:
         raise ResnetlabError(f"--method {method!r} is unknown; use {' or '.join(METHODS)}.")
-    name, module = find_layer(model, layer)
     modes = [m.training for m in model.modules()]
     model.eval()
+    name, module = find_layer(model, layer)
+    if layer is None and len(images) and not _gives_map(model, module, images[:1]):
+        # the default layer is 1x1 at this input size (ResNet-18's layer4 at 32 px): the last
+        # layer that still has positions to weigh
+        name, module = find_layer(model, spatial_layers(model, images[:1], n=1)[-1])
     maps, all_logits, all_classes = [], [], []
     wanted = None
     if target is not None:
