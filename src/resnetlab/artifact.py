@@ -131,7 +131,8 @@ def load_trained(
         trained = _from_model(model, f"{name} ({shown})", pretrained if named else str(path))
     else:
         raise ResnetlabError(
-            f"{text!r} is no model name, run folder, Hub folder, hf-hub: id or weights file; "
+            f"{text!r} is neither a model name nor a checkpoint (weights file, run folder, Hub "
+            "folder or hf-hub: id); "
             "see `resnetlab models`."
         )
     trained.model.to(device).eval()
