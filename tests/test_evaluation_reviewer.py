@@ -12,6 +12,7 @@ import statsmodels.api as sm
 import torch
 from mapie.classification import SplitConformalClassifier
 from scipy.stats import rankdata
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
 from resnetlab.errors import ResnetlabError
@@ -94,9 +95,10 @@ def test_conformal_sets_match_mapie_and_cover() -> None:
     fit = fit_conformal(probs[cal], labels[cal], 0.9)
     sets = prediction_sets(probs[test], fit)
 
-    class Fixed:  # a fitted classifier whose input is its own probabilities
-        classes_ = np.array([0, 1])
-        n_features_in_ = 2
+    class Fixed(ClassifierMixin, BaseEstimator):  # fitted; its input is its own probabilities
+        def __init__(self) -> None:  # fitted attributes on the instance, as scikit-learn checks
+            self.classes_ = np.array([0, 1])
+            self.n_features_in_ = 2
 
         def fit(self, x, y):
             return self
