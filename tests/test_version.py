@@ -19,7 +19,7 @@ SCRIPT = Path(sys.executable).with_name("resnetlab")  # the console script of th
 
 
 def run_version(*command: str) -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this session's resnetlab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this interpreter's resnetlab
     done = subprocess.run([*command, "--version"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
