@@ -61,10 +61,10 @@ def cascading_randomisation(
     compared (default: after every layer); the model itself is left untouched."""
     original = explain(model, x, targets)
     randomised = copy.deepcopy(model).eval()
-    names = [n for n, _ in resettable_layers(randomised)]
-    wanted = set(names if stops is None else stops)
+    layers = resettable_layers(randomised)
+    wanted = {n for n, _ in layers} if stops is None else set(stops)
     steps: list[dict[str, Any]] = []
-    for name, layer in resettable_layers(randomised):
+    for name, layer in layers:
         torch.manual_seed(seed + 1)
         layer.reset_parameters()  # type: ignore[operator]
         if name in wanted:

@@ -59,14 +59,17 @@ def reviewer_figures(
     temperature scaling, the decision curve, the conformal sets' coverage and, at a stated
     deployment prevalence, the predictive values at the threshold."""
     y = labels.numpy() == 1
-    out: dict[str, Any] = {"recalibration": {}}
-    for name, t in (("before", 1.0), ("after", fit["temperature"])):
-        p1 = torch.softmax(logits.double() / t, 1)[:, 1].numpy()
-        out["recalibration"][name] = recalibration_intervals(p1, y, seed=seed)
+    raw = torch.softmax(logits.double(), 1).numpy()
+    calibrated = torch.softmax(logits.double() / fit["temperature"], 1).numpy()
+    p1 = calibrated[:, 1]  # what the threshold, the decision curve and the prevalence read
+    out: dict[str, Any] = {"recalibration": {
+        name: recalibration_intervals(probs[:, 1], y, seed=seed)
+        for name, probs in (("before", raw), ("after", calibrated))
+    }}
     curve = decision_curve(p1, y)
     out["decision_curve"] = {**curve, "useful_range": useful_range(curve)}
     if "conformal" in fit:
-        sets = prediction_sets(torch.softmax(logits.double() / t, 1).numpy(), fit["conformal"])
+        sets = prediction_sets(calibrated, fit["conformal"])
         out["conformal"] = {**fit["conformal"], **set_summary(sets, labels.numpy())}
     if prevalence is not None and "threshold" in fit:
         rates = binary_rates(p1, y, fit["threshold"]["threshold"])
