@@ -12,6 +12,7 @@ import pytest
 
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
+from resnetlab.evaluation.seeds import difference
 from resnetlab.experiments.degradation import (
     DegradationConfig,
     check_config,
@@ -141,7 +142,7 @@ def test_tiny_run_writes_curves_verdict_and_report(tmp_path, capsys) -> None:
     assert "short budget" in (out / "report.md").read_text()
     assert "data:image/png;base64" in (out / "report.html").read_text()
     rows = (out / "degradation.csv").read_text().splitlines()
-    assert rows[0].startswith("model,kind,depth,iterations,train error %") and len(rows) == 5
+    assert rows[0].startswith("model,kind,depth,seed,iterations,train error %") and len(rows) == 5
 
     # resume re-runs only unfinished nets: all are complete, so nothing trains again
     stamp = (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns
@@ -198,7 +199,7 @@ config = settings_from_args(degradation.DegradationConfig, args)
 runs = []
 degradation.train = lambda train_config, **kw: runs.append(train_config)
 bundle = SimpleNamespace(classes=[0, 1], in_channels=3)
-degradation._train_net(config, "plain", 8, bundle, {"max_iters": 4}, Path(sys.argv[1]), False,
+degradation._train_net(config, "plain", 8, 0, bundle, {"max_iters": 4}, Path(sys.argv[1]), False,
                        False)
 print(json.dumps({"help": "--fresh-knob INT" in text and "added later" in text,
                   "default": degradation.DegradationConfig().fresh_knob,
@@ -230,3 +231,28 @@ def test_degradation_takes_every_engine_setting_but_those_it_sets_per_net() -> N
         DegradationConfig(log=("wandb",))
     with pytest.raises(ResnetlabError, match=r"grad_clip \(--grad-clip\) must be > 0"):
         DegradationConfig(grad_clip=0.0)
+
+
+def test_several_seeds_give_means_intervals_and_a_verdict_on_them(tmp_path) -> None:
+    out = tmp_path / "deg"
+    argv = ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget", "3",
+            "--batch-size", "16", "--train-size", "100", "--input-size", "16", "--seeds", "2",
+            "--seed", "3", "--eval-every", "3", "--device", "cpu", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((out / "degradation.json").read_text())
+    nets = ("plain8", "plain14", "resnet8", "resnet14")
+    assert set(result["runs"]) == {f"{n}-seed{s}" for n in nets for s in (3, 4)}
+    assert {r["seed"] for r in result["runs"].values()} == {3, 4}
+    # seeds differ in initialisation: the two runs of one net are not the same run
+    p8 = [result["runs"][f"plain8-seed{s}"]["curves"]["train"]["error"] for s in (3, 4)]
+    assert p8[0] != p8[1]
+    rows = {r["model"]: r for r in result["over_seeds"]}
+    train = [result["runs"][f"plain8-seed{s}"]["train"] for s in (3, 4)]
+    assert rows["plain-8"]["train error % mean"] == pytest.approx(100 * sum(train) / 2, abs=0.01)
+    plain = {c["claim"]: c for c in result["verdict"]}[1]
+    deep = [result["runs"][f"plain14-seed{s}"]["train"] for s in (3, 4)]
+    d = difference(deep, train)
+    assert "95 % CI" in plain["text"] and "means of 2 and 2 seeds" in plain["text"]
+    assert plain["holds"] == (d["mean"] > 0 and d["excludes_zero"])
+    assert (out / "degradation-seeds.csv").read_text().startswith("model,seeds,train error %")

@@ -89,6 +89,16 @@ class SeedSettings(Checked):
 
 
 @dataclass
+class SeedsSettings(Checked):
+    """How many seeds a result is repeated over, so its spread is measured, not assumed."""
+
+    seeds: int = setting(
+        1, "repeat with this many seeds (seed, seed+1, ...); results give mean ± sd and a 95 % "
+        "interval over them", ">= 1",
+    )  # fmt: skip
+
+
+@dataclass
 class ModelSettings(Checked):
     """Which network, with which options, starting from which weights."""
 

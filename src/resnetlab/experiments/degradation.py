@@ -21,8 +21,9 @@ from ..console import say
 from ..data import open_data, split_val
 from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
+from ..evaluation.seeds import spread
 from ..files import write_text_atomic
-from ..groups import check_device
+from ..groups import SeedsSettings, check_device
 from ..models import CifarResNet, create_model, list_models, model_info
 from ..reports.findings import degradation_findings
 from ..settings import Default, check_settings, compose, setting
@@ -60,8 +61,9 @@ PER_NET = ("model", "model_options", "pretrained", "max_iters", "epochs", "miles
 
 
 @dataclass
-@compose(RecipeSettings, TrainConfig, exclude=PER_NET, unset="the recipe's", defaults={
-    "recipe": "he2015-cifar", "data": "cifar10", "seed": 0,
+@compose(RecipeSettings, TrainConfig, SeedsSettings, exclude=PER_NET, unset="the recipe's",
+         defaults={
+    "recipe": "he2015-cifar", "data": "cifar10", "seed": 0, "seeds": 1,
     "eval_every": Default(None, "budget / 20"),
 })  # fmt: skip
 class DegradationConfig:
@@ -94,6 +96,7 @@ class DegradationConfig:
         recipe: str = setting()
         data: str = setting()
         seed: int = setting()
+        seeds: int = setting()
         batch_size: int | None = setting()
         lr: float | None = setting()
         device: str | None = setting()
@@ -247,22 +250,29 @@ class Degradation(Study):
         }  # fmt: skip
 
     def measurements(self) -> list[tuple[str, Any]]:
-        kinds = [arm_kind(v) for v in self.config.variants]
-        nets = [(kind, d) for kind in kinds for d in sorted(set(self.config.depths))]
-        return [(net_name(k, d), (i, len(nets), k, d)) for i, (k, d) in enumerate(nets, 1)]
+        """Every net of every seed, seed by seed (so the first seed's picture comes first); one
+        seed keeps the folder names of a one-seed run (``plain20``), more add ``-seedK``."""
+        c = self.config
+        kinds = [arm_kind(v) for v in c.variants]
+        seeds = range(c.seed, c.seed + c.seeds)
+        nets = [(k, d, s) for s in seeds for k in kinds for d in sorted(set(c.depths))]
+        return [(net_name(k, d) + (f"-seed{s}" if c.seeds > 1 else ""), (i, len(nets), k, d, s))
+                for i, (k, d, s) in enumerate(nets, 1)]  # fmt: skip
 
     def measure(self, spec: Any) -> dict[str, Any]:
-        i, count, kind, depth = spec
-        name = net_name(kind, depth)
+        i, count, kind, depth, seed = spec
+        name = net_name(kind, depth) + (f"-seed{seed}" if self.config.seeds > 1 else "")
         folder = self.folder / name
         if status(folder) != "completed":
-            say(f"degradation [{i}/{count}] {display(kind, depth)}: {self.iterations:,} "
-                f"iterations -> {folder}")  # fmt: skip
-            _train_net(self.config, kind, depth, self.bundle, self.schedule, folder, self.resume,
-                       self.progress)  # fmt: skip
+            seeded = f", seed {seed}" if self.config.seeds > 1 else ""
+            say(f"degradation [{i}/{count}] {display(kind, depth)}{seeded}: "
+                f"{self.iterations:,} iterations -> {folder}")  # fmt: skip
+            _train_net(self.config, kind, depth, seed, self.bundle, self.schedule, folder,
+                       self.resume, self.progress)  # fmt: skip
         curves = read_curves(folder)
-        return {"kind": kind, "depth": depth, "status": status(folder), "folder": name,
-                "curves": curves, **final_errors(curves, self.iterations)}  # fmt: skip
+        return {"kind": kind, "depth": depth, "seed": seed, "status": status(folder),
+                "folder": name, "curves": curves,
+                **final_errors(curves, self.iterations)}  # fmt: skip
 
     def finished(self, record: dict[str, Any]) -> bool:
         return status(self.folder / record["folder"]) == "completed"
@@ -276,19 +286,20 @@ class Degradation(Study):
 run_degradation = Degradation.run
 
 
-def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, schedule: dict,
-               folder: Path, resume: bool, progress: bool) -> None:  # fmt: skip
-    """One engine run of one net: the recipe, with the budget's schedule, into ``folder``."""
+def _train_net(config: DegradationConfig, kind: str, depth: int, seed: int, bundle: Any,
+               schedule: dict, folder: Path, resume: bool, progress: bool) -> None:  # fmt: skip
+    """One engine run of one net: the recipe, with the budget's schedule and this seed (of the
+    initialisation, order and augmentation; the split stays the config's), into ``folder``."""
 
     name = net_name(kind, depth)
-    values = {**config.engine_settings(), "out_dir": str(folder), "resume": resume,
+    values = {**config.engine_settings(), "seed": seed, "out_dir": str(folder), "resume": resume,
               "progress": progress, **schedule}  # fmt: skip
     train_config = (
         recipe_config(config.recipe, model=name, **values)
         if registered(config.family, name) and not arm_options(kind)  # recipe's deep warm-up
         else recipe_config(config.recipe, **values).replace(model=name)
     )
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     model = build_net(config.family, kind, depth, len(bundle.classes), bundle.in_channels)
     try:
         train(train_config, model=model, data=bundle)
@@ -299,9 +310,45 @@ def _train_net(config: DegradationConfig, kind: str, depth: int, bundle: Any, sc
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     """One line of the final-error table (errors in %)."""
     row = {"model": display(r["kind"], r["depth"]), "kind": r["kind"], "depth": r["depth"]}
-    row["iterations"] = r["steps"]
+    row |= {"seed": r.get("seed"), "iterations": r["steps"]}
     row |= {f"{s} error %": None if r[s] is None else round(100 * r[s], 2) for s in SPLITS}
     row["train time s"] = (r["curves"]["train"].get("time_s") or [None])[-1]
+    return row
+
+
+def by_net(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each net's final errors: its one run's, or over several seeds the mean, with the
+    per-seed errors under ``seeds`` and their spread (mean, sd, 95 % interval) under
+    ``spread``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results.values():
+        groups.setdefault(net_name(r["kind"], r["depth"]), []).append(r)
+    nets = {}
+    for name, runs in groups.items():
+        if len(runs) == 1:
+            nets[name] = runs[0]
+            continue
+        unfinished = [r["status"] for r in runs if r["status"] != "completed"]
+        net = {"kind": runs[0]["kind"], "depth": runs[0]["depth"], "seed": None,
+               "status": unfinished[0] if unfinished else "completed",
+               "steps": min(r["steps"] for r in runs), "curves": runs[0]["curves"],
+               "seeds": {}, "spread": {}}  # fmt: skip
+        for split in SPLITS:
+            values = [r[split] for r in runs if r[split] is not None]
+            net["seeds"][split], net["spread"][split] = values, spread(values)
+            net[split] = net["spread"][split]["mean"]
+        nets[name] = net
+    return nets
+
+
+def _seed_row(net: dict[str, Any]) -> dict[str, Any]:
+    """One line of the table over seeds: mean, sd and 95 % interval of each error (in %)."""
+    row: dict[str, Any] = {"model": display(net["kind"], net["depth"]), "seeds": None}
+    for split in SPLITS:
+        s = net["spread"][split]
+        row["seeds"] = s["n"]
+        for key in ("mean", "sd", "lo", "hi"):
+            row[f"{split} error % {key}"] = None if s[key] is None else round(100 * s[key], 2)
     return row
 
 
@@ -313,7 +360,8 @@ def summary_of(
     milestones: list[int],
 ) -> Summary:
     """degradation.json (curves, finals, verdict, summary), degradation.csv and .png."""
-    claims = verdict(results)
+    nets = by_net(results)
+    claims = verdict(nets)
     banner = _budget_banner(iterations, recipe_iters, milestones)
     summary = [banner] if banner else []
     if len(claims) == 2:
@@ -321,6 +369,11 @@ def summary_of(
             f"{c['label'][0]} minus {c['label'][1]} {100 * c['train_gap']:+.1f}" for c in claims
         ]
         summary.append(f"Cost of depth in final training error (points): {'; '.join(gaps)}.")
+    if config.seeds > 1:
+        summary.append(f"Each net trained with {config.seeds} seeds ({config.seed} to "
+                       f"{config.seed + config.seeds - 1}; the split stays seed {config.seed}'s): "
+                       "errors are means, and a claim holds only where the 95 % interval of "
+                       "the difference excludes zero.")  # fmt: skip
     for r in results.values():
         if r["status"] != "completed":
             summary.append(f"{display(r['kind'], r['depth'])} did not complete ({r['status']}).")
@@ -330,7 +383,13 @@ def summary_of(
     )
     if config.eval_size:
         summary.append(f"val and test errors on stratified subsamples of {config.eval_size:,}.")
-    rows = [_row(r) for r in sorted(results.values(), key=lambda r: (r["kind"], r["depth"]))]
+    order = sorted(results.values(), key=lambda r: (r["kind"], r["depth"], r.get("seed") or 0))
+    rows = [_row(r) for r in order]
+    tables: dict[str, list[dict[str, Any]]] = {"degradation.csv": rows}
+    if config.seeds > 1:
+        seed_rows = [_seed_row(n) for n in sorted(nets.values(),
+                                                  key=lambda n: (n["kind"], n["depth"]))]
+        tables["degradation-seeds.csv"] = seed_rows
     result = {
         "family": config.family,
         "iterations": iterations,
@@ -341,6 +400,8 @@ def summary_of(
         "banner": banner,
         "runs": results,
         "finals": rows,
+        "seeds": config.seeds,
+        "over_seeds": seed_rows if config.seeds > 1 else None,
         "verdict": claims,
         "findings": degradation_findings(claims, iterations, recipe_iters),
         "summary": summary,
@@ -349,7 +410,7 @@ def summary_of(
     title = f"Training (dashed) and test (bold) error, {config.family} nets {depths}, "
     title += Path(config.data).name + (f"\n{banner}" if banner else "")
     figure = Figure("degradation.png", CAPTION, lambda p: plot_degradation(results, title, p))
-    return Summary(result, {"degradation.csv": rows}, figures=[figure])
+    return Summary(result, tables, figures=[figure])
 
 
 CAPTION = (

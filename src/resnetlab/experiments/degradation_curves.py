@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.seeds import difference
 from ..figures import pyplot, save_figure
 from ..runfolder import read_jsonl
 from .variants import base_kind
@@ -55,13 +56,25 @@ def _pct(value: float) -> str:
 
 def _versus(deep: dict, shallow: dict, key: str, lower: bool, name: str = "") -> tuple[bool, str]:
     """Whether the deeper net's ``key`` error is lower (or higher) than the shallower's, and
-    the comparison in words, e.g. ``"12.3 % > plain-20 8.1 %"``."""
+    the comparison in words, e.g. ``"12.3 % > plain-20 8.1 %"``. Over several seeds (a
+    ``seeds`` entry of per-seed errors) it holds only when the 95 % interval of the difference
+    of the means excludes zero, and the words give that interval."""
     a, b = deep[key], shallow[key]
     if a is None or b is None:
         return False, "n/a"
     ok = a < b if lower else a > b
     sign = ("<" if ok else ">=") if lower else (">" if ok else "<=")
-    return ok, f"{_pct(a)} {sign} {name}{_pct(b)}"
+    words = f"{_pct(a)} {sign} {name}{_pct(b)}"
+    per_seed: list[list[float]] = [(net.get("seeds") or {}).get(key) or [] for net in
+                                   (deep, shallow)]  # fmt: skip
+    if min(len(v) for v in per_seed) >= 2:
+        d = difference(per_seed[0], per_seed[1])
+        ok = ok and d["excludes_zero"]
+        words += (f" (means of {len(per_seed[0])} and {len(per_seed[1])} seeds; difference "
+                  f"{100 * d['mean']:+.1f} points, 95 % CI {100 * d['lo']:+.1f} to "
+                  f"{100 * d['hi']:+.1f}{'' if d['excludes_zero'] else ', which includes 0'}"
+                  f"{'; the seeds disagree' if d['seeds_disagree'] else ''})")  # fmt: skip
+    return ok, words
 
 
 def verdict(finals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -109,19 +122,22 @@ def plot_degradation(curves: dict[str, dict], title: str, path: Path) -> Path:
     depths = sorted({c["depth"] for c in curves.values()})
     colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    labelled: set[str] = set()
     for ax, kind in zip(axes, ("plain", "residual"), strict=True):
         for c in sorted(
             (c for c in curves.values() if base_kind(c["kind"]) == kind),
             key=lambda c: (c["depth"], c["kind"]),
         ):
             colour = colours((depths.index(c["depth"]) + 3 * (c["kind"] not in LABEL)) % 10)
-            name = display(kind, c["depth"])
+            name = display(c["kind"], c["depth"])
+            first = name not in labelled  # several seeds: one legend entry, a line per seed
+            labelled.add(name)
             train, test = c["curves"]["train"], c["curves"]["test"]
             ax.plot(train["step"], [100 * e for e in train["error"]], "--", color=colour,
-                    linewidth=0.9, label=f"{name} train")  # fmt: skip
+                    linewidth=0.9, label=f"{name} train" if first else None)  # fmt: skip
             if test["step"]:
                 ax.plot(test["step"], [100 * e for e in test["error"]], "-", color=colour,
-                        linewidth=2.2, label=f"{name} test")  # fmt: skip
+                        linewidth=2.2, label=f"{name} test" if first else None)  # fmt: skip
         ax.set_title(f"{LABEL[kind]} nets", fontsize=10)
         ax.set_xlabel("iterations")
         ax.grid(True, alpha=0.3)
