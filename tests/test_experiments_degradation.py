@@ -242,17 +242,35 @@ def test_several_seeds_give_means_intervals_and_a_verdict_on_them(tmp_path) -> N
     assert main(argv) == 0
     result = json.loads((out / "degradation.json").read_text())
     nets = ("plain8", "plain14", "resnet8", "resnet14")
-    assert set(result["runs"]) == {f"{n}-seed{s}" for n in nets for s in (3, 4)}
+    assert set(result["runs"]) == {*nets, *(f"{n}-seed4" for n in nets)}
     assert {r["seed"] for r in result["runs"].values()} == {3, 4}
     # seeds differ in initialisation: the two runs of one net are not the same run
-    p8 = [result["runs"][f"plain8-seed{s}"]["curves"]["train"]["error"] for s in (3, 4)]
+    p8 = [result["runs"][n]["curves"]["train"]["error"] for n in ("plain8", "plain8-seed4")]
     assert p8[0] != p8[1]
     rows = {r["model"]: r for r in result["over_seeds"]}
-    train = [result["runs"][f"plain8-seed{s}"]["train"] for s in (3, 4)]
+    train = [result["runs"][n]["train"] for n in ("plain8", "plain8-seed4")]
     assert rows["plain-8"]["train error % mean"] == pytest.approx(100 * sum(train) / 2, abs=0.01)
     plain = {c["claim"]: c for c in result["verdict"]}[1]
-    deep = [result["runs"][f"plain14-seed{s}"]["train"] for s in (3, 4)]
+    deep = [result["runs"][n]["train"] for n in ("plain14", "plain14-seed4")]
     d = difference(deep, train)
     assert "95 % CI" in plain["text"] and "means of 2 and 2 seeds" in plain["text"]
     assert plain["holds"] == (d["mean"] > 0 and d["excludes_zero"])
     assert (out / "degradation-seeds.csv").read_text().startswith("model,seeds,train error %")
+
+
+def test_a_finished_run_resumed_with_more_seeds_trains_only_the_new_seed(tmp_path, capsys):
+    out = tmp_path / "deg"
+    argv = ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget", "2",
+            "--batch-size", "16", "--train-size", "60", "--input-size", "16",
+            "--eval-every", "2", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    stamp = (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*argv, "--seeds", "2", "--resume"]) == 0
+    started = re.findall(r"degradation \[\d/8\] (\S+), seed (\d)", capsys.readouterr().err)
+    assert sorted(started) == [("ResNet-14", "1"), ("ResNet-8", "1"), ("plain-14", "1"),
+                               ("plain-8", "1")]  # fmt: skip
+    assert (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert json.loads((out / "config.json").read_text())["seeds"] == 2
+    assert main([*argv, "--seeds", "1", "--resume"]) == 2  # fewer seeds: other settings
+    assert "other settings (seeds)" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
@@ -14,6 +15,7 @@ from resnetlab.experiments.gradient_flow import (
     expand_models,
     run_gradient_flow,
 )
+from resnetlab.models import create_model
 from resnetlab.runfolder import read_jsonl
 
 
@@ -68,7 +70,7 @@ def test_checkpoint_needs_one_model(capsys):
     assert main(["gradient-flow", "--checkpoint", "x.pt"]) == 2
     assert "--models NAME" in capsys.readouterr().err
     with pytest.raises(ResnetlabError, match="exactly one model"):
-        run_gradient_flow(_tiny(checkpoint="x.pt"))
+        run_gradient_flow(_tiny(checkpoint="x.pt"))  # one file, several models
 
 
 def test_real_data_batch(shared_dir, tmp_path):
@@ -103,3 +105,31 @@ def test_a_net_with_an_imagenet_stem_gets_the_imagenet_size_whatever_its_family(
     assert deep.group == "ImageNet 18 layers" and cifar.group == "CIFAR 20 layers"
     assert _batch(deep, config, 0, None)[0].shape == (4, 3, 48, 48)
     assert _batch(cifar, config, 0, None)[0].shape == (4, 3, 32, 32)
+
+
+def test_each_model_at_its_own_checkpoint_in_layer_order_and_sorted(tmp_path):
+    """He et al. 2015, Fig. 7 after training: one weights file per model, responses in layer
+    order and sorted; the weights measured are the files', not a fresh initialisation."""
+    files = []
+    for name, seed in (("plain20", 5), ("resnet20", 6)):
+        torch.manual_seed(seed)
+        model = create_model(name)
+        for m in model.modules():  # trained-like BN statistics, unlike a fresh net's identity
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+        files.append(tmp_path / f"{name}.pt")
+        torch.save(model.state_dict(), files[-1])
+    config = _tiny(models=["plain20", "resnet20"], seeds=1, checkpoint=[str(f) for f in files])
+    run = run_gradient_flow(config, tmp_path / "gf", progress=False).folder
+    profiles = json.loads((run / "gradient_flow.json").read_text())["profiles"]
+    fresh = run_gradient_flow(_tiny(models=["plain20", "resnet20"], seeds=1), tmp_path / "init",
+                              progress=False).folder  # fmt: skip
+    init = json.loads((fresh / "gradient_flow.json").read_text())["profiles"]
+    for name in ("plain20", "resnet20"):
+        in_order = profiles[name]["response_std"]["mean"]
+        ranked = profiles[name]["response_sorted"]["mean"]
+        assert ranked == sorted(in_order, reverse=True) and len(ranked) == 19  # stem + 18
+        assert in_order != init[name]["response_std"]["mean"]
+    assert (run / "layer_responses_sorted.png").is_file()
+    with pytest.raises(ResnetlabError, match="exactly one model per weights file: 2 for 1"):
+        run_gradient_flow(_tiny(models=["resnet20"], checkpoint=[str(f) for f in files]))

@@ -44,6 +44,14 @@ def decide(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
     return (probs[:, 1] >= threshold).long()
 
 
+def conformal_sets(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Split-conformal (LAC) prediction sets: each class whose ``1 - p`` is at most the
+    threshold fitted on validation; (N, classes) booleans. A set of several classes is the
+    model saying "refer to a human", an empty one that the image is unlike its validation
+    images."""
+    return 1 - probs.double() <= threshold
+
+
 @dataclass
 class Trained:
     """A model in eval mode and its card: the preprocessing that turns uint8 images into its
@@ -69,6 +77,17 @@ class Trained:
     @property
     def positive_class(self) -> str | None:
         return (self.card.get("operating_point") or {}).get("positive_class")
+
+    @property
+    def conformal(self) -> dict[str, Any] | None:
+        """The card's split-conformal fit (coverage, threshold; fitted on validation)."""
+        return (self.card.get("clinical") or {}).get("conformal")
+
+    def prediction_sets(self, probs: torch.Tensor) -> torch.Tensor | None:
+        """Calibrated probabilities to conformal sets (:func:`conformal_sets`); None when the
+        card has no conformal fit."""
+        fit = self.conformal
+        return None if fit is None else conformal_sets(probs, float(fit["threshold"]))
 
     @property
     def device(self) -> torch.device:

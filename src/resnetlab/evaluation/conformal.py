@@ -14,7 +14,9 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..artifact import conformal_sets
 from ..errors import ResnetlabError
 
 
@@ -39,8 +41,10 @@ def fit_conformal(probabilities: np.ndarray, labels: np.ndarray, coverage: float
 
 
 def prediction_sets(probabilities: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
-    """Boolean (n, classes): which classes each image's set holds."""
-    return 1 - np.asarray(probabilities, np.float64) <= fit["threshold"]
+    """Boolean (n, classes): which classes each image's set holds (the model's own rule,
+    :func:`resnetlab.artifact.conformal_sets`)."""
+    probs = torch.as_tensor(np.asarray(probabilities, np.float64))
+    return conformal_sets(probs, float(fit["threshold"])).numpy()
 
 
 def set_summary(sets: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:

@@ -218,6 +218,7 @@ class Degradation(Study):
 
     settings = DegradationConfig
     name = "degradation"
+    grows = ("seeds",)
 
     def check(self) -> None:
         c = self.config
@@ -250,18 +251,22 @@ class Degradation(Study):
         }  # fmt: skip
 
     def measurements(self) -> list[tuple[str, Any]]:
-        """Every net of every seed, seed by seed (so the first seed's picture comes first); one
-        seed keeps the folder names of a one-seed run (``plain20``), more add ``-seedK``."""
+        """Every net of every seed, seed by seed (so the first seed's picture comes first). The
+        first seed's folders are the nets' names (``plain20``), the others' add ``-seedK``, so
+        a finished run resumed with more ``--seeds`` trains only the new seeds."""
         c = self.config
         kinds = [arm_kind(v) for v in c.variants]
         seeds = range(c.seed, c.seed + c.seeds)
         nets = [(k, d, s) for s in seeds for k in kinds for d in sorted(set(c.depths))]
-        return [(net_name(k, d) + (f"-seed{s}" if c.seeds > 1 else ""), (i, len(nets), k, d, s))
+        return [(self.folder_name(k, d, s), (i, len(nets), k, d, s))
                 for i, (k, d, s) in enumerate(nets, 1)]  # fmt: skip
+
+    def folder_name(self, kind: str, depth: int, seed: int) -> str:
+        return net_name(kind, depth) + (f"-seed{seed}" if seed != self.config.seed else "")
 
     def measure(self, spec: Any) -> dict[str, Any]:
         i, count, kind, depth, seed = spec
-        name = net_name(kind, depth) + (f"-seed{seed}" if self.config.seeds > 1 else "")
+        name = self.folder_name(kind, depth, seed)
         folder = self.folder / name
         if status(folder) != "completed":
             seeded = f", seed {seed}" if self.config.seeds > 1 else ""

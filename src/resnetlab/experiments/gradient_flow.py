@@ -29,15 +29,16 @@ from ..errors import ResnetlabError
 from ..models import ModelInfo, create_model, model_info
 from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding
 from ..settings import setting
+from .gradient_flow_plots import plot_profiles, plot_seed_mlp
 from .inputs import check_data
-from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .runner import Figure, Study, Summary, fingerprint
+from .trained import load_subject, normalise
 
 DEFAULT_MODELS = [
     "mlp10", "mlp20", "plain20", "resnet20", "plain56", "resnet56", "plain110", "resnet110",
     "plain18", "resnet18", "plain34", "resnet34",
 ]  # fmt: skip
 MLP_NAME = re.compile(r"^mlp(\d+)$")
-COLOURS = {"plain": "tab:red", "residual": "tab:blue"}
 
 
 @dataclass
@@ -54,7 +55,10 @@ class GradientFlowConfig:
     imagenet_size: int = setting(64, "input size for ImageNet nets (small, to stay cheap)", ">= 32")
     mlp_width: int = setting(64, "width of the MLP stacks", ">= 1")
     mlp_batch: int = setting(32, "batch for the MLP stacks", ">= 1")
-    checkpoint: str | None = setting(None, "measure at these weights (one model)")
+    checkpoint: list[str] = setting(
+        help="measure at these weights: a weights file or run folder per model, in --models "
+        "order (He et al. 2015, Fig. 7 is after training)", factory=list,
+    )  # fmt: skip
     data: str | None = setting(None, "use a batch of this data set, not random input")
 
 
@@ -112,8 +116,10 @@ def _data_batches(spec: str, count: int, seeds: list[int]) -> tuple[dict, str]:
     return batches, bundle.summary()
 
 
-def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | None):
-    """Inputs and targets: random normal (default) or standardised images from ``--data``.
+def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | None,
+           norm: dict | None = None):  # fmt: skip
+    """Inputs and targets: random normal (default) or images from ``--data``, standardised
+    per channel, or with ``norm`` (a trained net's own normalisation) as that net saw them.
 
     Data images keep their size for nets with the CIFAR stem and are resized to
     ``imagenet_size`` for the others.
@@ -128,12 +134,20 @@ def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | Non
         x = torch.randn(config.batch, info.input_size[0], size, size, generator=generator)
         return x, torch.randint(0, info.num_classes, (config.batch,), generator=generator)
     images, labels = data[seed]
+    if norm is not None and not resized:
+        return normalise(images, norm), labels.long().flatten() % info.num_classes
     x = images.float() / 255
     if resized and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x - mean) / std, labels.long().flatten() % info.num_classes
+
+
+def checkpoints(config: GradientFlowConfig) -> list[str]:
+    """The ``--checkpoint`` values (a single string from Python is one checkpoint)."""
+    given = config.checkpoint
+    return [given] if isinstance(given, str) else list(given or [])
 
 
 def _build(entry: Entry, config: GradientFlowConfig, seed: int, in_channels: int) -> nn.Module:
@@ -144,16 +158,23 @@ def _build(entry: Entry, config: GradientFlowConfig, seed: int, in_channels: int
         depth = int(match.group(1))
         return mlp_stack(depth, config.mlp_width, skip=entry.kind == "residual")
     options = {} if in_channels == 3 else {"in_channels": in_channels}
-    weights: str | bool = config.checkpoint or False
-    if isinstance(weights, str) and Path(weights).is_file():
-        weights = str(Path(weights).resolve())
-    return create_model(entry.name, pretrained=weights, **options)
+    return create_model(entry.name, pretrained=False, **options)
 
 
 def measure(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | None) -> dict:
-    """One model at one seed: its gradient profile and (CIFAR nets) layer-response stds."""
-    x, y = _batch(entry, config, seed, data)
-    model = _build(entry, config, seed, in_channels=x.shape[1] if x.dim() == 4 else 3)
+    """One model at one seed (at its checkpoint, if given, opened by the one loader with the
+    normalisation it was trained with): its gradient profile and (CIFAR nets) layer-response
+    stds."""
+    weights = dict(zip(config.models, checkpoints(config), strict=False)).get(entry.name)
+    if weights is None:
+        x, y = _batch(entry, config, seed, data)
+        model = _build(entry, config, seed, in_channels=x.shape[1] if x.dim() == 4 else 3)
+    else:
+        folder = Path(weights).is_dir()
+        subject = load_subject(weights) if folder else load_subject(
+            entry.name, pretrained=str(Path(weights).resolve()))  # fmt: skip
+        x, y = _batch(entry, config, seed, data, subject.normalisation)
+        model = subject.model
     record = {"model": entry.name, "group": entry.group, "kind": entry.kind, "seed": seed}
     record |= gradient_profile(model, x, y)
     if entry.info is not None and entry.info.cifar_stem:
@@ -191,7 +212,9 @@ def aggregate(records: list[dict]) -> dict[str, dict]:
         entry["first_last_ratio"] = mean[0] / mean[-1] if mean[-1] else float("inf")
         if "responses" in first:
             entry["response_layers"] = first["responses"]["layers"]
-            entry["response_std"] = _stats([r["responses"]["std"] for r in items])
+            stds = [r["responses"]["std"] for r in items]
+            entry["response_std"] = _stats(stds)
+            entry["response_sorted"] = _stats([sorted(s, reverse=True) for s in stds])
         result[name] = entry
     return result
 
@@ -239,67 +262,6 @@ def findings(seed_rows: list[dict], profiles: dict[str, dict], at: str) -> list[
     return [f for f in found if f is not None]
 
 
-def _band(ax, stats: dict, colour: str, label: str) -> None:
-    x = np.arange(1, len(stats["mean"]) + 1)
-    ax.plot(x, stats["mean"], color=colour, label=label, marker="o", markersize=2.5)
-    ax.fill_between(x, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
-
-
-def plot_profiles(profiles: dict[str, dict], key: str, ylabel: str, title: str, path: Path):
-    """One panel per depth, plain vs residual, mean line and min–max band over seeds, log y."""
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    groups: dict[str, list[dict]] = {}
-    for name, profile in profiles.items():
-        if key in profile:
-            groups.setdefault(profile["group"], []).append(profile | {"name": name})
-    if not groups:
-        return None
-    cols = min(3, len(groups))
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
-    for ax, (group, items) in zip(axes.flat, groups.items(), strict=False):
-        for profile in sorted(items, key=lambda p: p["kind"]):
-            _band(
-                ax, profile[key], COLOURS[profile["kind"]], f"{profile['name']} ({profile['kind']})"
-            )
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(group, fontsize=10)
-        ax.set_xlabel("block / layer index l (1 = nearest the input)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(groups) :]:
-        ax.set_visible(False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_seed_mlp(seed_rows: list[dict], path: Path) -> Path:
-    """First-layer gradient norm against depth, plain vs residual (log y)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for kind in ("plain", "residual"):
-        rows = [r for r in seed_rows if r["kind"] == kind]
-        ax.plot(
-            [r["depth"] for r in rows],
-            [r["grad_norm"] for r in rows],
-            marker="o",
-            color=COLOURS[kind],
-            label=kind,
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("depth (Linear-ReLU-Linear blocks)")
-    ax.set_ylabel("‖∂L/∂W‖ of the first layer")
-    ax.set_title("Seed MLP: first-layer gradient norm\n" + PLUS_ONE, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
-
-
 def _csv_rows(profiles: dict[str, dict]) -> list[dict]:
     rows = []
     for name, p in profiles.items():
@@ -324,18 +286,27 @@ class GradientFlow(Study):
     settings = GradientFlowConfig
     name = "gradient-flow"
     journal = "profiles.jsonl"
+    grows = ("seeds",)
 
     def check(self) -> None:
         c = self.config
         self.entries = expand_models(c.models)
-        if c.checkpoint and len({e.name for e in self.entries}) != 1:
-            raise ResnetlabError("--checkpoint needs exactly one model. Pass --models NAME.")
+        weights, names = checkpoints(c), list(dict.fromkeys(c.models))
+        if weights and len(weights) != len(names):
+            raise ResnetlabError(
+                f"--checkpoint needs exactly one model per weights file: {len(weights)} for "
+                f"{len(names)} models. Pass --models NAME [NAME ...] in the same order."
+            )
+        if any(MLP_NAME.match(n) for n in names) and weights:
+            raise ResnetlabError("--checkpoint is for registered models, not mlpN. Drop mlpN.")
         if c.data:
             check_data(c.data)
         self.seeds = list(range(c.seed, c.seed + c.seeds))
 
     def inputs(self) -> dict[str, str | None]:
-        return {"checkpoint": fingerprint(self.config.checkpoint),
+        weights = checkpoints(self.config)
+        return {"checkpoint": fingerprint(weights[0]) if len(weights) == 1 else
+                ",".join(str(fingerprint(w)) for w in weights) or None,
                 "data": fingerprint(self.config.data, content=False)}  # fmt: skip
 
     def prepare(self) -> None:
@@ -354,14 +325,16 @@ class GradientFlow(Study):
     def summarise(self, records: list[dict[str, Any]]) -> Summary:
         c, profiles = self.config, aggregate(records)
         seed_rows = seed_mlp_gradients((10, 20), c.mlp_width, c.mlp_batch, c.seed)
-        at = f"at {Path(c.checkpoint).name}" if c.checkpoint else "at initialisation"
+        weights = checkpoints(c)
+        at = (f"at {Path(weights[0]).name}" if len(weights) == 1 else
+              "at the given checkpoints" if weights else "at initialisation")  # fmt: skip
         result = {"seed_mlp": seed_rows, "profiles": profiles,
                   "findings": findings(seed_rows, profiles, at),
                   "summary": summary_lines(seed_rows, profiles)}  # fmt: skip
         tables = {"seed_mlp.csv": seed_rows, "gradient_flow.csv": _csv_rows(profiles)}
         n = f"{len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''}, line = mean, band = "
         n += "min–max"
-        note = "" if c.checkpoint else "; at initialisation BN's running statistics are identity"
+        note = "" if weights else "; at initialisation BN's running statistics are identity"
         figures = [
             Figure("seed_mlp.png", CAPTIONS["seed_mlp.png"],
                    lambda p: plot_seed_mlp(seed_rows, p)),
@@ -375,7 +348,12 @@ class GradientFlow(Study):
             Figure("layer_responses.png", CAPTIONS["layer_responses.png"],
                    lambda p: plot_profiles(profiles, "response_std", "std of response (eval mode)",
                    f"Std of each 3×3 layer's response after BN, before addition/ReLU, {at}\n"
-                   f"(He et al. 2015, Fig. 7; eval mode{note})", p)),
+                   f"(He et al. 2015, Fig. 7 top; eval mode{note})", p)),
+            Figure("layer_responses_sorted.png", CAPTIONS["layer_responses_sorted.png"],
+                   lambda p: plot_profiles(profiles, "response_sorted",
+                   "std of response (eval mode)", f"The same stds sorted in descending order, "
+                   f"{at}\n(He et al. 2015, Fig. 7 bottom; eval mode{note})", p,
+                   xlabel="rank of the layer's std (1 = largest)")),
         ]  # fmt: skip
         texts = {"data.txt": f"{self.description}\n  spec: {c.data}\n"} if c.data else {}
         return Summary(result, tables, texts, figures)
@@ -392,6 +370,9 @@ CAPTIONS = {
     "layer_responses.png": "Std of each 3×3 layer's response after BN and before the addition or "
     "ReLU, in eval mode. He et al. 2015, Fig. 7 measures trained nets; at initialisation the "
     "ResNet's responses grow block by block as each branch adds to the stream (see the findings).",
+    "layer_responses_sorted.png": "The layer responses' stds sorted from largest to smallest, "
+    "plain vs residual (He et al. 2015, Fig. 7 bottom): where one curve lies below the other "
+    "at every rank, that net's responses are the smaller ones whatever the layer order.",
     "seed_mlp.png": "First layer's weight-gradient norm of the Linear-ReLU-Linear stacks against "
     "depth, plain vs residual. " + PLUS_ONE,
 }

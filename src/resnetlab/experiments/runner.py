@@ -74,6 +74,9 @@ class Study:
     settings: ClassVar[type]  # its settings dataclass (what config.json and the flags hold)
     name: ClassVar[str] = "study"  # the folder's prefix; the result is <name with _ for ->.json
     journal: ClassVar[str] = JOURNAL
+    # settings a resume may raise, because their measurements' ids stay stable as they grow
+    # (``seeds``: a finished run resumed with more seeds takes only the new seeds' measurements)
+    grows: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, *, progress: bool = True) -> None:
         self.config = config
@@ -139,7 +142,7 @@ def run_study(
     folder = run_folder(study.prefix(), out, resume=resume)
     with RunLock(folder):
         remove_stale_temps(folder)
-        start(folder, study.config, inputs)
+        start(folder, study.config, inputs, grows=study.grows)
         with runfolder.recording(folder):
             study.folder, study.resume = folder, resume
             say(f"{study.name}: run folder {folder}")
@@ -190,9 +193,11 @@ def start(
     inputs: dict[str, str | None] | None = None,
     *,
     command: str | None = None,
+    grows: tuple[str, ...] = (),
 ) -> None:
-    """Write ``config.json`` and ``run.json``; a resumed run must have the same settings and
-    start from the same inputs (refused before anything is written)."""
+    """Write ``config.json`` and ``run.json``; a resumed run must have the same settings (but
+    may raise those in ``grows``) and start from the same inputs (refused before anything is
+    written)."""
     is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
     settings = dataclasses.asdict(config) if is_instance else dict(config)
     settings = json.loads(json.dumps(settings, default=str))
@@ -201,6 +206,7 @@ def start(
     if resumed:
         old = json.loads(previous.read_text())
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        changed = [k for k in changed if not _grew(k, old.get(k), settings.get(k), grows)]
         if changed:
             raise ResnetlabError(
                 f"{folder} was started with other settings ({', '.join(changed)}). "
@@ -216,6 +222,12 @@ def start(
     write_json(previous, settings)
     extra = {"inputs": inputs} if inputs else None
     runfolder.start(folder, command=command, resume=resumed, extra=extra)
+
+
+def _grew(name: str, old: Any, new: Any, grows: tuple[str, ...]) -> bool:
+    """Whether a setting changed only by growing where the study allows it (e.g. more seeds)."""
+    numbers = isinstance(old, int) and isinstance(new, int)
+    return name in grows and numbers and new > old
 
 
 def take_measurements(study: Study, journal: Path) -> list[dict[str, Any]]:
