@@ -242,12 +242,21 @@ def grey_run(folder: Path) -> Path:
         ([], "one or two nets, got 0"),
         (["resnet20", "--layers", "nothing"], "none of the layers nothing"),
         (["GREY", "resnet20"], "takes 1-channel images and resnet20 (untrained) 3-channel"),
+        (["resnet20", "--data", "GREY.npz"], "has 1-channel images, the nets take 3"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_npz, capsys, extra, words):
     if "GREY" in extra:
         extra = [str(grey_run(tmp_path / "grey")) if e == "GREY" else e for e in extra]
-    argv = ["cka", *extra, "--data", str(tiny_npz), "--out", str(tmp_path / "out")]
+    if "GREY.npz" in extra:
+        grey = tmp_path / "grey.npz"
+        images = np.zeros((8, 28, 28), dtype=np.uint8)
+        np.savez(grey, train_images=images, train_labels=np.arange(8) % 2, test_images=images,
+                 test_labels=np.arange(8) % 2)  # fmt: skip
+        extra = [str(grey) if e == "GREY.npz" else e for e in extra]
+    else:
+        extra += ["--data", str(tiny_npz)]
+    argv = ["cka", *extra, "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1, err

@@ -239,6 +239,7 @@ class LayerGrams:
 
     @contextmanager
     def hooked(self) -> Iterator[LayerGrams]:
+        """The hooks in place for the forward passes run inside the block, removed after."""
         handles = [self.model.get_submodule(name).register_forward_hook(self._hook(i))
                    for i, name in enumerate(self.names)]  # fmt: skip
         try:
@@ -254,6 +255,7 @@ class LayerGrams:
         return hook
 
     def take(self) -> torch.Tensor:
+        """The Grams of the last forward, stacked in layer order, and the slots emptied."""
         missing = [n for n, g in zip(self.names, self.grams, strict=True) if g is None]
         if missing:
             raise ResnetlabError(f"layers {', '.join(missing)} did not run in the forward pass.")
