@@ -285,3 +285,36 @@ def test_peer_resnet20_on_real_images_against_the_reference(shared_dir, tmp_path
     torch.testing.assert_close(ours.self_a.clamp(0, 1), ref.double(), atol=1e-5, rtol=0)
     study = torch.tensor(result["self_a"], dtype=torch.float64)  # BN-folded: rounding apart
     torch.testing.assert_close(study, ours.self_a, atol=1e-4, rtol=0)
+
+
+def test_findings_read_counterparts_stages_and_blocks_from_the_matrices():
+    from resnetlab.experiments.cka_findings import (
+        block_finding,
+        correspondence_finding,
+        largest_block,
+        stage_match_finding,
+    )
+
+    names = ["relu", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "fc"]
+    stages = ["stem", "layer1", "layer1", "layer2", "layer2", "head"]
+    near = torch.eye(6, dtype=torch.float64) * 0.5 + 0.4
+    found = correspondence_finding(near, names, stages, ["a", "b"])
+    assert found["holds"] and "6 of 6 layers" in found["measured"]
+    shifted = torch.roll(near, 1, dims=1)  # every best match one layer off
+    assert correspondence_finding(shifted, names, stages, ["a", "b"])["holds"] is False
+    deeper = ["relu", "layer1.0", "layer1.1", "layer1.2", "layer2.0", "fc"]
+    cross = torch.full((6, 6), 0.1, dtype=torch.float64)
+    for i, j in enumerate([0, 2, 3, 4, 4, 5]):
+        cross[i, j] = 0.9
+    staged = stage_match_finding(cross, [names, deeper],
+                                 [stages, ["stem", *["layer1"] * 3, "layer2", "head"]],
+                                 ["a", "b"])  # fmt: skip
+    assert staged["holds"] and "layer1.1 → layer1.2" in staged["measured"]
+    block = torch.eye(6, dtype=torch.float64)
+    block[1:5, 1:5] = 0.95
+    assert largest_block(block) == (1, 5) and largest_block(torch.eye(6)) is None
+    nets = [{"label": "small", "layers": names, "parameters": 10},
+            {"label": "big", "layers": names, "parameters": 20}]  # fmt: skip
+    trend = block_finding([torch.eye(6, dtype=torch.float64), block], nets, same=False)
+    assert trend["holds"] is True and "big: largest block" in trend["measured"]
+    assert block_finding([block], nets[:1], same=True)["holds"] is None

@@ -36,7 +36,7 @@ from ..errors import ResnetlabError
 from ..groups import BatchSettings
 from ..models.inference import optimize_for_inference
 from ..settings import compose, setting
-from .cka_findings import block_finding, correspondence_finding, stage_rows
+from .cka_findings import block_finding, correspondence_finding, stage_match_finding, stage_rows
 from .inputs import StudyData, check_data, pretrained_for
 from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import Subject, load_subject, normalise
@@ -222,6 +222,8 @@ class Cka(Study):
         findings = []
         if not self.same and names_a == names_b:
             findings.append(correspondence_finding(cka, names_a, stages[0], labels))
+        elif not self.same and set(stages[0]) == set(stages[1]):
+            findings.append(stage_match_finding(cka, [names_a, names_b], stages, labels))
         findings.append(block_finding(selfs[: len(nets)], nets, self.same))
         n = accumulator.images
         what = (f"{n:,} images in {accumulator.batches} batches of at most "

@@ -78,6 +78,38 @@ def correspondence_finding(cka: torch.Tensor, names: list[str], stages: list[str
     )  # fmt: skip
 
 
+def stage_match_finding(cka: torch.Tensor, names: list[list[str]], stages: list[list[str]],
+                        labels: list[str]) -> dict[str, Any]:  # fmt: skip
+    """For nets of other depths or widths with the same stages: whether each layer of A finds
+    its most similar layer of B in the same stage, and how similar that is."""
+    best = cka.argmax(1)
+    same = [stages[0][i] == stages[1][int(j)] for i, j in enumerate(best)]
+    tops = cka.max(1).values
+    share = sum(same) / len(same)
+    pairs = ", ".join(f"{a} → {names[1][int(j)]}" for a, j in zip(names[0], best, strict=True))
+    measured = (
+        f"{labels[0]} against {labels[1]}: for {sum(same)} of {len(same)} layers the most similar "
+        f"layer of {labels[1]} is in the same stage, with CKA {float(tops.min()):.2f} to "
+        f"{float(tops.max()):.2f} ({pairs})."
+    )
+    holds = share >= MATCH
+    relation = (
+        "As the paper reports: each layer of one net has a similar counterpart, at the same "
+        "relative depth, in the other."
+        if holds
+        else f"Fewer than {100 * MATCH:.0f} % of the layers find their best match in the same "
+        "stage; the nets' representations part."
+    )
+    return finding(
+        "Representations outside the block structure are often similar across architectures "
+        "of different width and depth; the block structure is unique to each model.",
+        f"{NGUYEN}, abstract", measured, relation, holds,
+        f"Across depths (Nguyen et al. 2021): {sum(same)}/{len(same)} layers of {labels[0]} find "
+        f"their most similar layer of {labels[1]} in the same stage (CKA {float(tops.min()):.2f}"
+        f" to {float(tops.max()):.2f}).",
+    )  # fmt: skip
+
+
 def largest_block(matrix: torch.Tensor) -> tuple[int, int] | None:
     """The longest run of consecutive layers [start, stop) whose every pair has CKA of at least
     BLOCK_CKA, if it has BLOCK_MIN layers or more (the earliest of equal runs)."""
