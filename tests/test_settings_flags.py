@@ -27,6 +27,7 @@ from resnetlab.cli.serve import ServeSettings
 from resnetlab.cli.studies import ReportSettings, StudyRunSettings
 from resnetlab.cli.weights import WeightsSettings
 from resnetlab.errors import ResnetlabError
+from resnetlab.experiments.cka import CkaConfig
 from resnetlab.experiments.compare import CompareConfig
 from resnetlab.experiments.degradation import DegradationConfig
 from resnetlab.experiments.demo import DemoConfig
@@ -209,6 +210,7 @@ COMMANDS = [
     ("weights", WeightsSettings, set()),
     ("degradation", StudyRunSettings, set()),
     ("lesion", StudyRunSettings, set()),
+    ("cka", StudyRunSettings, set()),
     ("demo", StudyRunSettings, set()),
     ("report", ReportSettings, {"run_dirs"}),
     ("train", TrainConfig, set()),
@@ -220,6 +222,7 @@ COMMANDS = [
     ("gradient-flow", GradientFlowConfig, set()),
     ("loss-landscape", LandscapeConfig, {"model"}),
     ("lesion", LesionConfig, {"models"}),
+    ("cka", CkaConfig, {"models"}),
     ("paths", PathsConfig, {"model"}),
     ("receptive-field", ReceptiveFieldConfig, {"model"}),
     ("shattered", ShatteredConfig, set()),
@@ -245,7 +248,7 @@ def test_every_field_of_every_command_is_a_flag(command, cls, elsewhere):
 
 # The study settings move onto one shared study-input group with the study runner; until then
 # their own declarations are not held to one meaning per name here.
-STUDIES = {CompareConfig, DemoConfig, GradientFlowConfig, LandscapeConfig, LesionConfig,
+STUDIES = {CkaConfig, CompareConfig, DemoConfig, GradientFlowConfig, LandscapeConfig, LesionConfig,
            PathsConfig, ReceptiveFieldConfig, ShatteredConfig}  # fmt: skip
 # Names two settings classes may each declare with their own help, and why.
 MAY_DIFFER: dict[str, str] = {

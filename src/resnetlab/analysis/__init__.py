@@ -1,5 +1,7 @@
-"""Measurements on models: gradient flow, receptive fields, throughput and saved activations."""
+"""Measurements on models: gradient flow, receptive fields, throughput, saved activations and
+representation similarity (linear CKA)."""
 
+from .cka import CkaAccumulator, CkaResult, hsic_matrix, linear_cka, minibatch_cka
 from .gradients import gradient_profile, layer_response_stds, seed_mlp_gradients
 from .memory import saved_activation_bytes
 from .receptive_field import (
@@ -11,11 +13,16 @@ from .receptive_field import (
 from .throughput import measure_throughput
 
 __all__ = [
+    "CkaAccumulator",
+    "CkaResult",
     "effective_receptive_field",
     "gradient_profile",
+    "hsic_matrix",
     "layer_response_stds",
+    "linear_cka",
     "measure_throughput",
     "measured_receptive_field",
+    "minibatch_cka",
     "receptive_field_table",
     "saved_activation_bytes",
     "seed_mlp_gradients",

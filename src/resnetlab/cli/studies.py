@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ResnetlabError
+from ..experiments.cka import Cka
 from ..experiments.compare import Compare
 from ..experiments.degradation import FAMILIES, Degradation
 from ..experiments.demo import Demo
@@ -175,6 +176,10 @@ def format_finals(result: dict) -> str:
     return "\n".join(lines + [""] + verdict + result["summary"])
 
 
+def _verdict_show(args: argparse.Namespace, run: StudyRun) -> None:
+    print("\n".join(run.result["summary"] + [f"- {line}" for line in run.result["verdict"]]))
+
+
 def _demo_show(args: argparse.Namespace, run: StudyRun) -> None:
     print("Verdict:\n" + "\n".join(f"- {line}" for line in run.result["verdict"]) + "\n")
     print("\n".join(run.result["summary"]) + "\n")
@@ -220,6 +225,12 @@ STUDIES = [
             "Li et al. 2018: loss on a fixed training subsample along random filter-normalised "
             "directions (biases and BN left out); resumable 2-D grid.",
             positional={"model": "MODEL_OR_RUN"}),
+    Command("cka", Cka, "layer-by-layer linear CKA of two nets, or of a net with itself",
+            "Kornblith et al. 2019, Nguyen et al. 2021: minibatch linear CKA (unbiased HSIC) of "
+            "every layer of A against every layer of B (A alone or A A: a net with itself) on a "
+            "shuffled sample of one split; the heatmap, the matrix as CSV, corresponding layers "
+            "and block structure; resumable by batch.", positional={"models": "MODEL_OR_RUN"},
+            show=_verdict_show),
     Command("paths", Paths, "gradient carried by paths of each length (trained vs untrained)",
             "Veit et al. 2016 §4-5: path-length distribution and sampled gradient.",
             positional={"model": "MODEL_OR_RUN"}),

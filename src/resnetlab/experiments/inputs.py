@@ -4,6 +4,7 @@ inputs made before any work."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,3 +53,19 @@ def check_data(spec: str) -> None:
             f"no data set named or found at {spec!r}{close_matches(spec, NAMES)}; use one of "
             f"{', '.join(NAMES)} or a path to a data folder or file"
         )
+
+
+def pretrained_for(models: Sequence[str], given: Sequence[str]) -> list[str | None]:
+    """The weights of each net of a study of several: ``--pretrained`` once for every model name
+    (run folders bring their own), or once per model in order; ``none`` is untrained."""
+    if len(given) > 1 and len(given) != len(models):
+        raise ResnetlabError(
+            f"{len(given)} --pretrained values for {len(models)} models. Give one for all, "
+            "or one per model in the same order."
+        )
+    if len(given) > 1:
+        values: list[str | None] = list(given)
+    else:  # one value for every model name; run folders bring their own weights
+        first = given[0] if given else None
+        values = [None if Path(m).is_dir() else first for m in models]
+    return [v if v not in ("none", "") else None for v in values]
