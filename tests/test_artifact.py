@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from resnetlab import create_model
-from resnetlab.artifact import decide, load_trained
+from resnetlab.artifact import decide, is_positive, load_trained
 from resnetlab.card import build_from_card, write_card
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
@@ -197,3 +197,11 @@ def test_compare_runs_needs_the_same_test_images(tmp_path, capsys):
     assert main(["compare-runs", str(a), str(old)]) == 2
     err = capsys.readouterr().err
     assert "records no image hashes" in err and f"resnetlab evaluate {old} DATA --out" in err
+
+
+def test_the_two_class_rule_is_one_function_for_numbers_arrays_and_tensors() -> None:
+    """``p1 >= threshold``, written once: the decision, the rates and the CSVs all read it."""
+    assert is_positive(0.3, 0.3) and not is_positive(0.2999, 0.3)
+    assert is_positive(np.array([0.1, 0.5]), 0.5).tolist() == [False, True]
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
+    assert decide(probs, 0.3).tolist() == [1, 1] and decide(probs, None).tolist() == [0, 1]

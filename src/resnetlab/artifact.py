@@ -36,12 +36,18 @@ CARD_WEIGHTS = ("model.safetensors", "model.pt")  # beside a card; the first is 
 RUN_CHECKPOINTS = ("best.pt", "last.pt")  # a train run folder without a card (older layout)
 
 
+def is_positive(p1: Any, threshold: float) -> Any:
+    """The two-class rule, written once: the positive class when its probability reaches the
+    threshold (``p1 >= threshold``); for a number, an array or a tensor."""
+    return p1 >= threshold
+
+
 def decide(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """The decision rule: for two classes with a threshold, the second class when its
-    probability reaches it (``p1 >= threshold``); otherwise the most probable class."""
+    """The decision rule: for two classes with a threshold, :func:`is_positive`; otherwise the
+    most probable class."""
     if threshold is None or probs.shape[1] != 2:
         return probs.argmax(1)
-    return (probs[:, 1] >= threshold).long()
+    return is_positive(probs[:, 1], threshold).long()
 
 
 def conformal_sets(probs: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifact import is_positive
 from ..errors import ResnetlabError
 from ..runfolder import write_csv
 from .calibration import calibration_summary, fit_temperature
@@ -174,7 +175,7 @@ def write_predictions(path: Path, logits, labels, p1: np.ndarray, fit, classes,
             "label": int(labels[i]),
             "probability_raw": f"{raw[i]:.6f}",
             "probability": f"{p1[i]:.6f}",
-            "decision": classes[1] if p1[i] >= cut else classes[0],
+            "decision": classes[int(is_positive(p1[i], cut))],
             **({DIGEST: digests[i]} if digests is not None else {}),
         }
         for i in range(len(p1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..artifact import is_positive
 from ..errors import ResnetlabError
 
 DEFAULT = "youden"
@@ -71,7 +72,7 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, spec: str | float
 
 def binary_rates(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity, PPV, NPV, F1, balanced accuracy and accuracy at a threshold."""
-    predicted = np.asarray(scores) >= threshold
+    predicted = is_positive(np.asarray(scores), threshold)
     positive = np.asarray(positive, bool)
     tp, fn = int((predicted & positive).sum()), int((~predicted & positive).sum())
     fp, tn = int((predicted & ~positive).sum()), int((~predicted & ~positive).sum())

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import is_positive
+
 METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity")
 
 
@@ -50,8 +52,8 @@ def weighted_metrics(
     tp = cum_p[:, -1:] - cum_p[:, first]
     fp = cum_n[:, -1:] - neg_below
     ap = (wp * tp / np.maximum(tp + fp, 1e-30)).sum(1, dtype=np.float64) / n_pos
-    sens = wp @ (sp >= threshold).astype(wp.dtype) / n_pos
-    spec = wn @ (sn < threshold).astype(wn.dtype) / n_neg
+    sens = wp @ is_positive(sp, threshold).astype(wp.dtype) / n_pos
+    spec = wn @ (~is_positive(sn, threshold)).astype(wn.dtype) / n_neg
     return {
         "roc_auc": auc,
         "pr_auc": ap,

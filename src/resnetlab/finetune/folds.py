@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import runfolder
+from ..artifact import is_positive
 from ..card import read_card
 from ..console import say
 from ..evaluation.clinic import DIGEST, read_digests, read_predictions
@@ -142,7 +143,7 @@ def summarise(root: Path, options, mean, sd, cards) -> dict[str, Any]:
         digests = read_digests(root / "fold-1")  # every fold tests on the same images
         write_csv(root / "predictions_test.csv", [
             {"index": i, "label": int(a), "probability": f"{b:.6f}",
-             "decision": cards[0]["classes"][int(b >= cut)],
+             "decision": cards[0]["classes"][int(is_positive(b, cut))],
              **({DIGEST: digests[i]} if digests else {})}
             for i, (a, b) in enumerate(zip(y, p, strict=True))
         ])  # fmt: skip
