@@ -184,11 +184,13 @@ def response_finding(pairs: list[tuple[str, str, list, list]], at_init: bool) ->
     parts, larger, growth, plain_growth = [], [], [], []
     for p, r, ps, rs in pairs:
         pm, rm = sum(ps) / len(ps), sum(rs) / len(rs)
-        larger.append(rm > pm)
+        below = sum(a < b for a, b in zip(rs, ps, strict=False))  # layer by layer, as Fig. 7
+        larger.append(rm > pm or 2 * below <= len(rs))  # smaller in the mean and at most layers
         growth.append(rs[-1] / rs[0] if rs[0] else float("inf"))
         plain_growth.append(ps[-1] / ps[0] if ps[0] else float("inf"))
         parts.append(f"{p} mean {pm:.3g} (last/first layer {_times(plain_growth[-1])}), {r} "
-                     f"mean {rm:.3g} (last/first layer {_times(growth[-1])})")  # fmt: skip
+                     f"mean {rm:.3g} (last/first layer {_times(growth[-1])}), {r} the smaller "
+                     f"at {below} of {len(rs)} layers")  # fmt: skip
     measured = "std of each 3×3 layer's response " + (
         "at initialisation, eval mode: " if at_init else "at the checkpoint, eval mode: "
     ) + "; ".join(parts)
