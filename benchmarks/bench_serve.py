@@ -80,8 +80,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, threads: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "resnetlab.cli", "serve", str(run), "--port", str(port)]
+def start_server(run: Path, port: int, threads: int, *flags: str) -> subprocess.Popen:
+    """``resnetlab serve RUN`` with ``threads`` torch threads (and ``flags``), once it answers."""
+    command = [sys.executable, "-m", "resnetlab.cli", "serve", str(run), "--port", str(port),
+               *flags]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120

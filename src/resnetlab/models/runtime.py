@@ -3,8 +3,10 @@
 The BatchNorm-folded network is exported once per (weights, input shape, opset) to ONNX with a
 dynamic batch axis, cached under ``$RESNETLAB_HOME/onnx`` (written atomically, with its
 SHA-256 beside it: an entry that does not match is rebuilt), and run by an ORT session with
-torch's intra-op thread count. On the CPUs measured, ORT's kernels beat torch's folded
-channels-last path (docs/BENCHMARKS.md). onnxruntime is an optional extra (``resnetlab[ort]``).
+torch's intra-op thread count. Its idle workers sleep instead of spinning: on cores shared with
+other work (another job, the server's own decoding) spinning takes the cores from the threads
+that have work. On the CPUs measured, ORT's kernels beat torch's folded channels-last path
+(docs/BENCHMARKS.md). onnxruntime is an optional extra (``resnetlab[ort]``).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class OnnxRuntimeModule(nn.Module):
     in either layout, it returns the logits as a tensor, as the model would. One session per
     input shape (C, H, W), made on first use or for ``input_size`` at once; inference only
     (``.train()`` is refused). With ``fallback``, a shape ORT cannot run (an operator it
-    lacks, outputs off by more than ``TOLERANCE``) runs on the folded module, channels-last."""
+    lacks, outputs off by more than ``TOLERANCE``) runs on the folded module, channels-last.
+    ``spinning``: let idle ORT workers spin (ORT's default; faster only on idle cores)."""
 
     def __init__(
         self,
@@ -115,13 +118,14 @@ class OnnxRuntimeModule(nn.Module):
         threads: int | None = None,
         cache: bool = True,
         fallback: bool = False,
+        spinning: bool = False,
     ) -> None:
         super().__init__()
         if onnxruntime is None:
             raise ResnetlabError(NEEDS)
         self.training = False
         self.threads = int(threads or torch.get_num_threads())
-        self.cache, self.fallback = cache, fallback
+        self.cache, self.fallback, self.spinning = cache, fallback, spinning
         self._folded = (folded.eval(),)  # in a tuple: not a submodule, so no parameters here
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.startups: dict[tuple[int, ...], StartUp] = {}
@@ -197,6 +201,7 @@ class OnnxRuntimeModule(nn.Module):
         options.intra_op_num_threads = self.threads  # torch's, so the two compare fairly
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(self.spinning)))
         return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def _check(self, session: Any, shape: tuple[int, ...]) -> float:
