@@ -4,6 +4,7 @@ wherever onnxruntime is missing or cannot run the model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -13,8 +14,10 @@ from PIL import Image
 from torch import nn
 
 from resnetlab import create_model
+from resnetlab.artifact import load_trained
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
+from resnetlab.finetune.predict import predict_files
 from resnetlab.models import runtime
 from resnetlab.models.inference import input_device, optimize_for_inference, resolve_engine
 from resnetlab.models.runtime import OnnxRuntimeModule, cache_key, prune
@@ -82,7 +85,7 @@ def test_the_export_is_cached_by_weights_graph_and_shape(home) -> None:
     assert torch.equal(first(x), again(x))
 
 
-@pytest.mark.parametrize("damage", ["bytes", "facts", "no facts"])
+@pytest.mark.parametrize("damage", ["bytes", "facts", "no facts", "not onnx, checksum fixed"])
 def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(home, damage: str, capsys) -> None:
     model = eager("resnet20")
     optimize_for_inference(model, input_size=(3, 32, 32))
@@ -93,6 +96,11 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(home, damage: str, capsys)
         entry.write_bytes(bytes(data))
     elif damage == "facts":
         entry.with_suffix(".json").write_text("{not json")
+    elif damage.startswith("not onnx"):  # its checksum matches: ORT itself refuses it
+        entry.write_bytes(b"not a model")
+        facts = json.loads(entry.with_suffix(".json").read_text())
+        facts["sha256"] = hashlib.sha256(b"not a model").hexdigest()
+        entry.with_suffix(".json").write_text(json.dumps(facts))
     else:
         entry.with_suffix(".json").unlink()
     rebuilt = optimize_for_inference(model, input_size=(3, 32, 32))
@@ -156,3 +164,24 @@ def test_a_model_off_the_cpu_or_float32_keeps_torch() -> None:
         resolve_engine("onnxruntime", model)
     with pytest.raises(ResnetlabError, match="unknown engine"):
         resolve_engine("tensorrt", model)
+
+
+def test_predict_makes_its_engine_once_and_both_engines_agree(home, tmp_path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(torch.randint(0, 256, (36, 40, 3), dtype=torch.uint8).numpy()).save(
+            paths[-1]
+        )
+    torch.manual_seed(0)
+    loaded = load_trained("resnet20")
+    ort, _ = predict_files(loaded, paths, top_k=10)
+    assert isinstance(loaded.engines["auto"], OnnxRuntimeModule)
+    made = loaded.engines["auto"]
+    predict_files(loaded, paths[:1])
+    assert loaded.engines["auto"] is made  # the second call reuses it: no export, no fold
+    plain, _ = predict_files(loaded, paths, top_k=10, engine="torch")
+    assert not isinstance(loaded.engines["torch"], OnnxRuntimeModule)
+    for a, b in zip(ort, plain, strict=True):
+        assert [c for c, _ in a.top] == [c for c, _ in b.top]
+        assert max(abs(p - q) for (_, p), (_, q) in zip(a.top, b.top, strict=True)) <= 1e-5

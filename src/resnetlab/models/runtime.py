@@ -17,7 +17,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +181,11 @@ class OnnxRuntimeModule(nn.Module):
         lookup_s = time.perf_counter() - clock
         if data is not None:
             clock = time.perf_counter()
-            session = self._session(data)
-            return session, StartUp(0.0, lookup_s, time.perf_counter() - clock, True)
+            try:
+                session = self._session(data)
+                return session, StartUp(0.0, lookup_s, time.perf_counter() - clock, True)
+            except Exception as exc:  # ORT's load errors have no common type
+                say(f"onnxruntime cannot load the cached export ({exc}); exporting it again")
         clock = time.perf_counter()
         data = onnx_bytes(folded, torch.zeros(1, *shape))
         export_s = time.perf_counter() - clock
@@ -261,9 +264,3 @@ def prune(folder: Path, keep: str, limit: int = CACHE_BYTES) -> None:
         if total > limit and path.stem != keep:
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
-
-
-def startup_facts(module: nn.Module) -> dict[str, Any] | None:
-    """The start-up cost of an ORT engine as a dict (None for a torch module)."""
-    startup = getattr(module, "startup", None)
-    return asdict(startup) | {"total_s": startup.total_s} if startup is not None else None
