@@ -83,6 +83,29 @@ def test_a_lone_request_does_not_wait_for_the_window() -> None:
     assert asyncio.run(main()) < 1.0
 
 
+def test_a_lone_request_is_decoded_and_run_in_one_call_on_the_batch_thread() -> None:
+    forward = Slow(0.0)
+    batcher = Batcher(forward)
+
+    def infer(value: float) -> tuple[str, torch.Tensor]:
+        return threading.current_thread().name, forward(torch.full((1, 2), value))
+
+    async def main() -> tuple[bool, bool, str]:
+        with batcher.slot() as first:
+            with batcher.slot() as second:
+                both = first.alone or second.alone  # another is arriving: batched
+                await second.run(torch.ones(1, 2))
+            alone = first.alone
+            where, out = await first.call(infer, 3.0)
+        await batcher.close()
+        assert float(out[0, 0]) == 6.0 and batcher.busy == 0 and batcher.arriving == 0
+        return both, alone, where
+
+    both, alone, where = asyncio.run(main())
+    assert not both and alone and where.startswith("resnetlab-batch")
+    assert batcher.sizes == {1: 2}
+
+
 def test_a_full_queue_refuses_at_once_and_a_freed_place_is_taken_again() -> None:
     batcher = Batcher(Slow(0.0), BatchingSettings(max_batch=2, max_queue=2))
     batcher.batch_s = 1.5  # the last batch's time: two batches' worth waiting, 3 s

@@ -18,7 +18,7 @@ import torch
 
 from ..artifact import Trained
 from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
-from ..data.preprocess import load_image, prepare_images
+from ..data.preprocess import load_image, prepare_images, torch_threads
 from ..errors import ResnetlabError
 from ..evaluation.logits import image_probabilities
 
@@ -85,7 +85,8 @@ def predict_files(
             try:
                 # Decoded at a reduced scale where the format allows: a large JPEG needs far
                 # less memory; images above the pixel limit are refused before decoding.
-                images.append(prepare_images(load_image(path, prep.resize)[None], prep)[0])
+                with torch_threads(1):  # one image: too small to split over threads
+                    images.append(prepare_images(load_image(path, prep.resize)[None], prep)[0])
                 names.append(str(path))
             except FileNotFoundError:
                 failed.append((str(path), "no such file"))

@@ -160,8 +160,11 @@ def create_app(
         try:
             with batcher.slot() as slot:  # Busy (503) before the body is read
                 data = await image_bytes(request, limit, upload_idle_s)
-                raw, x = await run_in_threadpool(served.prepare, data)
-                probs = await slot.run(x)
+                if slot.alone:  # decoded and run in one call: one thread hop
+                    raw, x, probs = await slot.call(served.infer, data)
+                else:
+                    raw, x = await run_in_threadpool(served.prepare, data)
+                    probs = await slot.run(x)
             if not gradcam:
                 return served.answer(probs, top_k, raw[0], None)
             cam = await run_in_threadpool(served.gradcam, x, int(probs[0].argmax()))

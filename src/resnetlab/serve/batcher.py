@@ -6,7 +6,8 @@ A request takes a :class:`Slot` when it arrives (refused with :class:`Busy`, a 5
 Retry-After, once ``max_queue`` requests are waiting or being read), then hands its input to
 the batch loop. The loop takes everything waiting, up to ``max_batch``; while more admitted
 requests are still being read or decoded it waits for them up to ``batch_window_ms``. A lone
-client never waits: with nothing else arriving its request runs at once.
+request (nothing waiting, running or arriving) never waits: it is decoded and run in one call
+on the batch thread (:meth:`Slot.call`), with no more thread hops than an unbatched server.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
 from ..groups import Checked
 from ..settings import setting
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Batcher:
         self.arriving = 0  # admitted, input not handed over yet (being read or decoded)
         self.sizes: Counter[int] = Counter()
         self.batch_s = 0.0  # the last batch's forward time: Retry-After's estimate
+        self.busy = 0  # forward passes running or handed to the worker thread
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="resnetlab-batch")
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -82,6 +87,22 @@ class Batcher:
             raise Busy(queued, max(1, math.ceil(batches * self.batch_s)))
         self.arriving += 1
         return Slot(self)
+
+    def alone(self) -> bool:
+        """Whether a request still arriving is the only one: nothing waiting or running."""
+        return not self.waiting and not self.busy and self.arriving == 1
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the worker thread, counted as a batch of one."""
+        start = time.perf_counter()
+        self.busy += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.busy -= 1
+        self.batch_s = time.perf_counter() - start
+        self.sizes[1] += 1
+        return result
 
     async def run(self, x: torch.Tensor) -> torch.Tensor:
         """The output for one input (1, ...), computed in a batch with others'."""
@@ -122,6 +143,7 @@ class Batcher:
 
     async def _run(self, items: list[_Item]) -> None:
         start = time.perf_counter()
+        self.busy += 1
         try:
             x = torch.cat([item.x for item in items])
             out = await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, x)
@@ -130,6 +152,8 @@ class Batcher:
                 if not item.done.done():
                     item.done.set_exception(exc)
             return
+        finally:
+            self.busy -= 1
         self.batch_s = time.perf_counter() - start
         self.sizes[len(items)] += 1
         for k, item in enumerate(items):
@@ -154,6 +178,17 @@ class Slot:
         if self.arriving:
             self.arriving = False
             self.batcher.arriving -= 1
+
+    @property
+    def alone(self) -> bool:
+        """Whether this request is the only one: nothing waiting, running or arriving."""
+        return self.arriving and self.batcher.alone()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (decoding and the forward pass of a lone request) on the worker
+        thread, as a batch of one."""
+        self._handed_over()
+        return await self.batcher.call(fn, *args)
 
     async def run(self, x: torch.Tensor) -> torch.Tensor:
         """The output for this request's input, from a batch."""

@@ -17,6 +17,7 @@ from PIL import Image
 from ..analysis.gradcam import cam_maps, overlay
 from ..artifact import Trained, load_trained
 from ..data.folder import decode
+from ..data.preprocess import torch_threads
 from ..errors import ResnetlabError
 from ..models.runtime import OnnxRuntimeModule
 
@@ -33,6 +34,7 @@ class ServedModel(Trained):
 
     def __post_init__(self) -> None:
         self.model.eval()
+        self.threads = torch.get_num_threads()  # the forward's; preprocessing runs on one
         try:  # what `resnetlab predict` runs: BatchNorm folded, on the fastest engine
             self.fast = self.optimized(self.engine)
         except ResnetlabError:
@@ -76,26 +78,33 @@ class ServedModel(Trained):
 
     def prepare(self, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
         """Image bytes to the uint8 image at the model's size (1, C, crop, crop) and the
-        model's normalised input; a bad image raises as :meth:`image` does."""
-        raw = self.image(data)
-        return raw, self.inputs(raw)
+        model's normalised input, on one torch thread (:func:`torch_threads`: requests are
+        decoded side by side); a bad image raises as :meth:`image` does."""
+        with torch_threads(1):
+            raw = self.image(data)
+            return raw, self.inputs(raw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of a batch of normalised inputs, under the lock."""
-        with self.lock, torch.inference_mode():
+        with self.lock, torch_threads(self.threads), torch.inference_mode():
             return self.probabilities(self.fast(x))
 
     def gradcam(self, x: torch.Tensor, target: int) -> tuple[Any, str]:
         """The Grad-CAM map of class ``target`` for one input (1, C, H, W) and its layer."""
-        with self.lock:
+        with self.lock, torch_threads(self.threads):
             result = cam_maps(self.model, x, target=target)
         return result["maps"][0], result["layer"]
+
+    def infer(self, data: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` and :meth:`forward` of one image's bytes: its uint8 image, its input
+        and its probabilities (1, classes)."""
+        raw, x = self.prepare(data)
+        return raw, x, self.forward(x)
 
     def predict(self, data: bytes, top_k: int | None = None, gradcam: bool = False) -> dict:
         """Probabilities of every class, the top k, the decision and optionally the Grad-CAM
         overlay of the top class (a PNG data URL) for one image's bytes, without batching."""
-        raw, x = self.prepare(data)
-        probs = self.forward(x)
+        raw, x, probs = self.infer(data)
         cam = self.gradcam(x, int(probs[0].argmax())) if gradcam else None
         return self.answer(probs, top_k, raw[0], cam)
 
