@@ -80,7 +80,7 @@ def main() -> None:
             "tv": (reference.to(device, memory_format=usual), x_usual),
             "tv-cl": (copy.deepcopy(reference).to(memory_format=CL), x_cl),
             "model": (ours.to(device, memory_format=usual), x_usual),
-            "path": (optimize_for_inference(ours), x_cl),
+            "path": (optimize_for_inference(ours, engine="torch"), x_cl),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.repeats):  # interleaved, so load changes hit all alike

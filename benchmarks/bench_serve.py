@@ -80,9 +80,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, threads: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "resnetlab.cli", "serve", str(run), "--port", str(port)]
+def start_server(
+    run: Path, port: int, threads: int, *flags: str, src: str | None = None
+) -> subprocess.Popen:
+    """``resnetlab serve RUN`` with ``threads`` torch threads (and ``flags``; from the package
+    in the folder ``src`` when given), once it answers."""
+    command = [sys.executable, "-m", "resnetlab.cli", "serve", str(run), "--port", str(port),
+               *flags]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    if src is not None:
+        env["PYTHONPATH"] = src
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -148,7 +148,7 @@ def inference_section(s: dict) -> None:
     reference = torchvision.models.resnet50().eval().to(device, memory_format=torch.channels_last)
     ours = create_model("resnet50").eval()
     ours.load_state_dict(reference.state_dict())
-    ours = optimize_for_inference(ours.to(device))
+    ours = optimize_for_inference(ours.to(device), engine="torch")  # bf16 autocast
     x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     times = {}
     for _ in range(3):  # interleaved repeats

@@ -184,6 +184,11 @@ def test_evaluate_reproduces_the_card_test_metrics(run, tmp_path, capsys):
     assert measured["roc_auc"] == pytest.approx(card["metrics"]["test"]["roc_auc"])
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
     assert "balanced accuracy" in capsys.readouterr().out
+    for engine in ("torch", "onnxruntime"):  # auto is onnxruntime here; both give the metrics
+        assert main(["evaluate", str(out), str(data), "--json", "--engine", engine]) == 0
+        other = json.loads(capsys.readouterr().out)
+        assert other["accuracy"] == measured["accuracy"]
+        assert other["roc_auc"] == pytest.approx(measured["roc_auc"], abs=1e-6)
     # no val/ folder: the run's held-out validation images are split off again
     assert main(["evaluate", str(out), str(data), "--split", "val"]) == 0
     assert "held out 2 training images" in capsys.readouterr().out

@@ -40,7 +40,7 @@ def randomise_bn(model: nn.Module) -> nn.Module:
 def test_folded_copy_matches_the_model(name: str, size: int, folded: int, left: int) -> None:
     torch.manual_seed(0)
     model = randomise_bn(create_model(name))
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, engine="torch")
     assert len(conv_bn_pairs(model)) == folded
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == left
     first_conv = next(m for m in fast.modules() if isinstance(m, nn.Conv2d))

@@ -93,7 +93,7 @@ def test_prefix_reuse_matches_a_full_forward_of_the_lesioned_net():
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     x, y = torch.randn(40, 3, 32, 32), torch.arange(40) % 10
-    chain = Chain(optimize_for_inference(model))
+    chain = Chain(optimize_for_inference(model, engine="torch"))
     plans = plan_variants(chain.blocks, [Bypass(b) for b in chain.blocks], 2, 2, 0)
     results = errors_of_variants(chain, x, y, [p["variant"] for p in plans], batch=16)
     names = chain.names

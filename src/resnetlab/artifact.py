@@ -8,7 +8,7 @@ mode with its card, which owns the preprocessing and the decision rule. ``predic
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .card import (
 from .data.preprocess import normalise, prepare_images
 from .errors import ResnetlabError
 from .models import create_model, list_models
+from .models.inference import optimize_for_inference
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .weights.hf_hub import CONFIG, hub_config, is_hub_spec
 from .weights.io import checkpoint_metadata, load_checkpoint, load_weights
@@ -70,6 +71,7 @@ class Trained:
     weights: Path | None = None
     label: str = ""
     run: Path | None = None  # the folder whose model card this is (None: a model or Hub id)
+    engines: dict[str, nn.Module] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def temperature(self) -> float:
@@ -98,6 +100,16 @@ class Trained:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def optimized(self, engine: str = "auto") -> nn.Module:
+        """The model as ``optimize_for_inference`` runs it with ``engine``, at the card's input
+        size; made on the first call and kept, so later calls cost nothing."""
+        if engine not in self.engines:
+            prep = self.preprocessing
+            self.engines[engine] = optimize_for_inference(
+                self.model, engine=engine, input_size=(prep.channels, prep.crop, prep.crop)
+            )
+        return self.engines[engine]
 
     def prepared(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, C, H, W) of any size at the model's size and channels (uint8)."""

@@ -22,10 +22,11 @@ from torch import nn
 
 from .errors import ResnetlabError
 from .files import atomic_write
+from .models.runtime import OPSET, OUTPUT, onnx_bytes
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
-ONNX_OPSET = 17
+ONNX_OPSET = OPSET  # the engine's: one exporter, one opset
 EXTRA_FILE = "resnetlab.json"  # a TorchScript file's metadata
 INPUT_KINDS = ("uint8", "float")  # raw inputs of a Preprocessed model: 0-255, or [0, 1]
 LUMA = (0.299, 0.587, 0.114)  # as the prediction pipeline's colour-to-grey
@@ -164,22 +165,10 @@ def _run_torchscript(data: bytes, x: torch.Tensor) -> torch.Tensor:
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
-    """The TorchScript-based exporter with a dynamic batch axis: fast and dependency-light."""
-    output = getattr(model, "output_name", "logits")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            buffer,  # type: ignore[arg-type]  # this exporter writes to a file object too
-            input_names=["input"],
-            output_names=[output],
-            dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
-    return _with_onnx_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
+    """The exporter the ONNX Runtime engine uses too (``models.runtime.onnx_bytes``: the
+    TorchScript-based one with a dynamic batch axis), plus the metadata."""
+    data = onnx_bytes(model, example, getattr(model, "output_name", OUTPUT))
+    return _with_onnx_metadata(data, metadata) if metadata else data
 
 
 def _with_onnx_metadata(data: bytes, metadata: dict[str, str]) -> bytes:

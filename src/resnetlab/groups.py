@@ -17,6 +17,9 @@ from .settings import check_settings, setting
 
 ON_BAD = ("error", "skip")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+# What runs a model for inference (models/inference.py): auto is ONNX Runtime where it is
+# installed and the device is the CPU, else torch with BatchNorm folded.
+ENGINES = ("auto", "torch", "onnxruntime")
 
 
 def check_device(name: str) -> None:
@@ -152,6 +155,10 @@ class InferenceSettings(Checked):
     )
     tta: bool = setting(False, "average each prediction with that of the mirror image")
     top_k: int = setting(3, "classes shown per image", ">= 1")
+    engine: str = setting(
+        "auto", "what runs the model: auto (ONNX Runtime on the CPU where installed, else "
+        "torch), torch (BatchNorm folded, channels-last) or onnxruntime", choices=ENGINES,
+    )  # fmt: skip
 
 
 @dataclass

@@ -40,7 +40,7 @@ from .flags import add_settings, settings_from_args
 
 @dataclass(kw_only=True)
 @compose(InferenceSettings, ImagesSettings, ModelSettings, DeviceSettings, RunFolderSettings,
-         exclude=("tta", "top_k", "model", "model_options", "resume", "progress"),
+         exclude=("tta", "top_k", "engine", "model", "model_options", "resume", "progress"),
          defaults={"source": REQUIRED, "images": REQUIRED, "out_dir": REQUIRED})  # fmt: skip
 class ExplainSettings(Checked):
     """``resnetlab explain``: the method, class and layer; the rest from the groups."""

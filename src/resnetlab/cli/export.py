@@ -31,7 +31,7 @@ HUB = "hub"
 
 @dataclass(kw_only=True)
 @compose(InferenceSettings, ModelSettings, BatchSettings, RunFolderSettings,
-         exclude=("tta", "top_k", "model_options", "resume", "progress"),
+         exclude=("tta", "top_k", "engine", "model_options", "resume", "progress"),
          defaults={"source": REQUIRED, "out_dir": REQUIRED, "batch_size": 1,
                    "model": Default(None, "the one the checkpoint names")})  # fmt: skip
 class ExportSettings(Checked):

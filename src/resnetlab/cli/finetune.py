@@ -74,6 +74,7 @@ class PredictSettings(Checked):
         batch_size: int = setting()
         top_k: int = setting()
         tta: bool = setting()
+        engine: str = setting()
         device: str = setting()
         on_bad: str = setting()
 
@@ -97,6 +98,7 @@ class EvaluateSettings(Checked):
         out_dir: str | None = setting()
         batch_size: int = setting()
         tta: bool = setting()
+        engine: str = setting()
         device: str = setting()
         on_bad: str = setting()
         json: bool = setting()
@@ -172,7 +174,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
     predictions, failed = predict_files(
         loaded, paths, top_k=settings.top_k, batch_size=settings.batch_size, tta=settings.tta,
-        on_bad=settings.on_bad,
+        on_bad=settings.on_bad, engine=settings.engine,
     )  # fmt: skip
     report_failures(failed)
     fmt = "json" if settings.json else "csv" if settings.csv else "text"
@@ -197,6 +199,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         tta=settings.tta,
         device=device_name(settings.device),
         on_bad=settings.on_bad,
+        engine=settings.engine,
     )
     print(json.dumps(metrics, indent=2) if settings.json else format_metrics(metrics))
     if settings.out_dir and not settings.json:

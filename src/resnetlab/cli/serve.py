@@ -1,5 +1,6 @@
 """``resnetlab serve RUN_OR_MODEL``: a local web page and ``POST /predict`` JSON API for one
-model: top-k classes, the decision at the run's threshold, and the Grad-CAM overlay.
+model: top-k classes, the decision at the run's threshold, and the Grad-CAM overlay; concurrent
+requests run as one batch (``--max-batch``, ``--batch-window-ms``, ``--max-queue``).
 
 The address is taken first, before the model is loaded: a port in use is one line, at once.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import socket
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import ResnetlabError
 from ..groups import Checked, DeviceSettings, InferenceSettings, ModelSettings, device_name
 from ..serve import load_served
+from ..serve.batcher import BatchingSettings
 from ..settings import REQUIRED, compose, setting
 from .flags import add_settings, settings_from_args
 
@@ -25,10 +28,11 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 @dataclass(kw_only=True)
-@compose(InferenceSettings, ModelSettings, DeviceSettings,
+@compose(InferenceSettings, ModelSettings, DeviceSettings, BatchingSettings,
          exclude=("tta", "model", "model_options"), defaults={"source": REQUIRED})  # fmt: skip
 class ServeSettings(Checked):
-    """``resnetlab serve``: where it listens; the model and device from the groups."""
+    """``resnetlab serve``: where it listens; the model, device, engine and batching from the
+    groups."""
 
     host: str = setting("127.0.0.1", "address to bind")
     port: int = setting(8000, "port", ">= 0")
@@ -40,6 +44,10 @@ class ServeSettings(Checked):
         pretrained: str | None = setting()
         device: str = setting()
         top_k: int = setting()
+        engine: str = setting()
+        max_batch: int = setting()
+        batch_window_ms: float = setting()
+        max_queue: int = setting()
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -55,8 +63,11 @@ def run_serve(args: argparse.Namespace) -> int:
     device = device_name(settings.device)
     sock = listen(settings.host, settings.port)
     try:
-        served = load_served(settings.source, settings.pretrained, device, top_k=settings.top_k)
-        app = create_app(served, max_upload_mb=settings.max_upload_mb)
+        served = load_served(settings.source, settings.pretrained, device, top_k=settings.top_k,
+                             engine=settings.engine)  # fmt: skip
+        batching = BatchingSettings(**{f.name: getattr(settings, f.name)
+                                       for f in dataclasses.fields(BatchingSettings)})  # fmt: skip
+        app = create_app(served, max_upload_mb=settings.max_upload_mb, batching=batching)
         config = uvicorn.Config(app, host=settings.host, port=settings.port,
                                 log_level=settings.log_level)  # fmt: skip
         server = uvicorn.Server(config)
@@ -65,7 +76,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(f"serving {served.name} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    print(f"serving {served.name} on http://{host}:{port}/ with {served.engine_name} "
+          "(Ctrl-C stops)", flush=True)  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after a clean stop
         server.run(sockets=[sock])  # closes the socket when it stops
     return 0

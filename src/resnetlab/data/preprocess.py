@@ -7,6 +7,8 @@ model's channel count (grey repeated to 3, or colour made grey), and normalised 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,9 +19,23 @@ from ..preprocessing import Preprocessing
 from .folder import decode, read_image_file
 
 __all__ = ["Preprocessing", "load_image", "match_channels", "normalise", "prepare_images",
-           "resize_crop", "to_grey"]  # fmt: skip
+           "resize_crop", "to_grey", "torch_threads"]  # fmt: skip
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` in the calling thread while the block runs (OpenMP
+    keeps the setting per thread). One image's preprocessing runs on one: split over two shared
+    cores, each of its small ops waits at a barrier for a core (docs/BENCHMARKS.md), while
+    images decoded side by side use the cores anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def to_grey(x: torch.Tensor) -> torch.Tensor:

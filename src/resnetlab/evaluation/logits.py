@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..data.preprocess import Preprocessing, normalise, prepare_images
+from ..models.inference import input_device
 from .clinic import summary_lines
 
 
@@ -36,7 +37,7 @@ def image_logits(
 ) -> torch.Tensor:  # fmt: skip
     """Raw logits for uint8 images (N, C, H, W) of any size, preprocessed as ``prep`` says
     (what temperature scaling is fitted on); ``mirror``: of the mirror images."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     model.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):

@@ -6,8 +6,9 @@ Each direction has one Gaussian entry per weight, rescaled filter by filter to t
 matching filter of the weights (a filter: one output unit of a conv or linear layer); biases and
 BatchNorm parameters get zero, as in the paper ("ignore biasbn"). The loss is measured on a fixed
 subsample of the training split, without augmentation, BatchNorm in eval mode, on the BN-folded
-copy of the net. Every point is one measurement of the study runner, journaled as it is
-taken, so an interrupted grid resumes where it stopped.
+copy of the net (on ONNX Runtime where ``optimize_for_inference`` picks it and the subsample is
+large enough to repay an export per point). Every point is one measurement of the study runner,
+journaled as it is taken, so an interrupted grid resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ CLAIM = (
 
 
 MAX_GRID = 101  # points per 2-D axis: 10,201 evaluations, minutes to an hour on a CPU
+# Each point is a new net: ORT needs an export per point (uncached; 0.3-1.3 s for ResNet-20/56).
+# From this many images ORT's faster forward repays it (docs/BENCHMARKS.md); below, torch.
+ORT_MIN_IMAGES = 1000
 RECORD_BYTES = 1024  # a measured point held in memory, about
 
 
@@ -82,7 +86,8 @@ def filter_normalised_direction(
 @torch.inference_mode()
 def loss_and_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
     """Mean cross-entropy and error of the BN-folded copy of ``model`` on (x, y)."""
-    folded = optimize_for_inference(model)
+    engine = "auto" if len(x) >= ORT_MIN_IMAGES else "torch"
+    folded = optimize_for_inference(model, engine=engine, cache=False)
     loss, wrong = 0.0, 0
     for start in range(0, len(x), batch):
         out = folded(x[start : start + batch])

@@ -117,7 +117,7 @@ def _stage_of(blocks: Sequence[nn.Module], i: int) -> nn.Module:
 
 def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True) -> dict[str, Any]:
     """All lesions of one net: the intact error, one row per lesion, and the k curves."""
-    folded = optimize_for_inference(subject.model)
+    folded = optimize_for_inference(subject.model, engine="torch")  # Chain reads its blocks
     chain = Chain(folded)
     bypass = [Bypass(b) for b in chain.blocks]
     plans = plan_variants(chain.blocks, bypass, config.max_k, config.draws, config.seed)

@@ -111,7 +111,7 @@ def gradient_by_length(
     progress: bool,
 ) -> list[float]:
     """Mean per-image input-gradient norm of the paths through k residual branches."""
-    chain = Chain(optimize_for_inference(model, channels_last=False))
+    chain = Chain(optimize_for_inference(model, channels_last=False, engine="torch"))  # blocks
     if not all(b.skip for b in chain.blocks):
         raise ResnetlabError(PLAIN)
     routed = [Routed(b) for b in chain.blocks]

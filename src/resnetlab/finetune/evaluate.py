@@ -19,7 +19,6 @@ from ..evaluation.logits import image_logits, image_probabilities
 from ..evaluation.metrics import classification_metrics
 from ..evaluation.plots import plot_confusion, plot_roc
 from ..files import write_json
-from ..models.inference import optimize_for_inference
 from .prepare import open_finetune_data
 
 
@@ -33,9 +32,11 @@ def evaluate_run(
     tta: bool = False,
     device: str = "cpu",
     on_bad: str = "error",
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """All metrics of a fine-tuned model on a labelled split of ``data``; plots and
-    ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``.
+    ``metrics_<split>.json`` go to ``out`` when given; ``on_bad`` as for ``open_data``; the
+    model runs on ``engine`` (``optimize_for_inference``).
     On the run's own data the splits are the run's (a held-out val or test re-created)."""
 
     loaded = load_trained(source, device=device)
@@ -55,7 +56,7 @@ def evaluate_run(
             f"({', '.join(loaded.classes[:10])}); evaluate on data with the same classes."
         )
     images, labels = _split_images(part, loaded.preprocessing)
-    model = optimize_for_inference(loaded.model)
+    model = loaded.optimized(engine)
     temperature = loaded.temperature
     probs = image_probabilities(model, images, loaded.preprocessing, batch_size=batch_size,
                                 tta=tta, temperature=temperature)  # fmt: skip

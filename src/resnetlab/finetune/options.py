@@ -43,7 +43,7 @@ RENAMED = {"lr": "head_lr", "epochs": "full_epochs", "class_weights": "balanced_
 
 
 @dataclass(kw_only=True)
-@compose(TrainConfig, InferenceSettings, exclude=(*DERIVED, "source", "top_k"),
+@compose(TrainConfig, InferenceSettings, exclude=(*DERIVED, "source", "top_k", "engine"),
          defaults=ENGINE_DEFAULTS)  # fmt: skip
 class FinetuneOptions:
     """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default".

@@ -18,10 +18,9 @@ import torch
 
 from ..artifact import Trained
 from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
-from ..data.preprocess import load_image, prepare_images
+from ..data.preprocess import load_image, prepare_images, torch_threads
 from ..errors import ResnetlabError
 from ..evaluation.logits import image_probabilities
-from ..models.inference import optimize_for_inference
 
 
 @dataclass
@@ -70,21 +69,24 @@ def predict_files(
     batch_size: int = 64,
     tta: bool = False,
     on_bad: str = "skip",
+    engine: str = "auto",
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for the readable files and (path, reason) for the others; with
-    ``on_bad="error"`` the first unreadable file is an error instead."""
+    ``on_bad="error"`` the first unreadable file is an error instead. The model runs on
+    ``engine`` (``optimize_for_inference``), made once per ``loaded`` and kept for later calls."""
     prep, classes = loaded.preprocessing, loaded.classes
     k = max(1, min(top_k, len(classes)))
     predictions: list[Prediction] = []
     failed: list[tuple[str, str]] = []
-    model = optimize_for_inference(loaded.model)
+    model = loaded.optimized(engine)
     for start in range(0, len(paths), batch_size):
         names, images = [], []
         for path in paths[start : start + batch_size]:
             try:
                 # Decoded at a reduced scale where the format allows: a large JPEG needs far
                 # less memory; images above the pixel limit are refused before decoding.
-                images.append(prepare_images(load_image(path, prep.resize)[None], prep)[0])
+                with torch_threads(1):  # one image: too small to split over threads
+                    images.append(prepare_images(load_image(path, prep.resize)[None], prep)[0])
                 names.append(str(path))
             except FileNotFoundError:
                 failed.append((str(path), "no such file"))
@@ -110,7 +112,6 @@ def predict_files(
             predictions.append(Prediction(name, top, float(probs[n, 1]), loaded.threshold,
                                           classes[decided[n]]))  # fmt: skip
     return predictions, failed
-
 
 
 def render(predictions: list[Prediction], fmt: str) -> str:

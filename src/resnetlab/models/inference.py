@@ -1,15 +1,19 @@
-"""A network made ready for inference: BatchNorm folded into the convolutions, channels-last.
+"""A network made ready for inference: BatchNorm folded into the convolutions, then run by the
+fastest engine this machine has.
 
 In eval mode a BatchNorm is an affine map per channel, so the convolution that feeds it can
 absorb it: w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta. That removes
 one full pass over every activation; with the channels-last layout it makes the CPU forward
-1.3-1.5x faster (docs/BENCHMARKS.md). The folded copy is for inference only: its BatchNorm
-layers are gone, so it neither trains nor loads the original state dict.
+1.3-1.5x faster (docs/BENCHMARKS.md). On the CPU, ONNX Runtime (``runtime.py``, the optional
+``ort`` extra) runs the folded network faster still, so ``engine="auto"`` picks it there. The
+folded copy is for inference only: its BatchNorm layers are gone, so it neither trains nor
+loads the original state dict.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import Counter
 
 import torch
@@ -17,6 +21,8 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import ResnetlabError
+from ..groups import ENGINES
+from .runtime import NEEDS, OnnxRuntimeModule, available
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -65,10 +71,50 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
-    """A folded, eval-mode, channels-last copy of ``model`` for ``predict``/``evaluate``; feed
-    it inputs in either layout (the first convolution converts them)."""
-    model = fold_batchnorm(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.requires_grad_(False)
+def resolve_engine(engine: str, model: nn.Module) -> str:
+    """``torch`` or ``onnxruntime``: what ``engine`` (one of ``ENGINES``) runs ``model`` with.
+    ``auto`` is onnxruntime when it is installed and the model is float32 on the CPU."""
+    if engine not in ENGINES:
+        raise ResnetlabError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}.")
+    tensor = next(model.parameters(), None)
+    on_cpu = tensor is None or (tensor.device.type == "cpu" and tensor.dtype == torch.float32)
+    if engine == "onnxruntime":
+        if not available():
+            raise ResnetlabError(NEEDS + ", or use --engine torch.")
+        if not on_cpu:
+            where = "" if tensor is None else f"{tensor.dtype} on {tensor.device}"
+            raise ResnetlabError(f"the onnxruntime engine runs float32 models on the CPU, not "
+                                 f"{where}; use --device cpu or --engine torch.")  # fmt: skip
+        return engine
+    return "onnxruntime" if engine == "auto" and on_cpu and available() else "torch"
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    channels_last: bool = True,
+    *,
+    engine: str = "auto",
+    input_size: tuple[int, ...] | None = None,
+    threads: int | None = None,
+    cache: bool = True,
+) -> nn.Module:
+    """An eval-mode inference copy of ``model`` with BatchNorm folded, run by ``engine``: on
+    the CPU with onnxruntime installed (``auto``), an ONNX Runtime session
+    (:class:`~resnetlab.models.runtime.OnnxRuntimeModule`: the export cached under
+    ``$RESNETLAB_HOME/onnx`` unless ``cache=False``, ``threads`` defaulting to torch's);
+    else (``torch``) the folded module, channels-last unless told otherwise. Either is called
+    on a float tensor (N, C, H, W) in either layout and returns the logits. ``input_size``
+    (C, H, W) makes ORT's session now rather than at the first call."""
+    kind = resolve_engine(engine, model)
+    folded = fold_batchnorm(model).requires_grad_(False)
+    if kind == "onnxruntime":
+        return OnnxRuntimeModule(folded, input_size, threads=threads, cache=cache,
+                                 fallback=engine == "auto")  # fmt: skip
+    return folded.to(memory_format=torch.channels_last) if channels_last else folded
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """The device a model's inputs go to: its first parameter's or buffer's (the CPU for an
+    ONNX Runtime engine, which has neither)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")

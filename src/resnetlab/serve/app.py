@@ -1,7 +1,9 @@
 """The web app of ``resnetlab serve``: one HTML page and a JSON API over a ``ServedModel``.
 
 Routes: ``GET /`` the page, ``GET /info`` the model, ``POST /predict`` an image as the raw
-body or as a multipart upload (field ``file``); ``?top_k=K`` and ``?gradcam=1``. Uploads
+body or as a multipart upload (field ``file``); ``?top_k=K`` and ``?gradcam=1``. Requests that
+arrive together run as one batch (``batcher.py``); when its queue is full a request is refused
+at once with 503 and ``Retry-After``. Uploads
 above the limit are refused by their Content-Length and, without one, while being read (413);
 what is not a readable image is a 400 with the reason. Errors are ``{"error": message}``.
 A client that closes the connection mid-upload is one warning line in the server's log; one
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
@@ -25,6 +29,7 @@ from starlette.types import Message
 
 from ..data.folder import BAD_ERRORS, BadImage
 from ..errors import ResnetlabError
+from .batcher import Batcher, BatchingSettings, Busy
 from .model import ServedModel
 
 PAGE = files(__package__).joinpath("page.html")
@@ -46,11 +51,11 @@ class UploadCut(Exception):
         super().__init__(f"after {received} of {declared or 'an undeclared number of'} bytes")
 
 
-def error(status: int, message: str) -> JSONResponse:
-    """``{"error": message}``; for an upload left unread (408, 413) the connection is closed
-    after it, as the rest of that body will not be read."""
-    close = {"connection": "close"} if status in (408, 413) else None
-    return JSONResponse({"error": message}, status_code=status, headers=close)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"error": message}``; for an upload left unread (408, 413, 503) the connection is
+    closed after it, as the rest of that body will not be read."""
+    close = {"connection": "close"} if status in (408, 413, 503) else {}
+    return JSONResponse({"error": message}, status_code=status, headers=close | (headers or {}))
 
 
 async def read_body(request: Request, limit: int, idle_s: float) -> bytes:
@@ -113,12 +118,24 @@ async def image_bytes(request: Request, limit: int, idle_s: float) -> bytes:
 
 
 def create_app(
-    served: ServedModel, max_upload_mb: float = 20, upload_idle_s: float = 30
+    served: ServedModel,
+    max_upload_mb: float = 20,
+    upload_idle_s: float = 30,
+    batching: BatchingSettings | None = None,
 ) -> FastAPI:
     """The app serving ``served``; uploads are limited to ``max_upload_mb`` MiB, and one that
-    stalls for ``upload_idle_s`` seconds is refused."""
+    stalls for ``upload_idle_s`` seconds is refused; ``batching`` says how requests are
+    batched (``app.state.batcher`` counts the batches by size)."""
     limit = int(max_upload_mb * 2**20)
-    app = FastAPI(title="resnetlab serve", docs_url=None, redoc_url=None)
+    batcher = Batcher(served.forward, batching)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.close()
+
+    app = FastAPI(title="resnetlab serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.batcher = batcher
     page = PAGE.read_text(encoding="utf-8")
 
     @app.exception_handler(RequestValidationError)
@@ -132,15 +149,28 @@ def create_app(
 
     @app.get("/info")
     async def info() -> dict:
-        return served.info() | {"max_upload_mb": max_upload_mb}
+        batches = {str(size): n for size, n in sorted(batcher.sizes.items())}
+        return served.info() | {"max_upload_mb": max_upload_mb,
+                                "batching": vars(batcher.settings), "batches": batches}  # fmt: skip
 
     @app.post("/predict")
     async def predict(request: Request, top_k: int | None = None, gradcam: bool = False):
         if top_k is not None and top_k < 1:
             return error(400, "top_k must be at least 1")
         try:
-            data = await image_bytes(request, limit, upload_idle_s)
-            return await run_in_threadpool(served.predict, data, top_k, gradcam)
+            with batcher.slot() as slot:  # Busy (503) before the body is read
+                data = await image_bytes(request, limit, upload_idle_s)
+                if slot.alone:  # decoded and run in one call: one thread hop
+                    raw, x, probs = await slot.call(served.infer, data)
+                else:
+                    raw, x = await run_in_threadpool(served.prepare, data)
+                    probs = await slot.run(x)
+            if not gradcam:
+                return served.answer(probs, top_k, raw[0], None)
+            cam = await run_in_threadpool(served.gradcam, x, int(probs[0].argmax()))
+            return await run_in_threadpool(served.answer, probs, top_k, raw[0], cam)
+        except Busy as exc:
+            return error(503, str(exc), {"retry-after": str(exc.retry_after)})
         except UploadCut as exc:  # nobody to answer; the status is for the access log
             client = f"{request.client.host}:{request.client.port}" if request.client else "?"
             LOG.warning("%s closed the connection during its upload (%s); request dropped",

@@ -1,5 +1,6 @@
 """The model behind ``resnetlab serve``: loaded once as ``predict``, ``export`` and ``explain``
-load it, then asked for one image at a time from many threads (one lock around the model).
+load it, run by the engine ``optimize_for_inference`` picks, and asked from many threads (one
+lock around the model): for a batch of inputs (the server's batcher) or for one image's bytes.
 """
 
 from __future__ import annotations
@@ -16,25 +17,30 @@ from PIL import Image
 from ..analysis.gradcam import cam_maps, overlay
 from ..artifact import Trained, load_trained
 from ..data.folder import decode
+from ..data.preprocess import torch_threads
 from ..errors import ResnetlabError
-from ..models.inference import optimize_for_inference
+from ..models.runtime import OnnxRuntimeModule
 
 
 @dataclass
 class ServedModel(Trained):
-    """A trained model (its preprocessing, classes and decision rule) asked for one image at a
-    time from many threads, under one lock."""
+    """A trained model (its preprocessing, classes and decision rule) asked from many threads,
+    one forward pass at a time (one lock), run by ``engine`` as ``resnetlab predict`` runs it."""
 
     source: str = ""
     top_k: int = 3
+    engine: str = "auto"
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval()
-        try:  # what `resnetlab predict` runs: BatchNorm folded, channels-last
-            self.fast = optimize_for_inference(self.model)
+        self.threads = torch.get_num_threads()  # the forward's; preprocessing runs on one
+        try:  # what `resnetlab predict` runs: BatchNorm folded, on the fastest engine
+            self.fast = self.optimized(self.engine)
         except ResnetlabError:
-            self.fast = self.model
+            if self.engine == "onnxruntime":
+                raise
+            self.fast = self.model  # a model fx cannot trace runs as it is
 
     @property
     def name(self) -> str:
@@ -52,7 +58,16 @@ class ServedModel(Trained):
             "threshold": self.threshold,
             "positive_class": self.positive_class,
             "top_k": self.top_k,
+            "engine": self.engine_name,
         }
+
+    @property
+    def engine_name(self) -> str:
+        """What runs the model: ``onnxruntime``, ``torch`` (folded) or ``torch (unfolded)``."""
+        if isinstance(self.fast, OnnxRuntimeModule):
+            ort = any(s is not None for s in self.fast.sessions.values())
+            return "onnxruntime" if ort else "torch"
+        return "torch" if self.fast is not self.model else "torch (unfolded)"
 
     def image(self, data: bytes) -> torch.Tensor:
         """Image bytes to the model's uint8 input (1, C, crop, crop); a bad image raises
@@ -61,21 +76,40 @@ class ServedModel(Trained):
         raw = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         return self.prepared(raw[None])
 
+    def prepare(self, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image bytes to the uint8 image at the model's size (1, C, crop, crop) and the
+        model's normalised input, on one torch thread (:func:`torch_threads`: requests are
+        decoded side by side); a bad image raises as :meth:`image` does."""
+        with torch_threads(1):
+            raw = self.image(data)
+            return raw, self.inputs(raw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of a batch of normalised inputs, under the lock."""
+        with self.lock, torch_threads(self.threads), torch.inference_mode():
+            return self.probabilities(self.fast(x))
+
+    def gradcam(self, x: torch.Tensor, target: int) -> tuple[Any, str]:
+        """The Grad-CAM map of class ``target`` for one input (1, C, H, W) and its layer."""
+        with self.lock, torch_threads(self.threads):
+            result = cam_maps(self.model, x, target=target)
+        return result["maps"][0], result["layer"]
+
+    def infer(self, data: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` and :meth:`forward` of one image's bytes: its uint8 image, its input
+        and its probabilities (1, classes)."""
+        raw, x = self.prepare(data)
+        return raw, x, self.forward(x)
+
     def predict(self, data: bytes, top_k: int | None = None, gradcam: bool = False) -> dict:
         """Probabilities of every class, the top k, the decision and optionally the Grad-CAM
-        overlay of the top class (a PNG data URL) for one image's bytes."""
-        raw = self.image(data)
-        x = self.inputs(raw)
-        with self.lock:
-            with torch.inference_mode():
-                probs = self.probabilities(self.fast(x))
-            cam = None
-            if gradcam:
-                result = cam_maps(self.model, x, target=int(probs[0].argmax()))
-                cam = result["maps"][0], result["layer"]
+        overlay of the top class (a PNG data URL) for one image's bytes, without batching."""
+        raw, x, probs = self.infer(data)
+        cam = self.gradcam(x, int(probs[0].argmax())) if gradcam else None
         return self.answer(probs, top_k, raw[0], cam)
 
     def answer(self, probs: torch.Tensor, top_k: int | None, raw, cam) -> dict:
+        """The JSON answer for one image from its probabilities (1, classes)."""
         k = max(1, min(top_k or self.top_k, len(self.classes)))
         values, index = probs[0].topk(k)
         top = [{"class": self.classes[i], "probability": v}
@@ -106,9 +140,14 @@ def png_data_url(picture) -> str:
 
 
 def load_served(
-    source: str, pretrained: str | None = None, device: str = "cpu", top_k: int = 3
+    source: str,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    top_k: int = 3,
+    engine: str = "auto",
 ) -> ServedModel:
     """Any run folder, Hub folder or ``hf-hub:`` id, model file, or a registered model name
-    (with ``pretrained``, a weights tag or file), loaded once as every command loads it."""
+    (with ``pretrained``, a weights tag or file), loaded once as every command loads it, and
+    made ready on ``engine`` (the ONNX export, when it is ORT, is made at start-up)."""
     return ServedModel(**vars(load_trained(source, pretrained, device)), source=source,
-                       top_k=top_k)  # fmt: skip
+                       top_k=top_k, engine=engine)  # fmt: skip

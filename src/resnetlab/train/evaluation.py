@@ -42,9 +42,11 @@ def evaluate(model: nn.Module, loader: Any, *, bf16: bool = False) -> dict[str, 
 
 
 def inference_copy(model: nn.Module, channels_last: bool) -> nn.Module:
-    """The model with BatchNorm folded, or the model itself when it cannot be traced."""
+    """The model with BatchNorm folded (torch: its weights change at every evaluation, so an
+    export per evaluation would cost more than it saves), or the model itself when it cannot be
+    traced."""
     try:
-        return optimize_for_inference(model, channels_last)
+        return optimize_for_inference(model, channels_last, engine="torch")
     except ResnetlabError:
         return model
 
