@@ -1,6 +1,14 @@
-"""Measurements on models: gradient flow, receptive fields, throughput and saved activations."""
+"""Measurements on models: gradient flow, receptive fields, throughput, saved activations and
+the Hessian of the loss."""
 
 from .gradients import gradient_profile, layer_response_stds, seed_mlp_gradients
+from .hessian import (
+    LossHessian,
+    eigenvalue_density,
+    hutchinson_trace,
+    lanczos,
+    top_eigenvalues,
+)
 from .memory import saved_activation_bytes
 from .receptive_field import (
     effective_receptive_field,
@@ -11,8 +19,12 @@ from .receptive_field import (
 from .throughput import measure_throughput
 
 __all__ = [
+    "LossHessian",
     "effective_receptive_field",
+    "eigenvalue_density",
     "gradient_profile",
+    "hutchinson_trace",
+    "lanczos",
     "layer_response_stds",
     "measure_throughput",
     "measured_receptive_field",
@@ -20,4 +32,5 @@ __all__ = [
     "saved_activation_bytes",
     "seed_mlp_gradients",
     "stacked_3x3",
+    "top_eigenvalues",
 ]

@@ -19,10 +19,9 @@ import numpy as np
 from torch import nn
 
 from ..console import Bar
-from ..errors import ResnetlabError
 from ..models.inference import optimize_for_inference
 from ..settings import setting
-from .inputs import StudyData, check_data
+from .inputs import TrainedNets, check_data, pretrained_for
 from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import (
     Bypass,
@@ -44,16 +43,9 @@ SMALL = 0.05  # "barely changes": at most 5 points of test error
 
 
 @dataclass
-class LesionConfig(StudyData):
+class LesionConfig(TrainedNets):
     """Settings of one lesion study (written to config.json)."""
 
-    models: list[str] = setting(
-        help="model names or run folders", factory=lambda: ["resnet20", "plain20"]
-    )
-    pretrained: list[str] = setting(
-        help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
-        "or once per model in order (none for untrained)", factory=list,
-    )  # fmt: skip
     split: str = setting("test", "split to evaluate on")
     eval_size: int | None = setting(
         None, "stratified subsample (default: whole split)", ">= 1"
@@ -66,18 +58,7 @@ class LesionConfig(StudyData):
 
 
 def _pretrained_for(config: LesionConfig) -> list[str | None]:
-    given = config.pretrained
-    if len(given) > 1 and len(given) != len(config.models):
-        raise ResnetlabError(
-            f"{len(given)} --pretrained values for {len(config.models)} models. Give one for all, "
-            "or one per model in the same order."
-        )
-    if len(given) > 1:
-        values: list[str | None] = list(given)
-    else:  # one value for every model name; run folders bring their own weights
-        first = given[0] if given else None
-        values = [None if Path(m).is_dir() else first for m in config.models]
-    return [v if v not in ("none", "") else None for v in values]
+    return pretrained_for(config.models, config.pretrained)
 
 
 def plan_variants(
