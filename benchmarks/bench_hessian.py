@@ -52,49 +52,43 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
+def show(side: str, found: dict) -> dict:
+    """Print a side's figures as soon as they are measured (one JSON line), and return them."""
+    print(json.dumps({"side": side, **found}), flush=True)
+    return found
+
+
 def ours(model, x, y, args) -> dict:
     hessian = LossHessian(model, x, y, batch=args.batch, channels_last=True)
-    setup = timed(hessian.build)
-    eig = timed(
+    wall, cpu, _ = timed(hessian.build)
+    out = show("resnetlab", {"setup_s": wall, "setup_cpu_s": cpu})
+    wall, cpu, eig = timed(
         lambda: top_eigenvalues(
             hessian, hessian.dim, 1, tol=args.tol, max_steps=args.max_iter, seed=args.seed
         )
     )
-    found = eig[2]
-    eig_products = hessian.products
-    trace = timed(
-        lambda: hutchinson_trace(
-            hessian,
-            hessian.dim,
-            probes=args.max_iter,
-            tol=args.tol,
-            seed=args.seed + 1,
-            deflate=found.run,
-        )
-    )
-    t = trace[2]
+    out |= show("resnetlab", {
+        "eigenvalue": eig.values[0], "eigenvalue_bound": eig.bounds[0],
+        "eigenvalue_products": hessian.products, "eigenvalue_s": wall, "eigenvalue_cpu_s": cpu,
+    })  # fmt: skip
+    wall, cpu, t = timed(
+        lambda: hutchinson_trace(hessian, hessian.dim, probes=args.max_iter, tol=args.tol,
+                                 seed=args.seed + 1, deflate=eig.run)
+    )  # fmt: skip
     hessian.release()
-    return {
-        "setup_s": setup[0],
-        "setup_cpu_s": setup[1],
-        "eigenvalue": found.values[0],
-        "eigenvalue_bound": found.bounds[0],
-        "eigenvalue_products": eig_products,
-        "eigenvalue_s": eig[0],
-        "eigenvalue_cpu_s": eig[1],
-        "trace": t.mean,
-        "trace_se": t.se,
-        "trace_probes": t.probes,
-        "trace_sample_std": float(np.std(t.samples, ddof=1)),
-        "trace_s": trace[0],
-        "trace_cpu_s": trace[1],
-    }
+    return out | show("resnetlab", {
+        "trace": t.mean, "trace_se": t.se, "trace_probes": t.probes,
+        "trace_sample_std": float(np.std(t.samples, ddof=1)), "trace_s": wall,
+        "trace_cpu_s": cpu,
+    })  # fmt: skip
 
 
 def theirs(model, x, y, args) -> dict:
     torch.manual_seed(args.seed)
-    setup = timed(lambda: PyHessian(copy.deepcopy(model), F.cross_entropy, data=(x, y), cuda=False))
-    reference = setup[2]
+    wall, cpu, reference = timed(
+        lambda: PyHessian(copy.deepcopy(model), F.cross_entropy, data=(x, y), cuda=False)
+    )
+    out = show("pyhessian", {"setup_s": wall, "setup_cpu_s": cpu})
     counted = {"n": 0}
     real = PYHESSIAN.hessian_vector_product
 
@@ -104,26 +98,33 @@ def theirs(model, x, y, args) -> dict:
 
     PYHESSIAN.hessian_vector_product = counting
     try:
-        eig = timed(lambda: reference.eigenvalues(maxIter=args.max_iter, tol=args.tol, top_n=1))
-        eig_products = counted["n"]
-        trace = timed(lambda: reference.trace(maxIter=args.max_iter, tol=args.tol))
+        wall, cpu, eig = timed(
+            lambda: reference.eigenvalues(maxIter=args.max_iter, tol=args.tol, top_n=1)
+        )
+        out |= show("pyhessian", {
+            "eigenvalue": float(eig[0][0]), "eigenvalue_products": counted["n"],
+            "eigenvalue_s": wall, "eigenvalue_cpu_s": cpu,
+        })  # fmt: skip
+        wall, cpu, samples = timed(lambda: reference.trace(maxIter=args.max_iter, tol=args.tol))
     finally:
         PYHESSIAN.hessian_vector_product = real
-    samples = trace[2]
-    return {
-        "setup_s": setup[0],
-        "setup_cpu_s": setup[1],
-        "eigenvalue": float(eig[2][0][0]),
-        "eigenvalue_products": eig_products,
-        "eigenvalue_s": eig[0],
-        "eigenvalue_cpu_s": eig[1],
+    return out | show("pyhessian", {
         "trace": float(np.mean(samples)),
         "trace_se": float(np.std(samples, ddof=1) / math.sqrt(len(samples))),
-        "trace_probes": len(samples),
-        "trace_sample_std": float(np.std(samples, ddof=1)),
-        "trace_s": trace[0],
-        "trace_cpu_s": trace[1],
-    }
+        "trace_probes": len(samples), "trace_sample_std": float(np.std(samples, ddof=1)),
+        "trace_s": wall, "trace_cpu_s": cpu,
+    })  # fmt: skip
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def table(a: dict, b: dict) -> str:
@@ -176,7 +177,7 @@ def main() -> None:
     b = theirs(model, x, y, args)
     facts = {
         "date": datetime.date.today().isoformat(),
-        "cpu": platform.processor() or "unknown",
+        "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "threads": args.threads,
         "torch": torch.__version__,

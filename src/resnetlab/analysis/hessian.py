@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 INVARIANT = 1e-6  # a Lanczos residual this small against the largest entry of T: restart
 MIN_PROBES = 10  # Hutchinson probes before the standard error may stop the estimate
+ROUNDING = float(np.finfo(np.float32).eps)  # the products' own relative rounding
 
 
 class EvalBatchNorm(nn.Module):
@@ -176,16 +177,17 @@ class Lanczos:
     def bounds(self) -> np.ndarray:
         """A bound on each Ritz value's distance to an eigenvalue: ``min(r, r²/gap)``, with
         ``r = |β s_last|`` the Ritz pair's residual norm and ``gap`` the distance to the nearest
-        other Ritz value (Parlett, The Symmetric Eigenvalue Problem, §11.7)."""
+        other Ritz value (Parlett, The Symmetric Eigenvalue Problem, §11.7); never below the
+        float32 rounding of the products, relative to the largest Ritz value."""
         values, vectors = self.ritz()
         residual = abs(self.betas[-1] * vectors[-1])
+        floor = ROUNDING * float(np.abs(values).max())
         if len(values) == 1:
-            return residual
+            return np.maximum(residual, floor)
         gaps = np.abs(values[:, None] - values[None, :]) + np.diag(np.full(len(values), np.inf))
         gap = gaps.min(axis=1)
-        return np.minimum(
-            residual, np.where(gap > 0, residual**2 / np.maximum(gap, 1e-300), residual)
-        )
+        gapped = np.where(gap > 0, residual**2 / np.maximum(gap, 1e-300), residual)
+        return np.maximum(np.minimum(residual, gapped), floor)
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` largest Ritz values (descending) and their error bounds."""
