@@ -32,6 +32,8 @@ from resnetlab.experiments.compare import CompareConfig
 from resnetlab.experiments.degradation import DegradationConfig
 from resnetlab.experiments.demo import DemoConfig
 from resnetlab.experiments.gradient_flow import GradientFlowConfig
+from resnetlab.experiments.hessian import HessianConfig
+from resnetlab.experiments.inputs import TrainedNets
 from resnetlab.experiments.landscape import LandscapeConfig
 from resnetlab.experiments.lesion import LesionConfig
 from resnetlab.experiments.paths import PathsConfig
@@ -211,6 +213,7 @@ COMMANDS = [
     ("degradation", StudyRunSettings, set()),
     ("lesion", StudyRunSettings, set()),
     ("cka", StudyRunSettings, set()),
+    ("hessian", StudyRunSettings, set()),
     ("demo", StudyRunSettings, set()),
     ("report", ReportSettings, {"run_dirs"}),
     ("train", TrainConfig, set()),
@@ -223,6 +226,7 @@ COMMANDS = [
     ("loss-landscape", LandscapeConfig, {"model"}),
     ("lesion", LesionConfig, {"models"}),
     ("cka", CkaConfig, {"models"}),
+    ("hessian", HessianConfig, {"models"}),
     ("paths", PathsConfig, {"model"}),
     ("receptive-field", ReceptiveFieldConfig, {"model"}),
     ("shattered", ShatteredConfig, set()),
@@ -248,8 +252,9 @@ def test_every_field_of_every_command_is_a_flag(command, cls, elsewhere):
 
 # The study settings move onto one shared study-input group with the study runner; until then
 # their own declarations are not held to one meaning per name here.
-STUDIES = {CkaConfig, CompareConfig, DemoConfig, GradientFlowConfig, LandscapeConfig, LesionConfig,
-           PathsConfig, ReceptiveFieldConfig, ShatteredConfig}  # fmt: skip
+STUDIES = {CkaConfig, CompareConfig, DemoConfig, GradientFlowConfig, HessianConfig,
+           LandscapeConfig, LesionConfig, PathsConfig, ReceptiveFieldConfig, ShatteredConfig,
+           TrainedNets}  # fmt: skip
 # Names two settings classes may each declare with their own help, and why.
 MAY_DIFFER: dict[str, str] = {
     "normalisation": "training chooses the normalisation a net learns with (a name or mean/std "

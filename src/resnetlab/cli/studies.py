@@ -26,6 +26,7 @@ from ..experiments.compare import Compare
 from ..experiments.degradation import FAMILIES, Degradation
 from ..experiments.demo import Demo
 from ..experiments.gradient_flow import GradientFlow
+from ..experiments.hessian import HessianStudy
 from ..experiments.landscape import Landscape
 from ..experiments.lesion import Lesion
 from ..experiments.paths import Paths
@@ -231,6 +232,13 @@ STUDIES = [
             "shuffled sample of one split; the heatmap, the matrix as CSV, corresponding layers "
             "and block structure; resumable by batch.", positional={"models": "MODEL_OR_RUN"},
             show=_verdict_show),
+    Command("hessian", HessianStudy,
+            "top Hessian eigenvalues, trace and eigenvalue density of trained nets",
+            "Li et al. 2018, Ghorbani et al. 2019, Yao et al. 2020 (PyHessian): the Hessian of "
+            "the mean loss over a fixed sample of images, per net: top eigenvalues by Lanczos "
+            "(stopped at --tol), trace by Hutchinson (± standard error), eigenvalue density by "
+            "stochastic Lanczos quadrature; residual against plain.",
+            positional={"models": "MODEL_OR_RUN"}),
     Command("paths", Paths, "gradient carried by paths of each length (trained vs untrained)",
             "Veit et al. 2016 §4-5: path-length distribution and sampled gradient.",
             positional={"model": "MODEL_OR_RUN"}),

@@ -4,7 +4,6 @@ inputs made before any work."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +42,36 @@ class TrainedNet(StudyData):
         pretrained: str | None = setting()
 
 
+@dataclass
+class TrainedNets(StudyData):
+    """Several nets to study side by side (model names or run folders) with their weights, and
+    their data."""
+
+    models: list[str] = setting(
+        help="model names or run folders", factory=lambda: ["resnet20", "plain20"]
+    )
+    pretrained: list[str] = setting(
+        help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
+        "or once per model in order (none for untrained)", factory=list,
+    )  # fmt: skip
+
+
+def pretrained_for(models: list[str], given: list[str]) -> list[str | None]:
+    """The weights of each of ``models``: one ``--pretrained`` value for every model name (a run
+    folder brings its own), or one per model in order; ``none`` is no weights."""
+    if len(given) > 1 and len(given) != len(models):
+        raise ResnetlabError(
+            f"{len(given)} --pretrained values for {len(models)} models. Give one for all, "
+            "or one per model in the same order."
+        )
+    if len(given) > 1:
+        values: list[str | None] = list(given)
+    else:
+        first = given[0] if given else None
+        values = [None if Path(m).is_dir() else first for m in models]
+    return [v if v not in ("none", "") else None for v in values]
+
+
 def check_data(spec: str) -> None:
     """Refuse a data set that is neither a known name nor an existing path, before any work."""
     key = spec.lower().replace("-", "").replace("_", "")
@@ -53,19 +82,3 @@ def check_data(spec: str) -> None:
             f"no data set named or found at {spec!r}{close_matches(spec, NAMES)}; use one of "
             f"{', '.join(NAMES)} or a path to a data folder or file"
         )
-
-
-def pretrained_for(models: Sequence[str], given: Sequence[str]) -> list[str | None]:
-    """The weights of each net of a study of several: ``--pretrained`` once for every model name
-    (run folders bring their own), or once per model in order; ``none`` is untrained."""
-    if len(given) > 1 and len(given) != len(models):
-        raise ResnetlabError(
-            f"{len(given)} --pretrained values for {len(models)} models. Give one for all, "
-            "or one per model in the same order."
-        )
-    if len(given) > 1:
-        values: list[str | None] = list(given)
-    else:  # one value for every model name; run folders bring their own weights
-        first = given[0] if given else None
-        values = [None if Path(m).is_dir() else first for m in models]
-    return [v if v not in ("none", "") else None for v in values]

@@ -21,7 +21,7 @@ from torch import nn
 from ..console import Bar
 from ..models.inference import optimize_for_inference
 from ..settings import setting
-from .inputs import StudyData, check_data, pretrained_for
+from .inputs import TrainedNets, check_data, pretrained_for
 from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .trained import (
     Bypass,
@@ -43,16 +43,9 @@ SMALL = 0.05  # "barely changes": at most 5 points of test error
 
 
 @dataclass
-class LesionConfig(StudyData):
+class LesionConfig(TrainedNets):
     """Settings of one lesion study (written to config.json)."""
 
-    models: list[str] = setting(
-        help="model names or run folders", factory=lambda: ["resnet20", "plain20"]
-    )
-    pretrained: list[str] = setting(
-        help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
-        "or once per model in order (none for untrained)", factory=list,
-    )  # fmt: skip
     split: str = setting("test", "split to evaluate on")
     eval_size: int | None = setting(
         None, "stratified subsample (default: whole split)", ">= 1"
