@@ -187,7 +187,7 @@ class Cka(Study):
         return found | {"data": fingerprint(self.config.data, content=False)}
 
     def prepare(self) -> None:
-        self.nets = [LayerGrams(optimize_for_inference(s.model), names)
+        self.nets = [LayerGrams(optimize_for_inference(s.model, engine="torch"), names)
                      for s, names in zip(self.subjects, self.layers, strict=True)]  # fmt: skip
 
     def measurements(self) -> list[tuple[str, Any]]:
