@@ -10,7 +10,7 @@ line per measurement keyed by its id), summarise, write the result and mark the 
 An error, a Ctrl-C or a SIGTERM is recorded in ``run.json`` as ``failed: ...`` or
 ``interrupted``, never left as ``running``.
 
-Under ``torchrun`` a study whose measurements are independent (``Study.splits``) is taken by
+Under ``torchrun`` a study whose measurements are independent (``Study.scale_out``) is taken by
 all its processes together (``scaleout``): rank 0 alone writes the folder, each rank takes its
 share of the measurements, and the files are those one process writes.
 """
@@ -160,8 +160,8 @@ def run_study(
             with runfolder.recording(folder) if ranks.main else nullcontext():
                 study.folder, study.resume = folder, resume
                 study.progress = study.progress and ranks.main
-                processes = f" ({ranks.size} processes)" if ranks.size > 1 else ""
-                say(f"{study.name}: run folder {folder}{processes}")
+                among = f" ({ranks.size} processes)" if ranks.size > 1 else ""
+                say(f"{study.name}: run folder {folder}{among}")
                 try:
                     ranks.in_turn(study.prepare)
                     records = take_measurements(study, folder / study.journal, ranks)

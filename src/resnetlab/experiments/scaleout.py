@@ -8,8 +8,9 @@ alone does what touches the run folder: it creates it, holds its lock, writes ``
 ``run.json``, the journal and the result; the other ranks wait for it at each of these steps,
 and an error on any rank stops every rank with the same message. The measurements are taken in
 rounds, one per rank each round (round r, rank k: the (r·N + k)-th measurement still to take),
-and gathered to rank 0, which journals them in plan order, so the journal and the result are
-those of one process, and an interruption loses at most one round.
+and gathered on every rank (so that a failure anywhere stops them all at the same point); rank 0
+journals each round in plan order, so the journal and the result are those of one process, and
+an interruption loses at most one round. The group lives as long as the process.
 """
 
 from __future__ import annotations
