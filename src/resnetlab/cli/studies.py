@@ -32,6 +32,7 @@ from ..experiments.lesion import Lesion
 from ..experiments.paths import Paths
 from ..experiments.receptive_field import ReceptiveField, format_layers, format_stacked
 from ..experiments.runner import Study, StudyRun, run_study
+from ..experiments.scaleout import main_process
 from ..experiments.shattered import Shattered
 from ..groups import Checked, RunFolderSettings
 from ..reports.report import render_report
@@ -95,6 +96,8 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
     with _threads(how.threads if how.threads is not None else command.threads):
         run = run_study(command.study(config, **options), how.out_dir, resume=how.resume,
                         report=report)  # fmt: skip
+    if not main_process():  # under torchrun rank 0 alone tells the result
+        return 0
     (command.show or _summary)(args, run)
     print(f"run folder: {run.folder}", file=sys.stdout if command.always_report else sys.stderr)
     if report:

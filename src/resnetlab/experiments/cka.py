@@ -137,6 +137,8 @@ class Cka(Study):
 
     def check(self) -> None:
         c = self.config
+        if c.seeds > 1:  # the data group brings --seeds; one cka run is one seed today
+            raise ResnetlabError("cka takes one seed per run; run it again with --seed K.")
         if not 1 <= len(c.models) <= 2:
             raise ResnetlabError(
                 f"cka compares one or two nets, got {len(c.models)}. Name A and B, or A alone "

@@ -238,6 +238,8 @@ class HessianStudy(Study):
 
     def check(self) -> None:
         c = self.config
+        if c.seeds > 1:  # the data group brings --seeds; one hessian run is one seed today
+            raise ResnetlabError("hessian takes one seed per run; run it again with --seed K.")
         if c.max_steps < c.steps:
             raise ResnetlabError(
                 f"--max-steps {c.max_steps} is below --steps {c.steps}. Raise --max-steps."

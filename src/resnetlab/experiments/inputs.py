@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING
 
 from ..data.bundle import NAMES
 from ..errors import ResnetlabError, close_matches
-from ..groups import DataSettings, ModelSettings, SeedSettings
+from ..groups import DataSettings, ModelSettings, SeedSettings, SeedsSettings
 from ..settings import compose, setting
 from .trained import NORMALISATIONS
 
 
 @dataclass
-@compose(DataSettings, SeedSettings, only=("data", "seed"))
+@compose(DataSettings, SeedSettings, SeedsSettings, only=("data", "seed", "seeds"))
 class StudyData:
     """The images a study measures on (the data group's ``data``), how they are normalised, and
-    the seed of its draws (the seed group's)."""
+    the seed of its draws (the seed group's), repeated over ``seeds`` seeds (the seeds
+    group's)."""
 
     normalisation: str = setting(
         "auto", "input normalisation: auto = a run's own, else ImageNet mean/std",
@@ -29,6 +30,7 @@ class StudyData:
     if TYPE_CHECKING:  # added by compose (this block never runs)
         data: str = setting()
         seed: int = setting()
+        seeds: int = setting()
 
 
 @dataclass

@@ -31,7 +31,18 @@ from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..settings import setting
 from .inputs import TrainedNet, check_data
-from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .landscape_views import (
+    CAPTION_1D,
+    CAPTION_CONTOUR,
+    CAPTION_INTERPOLATION,
+    CAPTION_SURFACE,
+    over_seeds,
+    plot_1d,
+    plot_2d,
+    surface_facts,
+)
+from .runner import Figure, Study, Summary, fingerprint
+from .seeded import seeded, seeds_of
 from .trained import Subject, load_split, load_subject, run_weights
 
 CLAIM = (
@@ -116,72 +127,10 @@ def evaluate_point(
     return loss_and_error(model, x, y, batch)
 
 
-def surface_facts(loss: np.ndarray, step: float) -> dict[str, Any]:
-    """Shape figures of a 2-D loss grid: the fraction of interior points with negative
-    curvature along some direction (finite-difference Hessian), on the whole grid and on its
-    central half (the far flanks saturate and bend down in any net), and the local minima."""
-    fxx = (loss[2:, 1:-1] - 2 * loss[1:-1, 1:-1] + loss[:-2, 1:-1]) / step**2
-    fyy = (loss[1:-1, 2:] - 2 * loss[1:-1, 1:-1] + loss[1:-1, :-2]) / step**2
-    fxy = (loss[2:, 2:] - loss[2:, :-2] - loss[:-2, 2:] + loss[:-2, :-2]) / (4 * step**2)
-    lowest = (fxx + fyy) / 2 - np.sqrt(((fxx - fyy) / 2) ** 2 + fxy**2)
-    padded = np.pad(loss, 1, constant_values=np.inf)
-    neighbours = np.stack(
-        [
-            padded[1 + di : 1 + di + loss.shape[0], 1 + dj : 1 + dj + loss.shape[1]]
-            for di in (-1, 0, 1)
-            for dj in (-1, 0, 1)
-            if di or dj
-        ]
-    )
-    minima = int((loss < neighbours.min(0)).sum())
-    c = loss.shape[0] // 2
-    inner = lowest[c // 2 : lowest.shape[0] - c // 2, c // 2 : lowest.shape[1] - c // 2]
-    return {
-        "nonconvex_fraction": float((lowest < 0).mean()),
-        "central_nonconvex_fraction": float((inner < 0).mean()),
-        "local_minima": minima,
-        "centre_loss": float(loss[c, c]),
-        "max_loss": float(loss.max()),
-        "edge_mean_loss": float(
-            np.mean([loss[0].mean(), loss[-1].mean(), loss[:, 0].mean(), loss[:, -1].mean()])
-        ),
-    }
-
-
-def plot_1d(line: list[dict], title: str, path: Path, key: str = "coord") -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = [r[key] for r in line]
-    ax.plot(xs, [r["loss"] for r in line], "b-", label="loss")
-    ax.set_xlabel("α" if key == "alpha" else "step along the direction (filter-normalised)")
-    ax.set_ylabel("training loss (cross-entropy)", color="b")
-    twin = ax.twinx()
-    twin.plot(xs, [100 * r["error"] for r in line], "r--", label="error")
-    twin.set_ylabel("training error (%)", color="r")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_2d(axis: np.ndarray, loss: np.ndarray, title: str, path: Path, surface: bool) -> Path:
-    """The 2-D slice as contours, or as a surface (loss clipped at min + 10)."""
-    plt = pyplot()
-    a, b = np.meshgrid(axis, axis, indexing="ij")
-    if surface:
-        fig = plt.figure(figsize=(5.5, 4.4))
-        ax = fig.add_subplot(projection="3d")
-        ax.plot_surface(a, b, np.minimum(loss, loss.min() + 10), cmap="viridis", linewidth=0)
-        ax.set_zlabel("loss")
-    else:
-        fig, ax = plt.subplots(figsize=(5, 4.4))
-        levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 30)
-        contour = ax.contour(a, b, loss, levels=levels, cmap="viridis")
-        fig.colorbar(contour, ax=ax, label="training loss")
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
-
+def directions_file(seed: int, config: LandscapeConfig) -> str:
+    """Where a seed's directions are kept: ``directions.pt`` in a one-seed run, else one file
+    per seed."""
+    return "directions.pt" if config.seeds == 1 else f"directions-seed{seed}.pt"
 
 
 def _load_directions(path: Path, model: nn.Module, seed: int) -> list[dict]:
@@ -259,10 +208,13 @@ def _seconds_per_point(subject: Subject, images: int, batch: int) -> float:
 
 
 class Landscape(Study):
-    """The 1-D slice, the 2-D grid and the interpolation of one net, one point a measurement."""
+    """The 1-D slice, the 2-D grid and the interpolation of one net, one point a measurement;
+    each seed draws its own pair of directions (the training images stay the first seed's,
+    and the interpolation, which has no random part, is measured once)."""
 
     settings = LandscapeConfig
     name = "landscape"
+    scale_out = True
 
     def check(self) -> None:
         c = self.config
@@ -300,7 +252,8 @@ class Landscape(Study):
         )
         self.model = copy.deepcopy(self.subject.model).eval()
         self.theta = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        self.dirs = _load_directions(self.folder / "directions.pt", self.model, c.seed)
+        self.dirs = {seed: _load_directions(self.folder / directions_file(seed, c), self.model,
+                                            seed) for seed in seeds_of(c)}  # fmt: skip
 
     def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = self.config
@@ -311,28 +264,32 @@ class Landscape(Study):
         )
 
     def measurements(self) -> list[tuple[str, Any]]:
-        line, axis, alphas = self.axes()
-        plan: list[tuple[str, Any]] = [(f"1d:{i}", ("1d", (float(a),))) for i, a in enumerate(line)]
-        plan += [
-            (f"2d:{i},{j}", ("2d", (float(a), float(b))))
-            for i, a in enumerate(axis)
-            for j, b in enumerate(axis)
-        ]
+        c, (line, axis, alphas) = self.config, self.axes()
+        plan: list[tuple[str, Any]] = []
+        for seed in seeds_of(c):
+            plan += [(seeded(f"1d:{i}", seed, c), ("1d", (float(a),), seed))
+                     for i, a in enumerate(line)]  # fmt: skip
+            plan += [
+                (seeded(f"2d:{i},{j}", seed, c), ("2d", (float(a), float(b)), seed))
+                for i, a in enumerate(axis)
+                for j, b in enumerate(axis)
+            ]
         if self.start is not None:
-            plan += [(f"interpolation:{k}", ("alpha", float(a))) for k, a in enumerate(alphas)]
+            plan += [(f"interpolation:{k}", ("alpha", float(a), None))
+                     for k, a in enumerate(alphas)]  # fmt: skip
         return plan
 
     def measure(self, spec: Any) -> dict[str, Any]:
-        kind, where = spec
+        kind, where, seed = spec
         c = self.config
         if kind == "alpha":
             assert self.start is not None
             end = self.subject.model.state_dict()
             found = interpolate_at(self.model, self.start, end, where, self.x, self.y, c.batch)
             return {"alpha": where, **found}
-        dirs = self.dirs[: len(where)]
+        dirs = self.dirs[seed][: len(where)]
         found = evaluate_point(self.model, self.theta, dirs, where, self.x, self.y, c.batch)
-        return {"coords": list(where), **found}
+        return {"coords": list(where), **found} | ({"seed": seed} if c.seeds > 1 else {})
 
     def summarise(self, records: list[dict[str, Any]]) -> Summary:
         c, label, n = self.config, self.subject.label, len(self.y)
@@ -340,14 +297,20 @@ class Landscape(Study):
         by_kind: dict[str, list[dict]] = {"1d": [], "2d": [], "interpolation": []}
         for r in records:
             by_kind[r["id"].split(":")[0]].append(r)
-        line = [{"coord": float(a), "loss": r["loss"], "error": r["error"]}
-                for a, r in zip(line_axis, by_kind["1d"], strict=True)]  # fmt: skip
-        result: dict[str, Any] = {"model": self.subject.name, "label": label, "line": line}
+        result: dict[str, Any] = {"model": self.subject.name, "label": label}
         summary = [CLAIM]
-        figures = [Figure("landscape_1d.png", CAPTION_1D, lambda p: plot_1d(
-            line, f"{label}: 1-D slice, {n:,} training images", p))]  # fmt: skip
-        tables = {"landscape_1d.csv": line}
-        if c.grid:
+        if c.seeds > 1:
+            part, lines, tables, figures = over_seeds(c, label, n, line_axis, axis, by_kind)
+            result |= part
+            summary += lines
+        else:
+            line = [{"coord": float(a), "loss": r["loss"], "error": r["error"]}
+                    for a, r in zip(line_axis, by_kind["1d"], strict=True)]  # fmt: skip
+            result["line"] = line
+            figures = [Figure("landscape_1d.png", CAPTION_1D, lambda p: plot_1d(
+                line, f"{label}: 1-D slice, {n:,} training images", p))]  # fmt: skip
+            tables = {"landscape_1d.csv": line}
+        if c.grid and c.seeds == 1:
             loss = np.array([r["loss"] for r in by_kind["2d"]]).reshape(c.grid, c.grid)
             facts = result["surface"] = surface_facts(loss, float(axis[1] - axis[0]))
             tables["landscape_2d.csv"] = [
@@ -391,15 +354,6 @@ class Landscape(Study):
         result["summary"] = summary
         text = {"data.txt": f"{self.source} ({n:,} images, no augmentation)\n"}
         return Summary(result, tables, text, figures)
-
-
-CAPTION_1D = (
-    "Training loss along one filter-normalised random direction (Li et al. 2018), BN in eval "
-    "mode, no augmentation."
-)
-CAPTION_CONTOUR = "Training loss on a 2-D slice along two filter-normalised directions."
-CAPTION_SURFACE = "The same 2-D slice as a surface (loss clipped at min + 10)."
-CAPTION_INTERPOLATION = "Loss and error on the line between two sets of weights."
 
 
 run_landscape = Landscape.run

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,15 @@ from ..console import Bar
 from ..models.inference import optimize_for_inference
 from ..settings import setting
 from .inputs import TrainedNets, check_data, pretrained_for
-from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .lesion_verdict import (
+    net_verdict,
+    plot_curves,
+    plot_singles,
+    summary_over_seeds,
+    verdict,
+)
+from .runner import Figure, Study, Summary, fingerprint
+from .seeded import seeded, seeds_of
 from .trained import (
     Bypass,
     Chain,
@@ -32,14 +39,6 @@ from .trained import (
     load_split,
     load_subject,
 )
-
-CLAIM = (
-    "Veit et al. 2016 (§4.1-4.2, Fig. 3-5, published) report that deleting a single block of a "
-    "110-layer CIFAR-10 ResNet leaves the test error nearly unchanged except at the downsampling "
-    "blocks, that deleting a layer of a plain net (VGG) sends it to chance, and that the error "
-    "of a ResNet grows smoothly with the number of blocks deleted or reordered."
-)
-SMALL = 0.05  # "barely changes": at most 5 points of test error
 
 
 @dataclass
@@ -108,12 +107,15 @@ def _stage_of(blocks: Sequence[nn.Module], i: int) -> nn.Module:
     return blocks[i]
 
 
-def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True) -> dict[str, Any]:
-    """All lesions of one net: the intact error, one row per lesion, and the k curves."""
+def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True,
+               seed: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """All lesions of one net: the intact error, one row per lesion, and the k curves; the
+    random deletions and swaps drawn with ``seed`` (default: the config's)."""
     folded = optimize_for_inference(subject.model, engine="torch")  # Chain reads its blocks
     chain = Chain(folded)
     bypass = [Bypass(b) for b in chain.blocks]
-    plans = plan_variants(chain.blocks, bypass, config.max_k, config.draws, config.seed)
+    seed = config.seed if seed is None else seed
+    plans = plan_variants(chain.blocks, bypass, config.max_k, config.draws, seed)
     bar = Bar(
         total=len(x), desc=f"lesion {subject.name}", unit="img", disable=not progress, leave=False
     )
@@ -186,121 +188,14 @@ def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True) 
     }
 
 
-def net_verdict(net: dict[str, Any]) -> dict[str, Any]:
-    """Single-block figures of one net, in points of test error."""
-    inner = [r["increase"] for r in net["singles"] if r["deletable"] and not r["downsampling"]]
-    down = [r["increase"] for r in net["singles"] if r["deletable"] and r["downsampling"]]
-    blocked = [r["block"] for r in net["singles"] if not r["deletable"]]
-    facts = {
-        "net": net["name"],
-        "skips": net["skips"],
-        "intact_error": net["intact_error"],
-        "inner_max": max(inner, default=None),
-        "inner_min": min(inner, default=None),
-        "inner_median": float(np.median(inner)) if inner else None,
-        "down_max": max(down, default=None),
-        "not_deletable": blocked,
-    }
-    return facts
-
-
-def _pts(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:+.1f}"
-
-
-def verdict(nets: list[dict[str, Any]]) -> list[str]:
-    """What the paper claims, what was measured for each net, and how they relate."""
-    lines = [CLAIM]
-    facts = [net_verdict(n) for n in nets]
-    for f, n in zip(facts, nets, strict=True):
-        text = (
-            f"{n['label']}: intact error {100 * f['intact_error']:.2f} %; deleting one "
-            f"non-downsampling block changes it by {_pts(f['inner_min'])} to "
-            f"{_pts(f['inner_max'])} points (median {_pts(f['inner_median'])})"
-        )
-        if f["down_max"] is not None:
-            text += f"; a downsampling block by up to {_pts(f['down_max'])}"
-        if f["not_deletable"]:
-            text += f"; not deletable (shape changes): {', '.join(f['not_deletable'])}"
-        lines.append(text + ".")
-    res = [f for f in facts if f["skips"] and f["inner_max"] is not None]
-    plain = [f for f in facts if not f["skips"] and f["inner_min"] is not None]
-    for r in res:
-        ok = r["inner_max"] <= SMALL
-        lines.append(
-            f"ResNet claim on {r['net']}: deleting one non-downsampling block raises the error by "
-            f"at most {100 * r['inner_max']:.1f} points: "
-            + (
-                f"holds (at most {100 * SMALL:.0f} points)."
-                if ok
-                else f"does not hold as stated (more than {100 * SMALL:.0f} points)."
-            )
-        )
-        for p in plain:
-            lines.append(
-                f"{r['net']} against {p['net']}: the most harmful single deletion of {r['net']} "
-                f"costs {100 * r['inner_max']:.1f} points, the least harmful of {p['net']} "
-                f"{100 * p['inner_min']:.1f} points: "
-                + (
-                    "the plain net depends on every block far more."
-                    if p["inner_min"] > r["inner_max"]
-                    else "the separation the paper reports does not show here."
-                )
-            )
-    return lines
-
-
-def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 3.6), squeeze=False)
-    for ax, net in zip(axes[0], nets, strict=True):
-        xs = [r["index"] for r in net["singles"]]
-        errs = [100 * r["error"] if r["error"] is not None else np.nan for r in net["singles"]]
-        colours = ["tab:red" if r["downsampling"] else "tab:blue" for r in net["singles"]]
-        ax.bar(xs, errs, color=colours)
-        for r in net["singles"]:
-            if not r["deletable"]:
-                ax.text(r["index"], 2, "n/a", rotation=90, ha="center", fontsize=7)
-        ax.axhline(
-            100 * net["intact_error"], color="k", linestyle="--", linewidth=1, label="intact"
-        )
-        ax.set_title(net["label"], fontsize=9)
-        ax.set_xlabel("deleted block (red: downsampling)")
-        ax.set_ylabel("test error (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, kind, title in zip(
-        axes, ("delete", "swap"), ("k random blocks deleted", "k random pairs swapped"), strict=True
-    ):
-        for net in nets:
-            pts = [(0, 100 * net["intact_error"], 0.0)] + [
-                (c["k"], 100 * c["mean"], 100 * c["std"]) for c in net["curves"][kind]
-            ]
-            k, mean, std = (np.array(v) for v in zip(*pts, strict=True))
-            ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=net["label"])
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("k")
-        ax.set_xticks(range(int(k.max()) + 1))
-        ax.set_ylabel("test error (%), mean ± std over draws")
-        ax.set_ylim(0, 100)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
 class Lesion(Study):
-    """Every net of the settings on the same images, one net a measurement."""
+    """Every net of the settings on the same images, one net at one seed a measurement (a
+    seed draws the image subsample, with ``eval_size``, and the random deletions and swaps;
+    the nets stay the same)."""
 
     settings = LesionConfig
     name = "lesion"
+    scale_out = True
 
     def check(self) -> None:
         c = self.config
@@ -312,23 +207,32 @@ class Lesion(Study):
         ]
         for subject in self.subjects:
             Chain(subject.model)  # a net without blocks to delete is refused here
-        self.splits: dict[str, Any] = {}
+        self.splits: dict[tuple[str, int | None], Any] = {}
 
     def inputs(self) -> dict[str, str | None]:
         found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(self.subjects)}
         return found | {"data": fingerprint(self.config.data, content=False)}
 
     def measurements(self) -> list[tuple[str, Any]]:
-        return [(f"net:{i}", s) for i, s in enumerate(self.subjects)]
+        c = self.config
+        return [(seeded(f"net:{i}", seed, c), (i, seed)) for seed in seeds_of(c)
+                for i in range(len(self.subjects))]  # fmt: skip
 
     def measure(self, spec: Any) -> dict[str, Any]:
-        c, key = self.config, repr(spec.normalisation)
+        (i, seed), c = spec, self.config
+        subject = self.subjects[i]
+        key = (repr(subject.normalisation), seed if c.eval_size else None)
         if key not in self.splits:
-            self.splits[key] = load_split(c.data, c.split, c.eval_size, c.seed, spec.normalisation)
+            self.splits[key] = load_split(c.data, c.split, c.eval_size, seed,
+                                          subject.normalisation)  # fmt: skip
         x, y, source = self.splits[key]
-        return {**lesion_net(spec, x, y, c, self.progress), "data": f"{source} ({len(y):,} images)"}
+        found = lesion_net(subject, x, y, c, self.progress, seed)
+        return {**found, "data": f"{source} ({len(y):,} images)"} | (
+            {"seed": seed} if c.seeds > 1 else {})
 
     def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        if self.config.seeds > 1:
+            return summary_over_seeds(self.config, records)
         nets = [{k: v for k, v in r.items() if k not in ("id", "data")} for r in records]
         data = "\n".join(dict.fromkeys(r["data"] for r in records)) + "\n"
         result = {"nets": nets, "verdict": [net_verdict(n) for n in nets], "summary": verdict(nets)}

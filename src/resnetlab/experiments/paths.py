@@ -29,6 +29,7 @@ from ..models.inference import optimize_for_inference
 from ..settings import setting
 from .inputs import TrainedNet, check_data
 from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .seeded import BAND, draw_band, seeded, seeds_line, seeds_of, spread_row, within, words
 from .trained import POST_ACTIVATION, Chain, load_split, load_subject
 
 PLAIN = "path lengths need a residual net. Pass a ResNet, not a plain net."
@@ -131,8 +132,12 @@ def gradient_by_length(
     return means
 
 
-def study(name: str, model: nn.Module, x, y, config: PathsConfig, progress: bool) -> dict:
-    grads = gradient_by_length(model, x, y, config.draws, config.seed, f"paths {name}", progress)
+def study(name: str, model: nn.Module, x, y, config: PathsConfig, progress: bool,
+          seed: int | None = None) -> dict:  # fmt: skip
+    """The gradient of each path length of one net, its share of the total and its effective
+    range; the k blocks drawn with ``seed`` (default: the config's)."""
+    seed = config.seed if seed is None else seed
+    grads = gradient_by_length(model, x, y, config.draws, seed, f"paths {name}", progress)
     n = len(grads) - 1
     counts = path_counts(n)
     contribution = [c * g for c, g in zip(counts, grads, strict=True)]
@@ -181,10 +186,12 @@ def plot(results: list[dict], path: Path) -> Path:
 
 class Paths(Study):
     """The trained net (``model``/``pretrained``) and an untrained one of its architecture, one
-    net a measurement."""
+    net at one seed a measurement (a seed draws the test images, the k blocks of each draw and
+    the untrained net's initialisation)."""
 
     settings = PathsConfig
     name = "paths"
+    scale_out = True
 
     def check(self) -> None:
         c = self.config
@@ -198,24 +205,30 @@ class Paths(Study):
         return {"weights": fingerprint(self.subject.weights), "data": data}
 
     def prepare(self) -> None:
-        c = self.config
-        self.x, self.y, self.source = load_split(
-            c.data, "test", c.images, c.seed, self.subject.normalisation
-        )
+        c, norm = self.config, self.subject.normalisation
+        self.images = {seed: load_split(c.data, "test", c.images, seed, norm)
+                       for seed in seeds_of(c)}  # fmt: skip
+        self.x, self.y, self.source = self.images[c.seed]
 
     def measurements(self) -> list[tuple[str, Any]]:
-        return [("trained", "trained"), ("untrained", "untrained")]
+        c = self.config
+        return [(seeded(kind, seed, c), (kind, seed)) for seed in seeds_of(c)
+                for kind in ("trained", "untrained")]  # fmt: skip
 
     def measure(self, spec: Any) -> dict[str, Any]:
-        c, subject = self.config, self.subject
-        if spec == "trained":
-            return study(subject.label, subject.model, self.x, self.y, c, self.progress)
-        torch.manual_seed(c.seed)
+        (kind, seed), c, subject = spec, self.config, self.subject
+        x, y, _ = self.images[seed]
+        tag = {"seed": seed} if c.seeds > 1 else {}
+        if kind == "trained":
+            return study(subject.label, subject.model, x, y, c, self.progress, seed) | tag
+        torch.manual_seed(seed)
         untrained = create_model(subject.name).eval()
-        name = f"{subject.name} untrained (seed {c.seed})"
-        return study(name, untrained, self.x, self.y, c, self.progress)
+        name = f"{subject.name} untrained (seed {seed})"
+        return study(name, untrained, x, y, c, self.progress, seed) | tag
 
     def summarise(self, records: list[dict[str, Any]]) -> Summary:
+        if self.config.seeds > 1:
+            return self.over_seeds(records)
         results = [{k: v for k, v in r.items() if k != "id"} for r in records]
         summary = [CLAIM]
         for r in results:
@@ -243,6 +256,91 @@ class Paths(Study):
                         "gradient.", lambda p: plot(results, p))  # fmt: skip
         data = {"data.txt": f"{self.source} ({len(self.y):,} images)\n"}
         return Summary({"nets": results, "summary": summary}, {"paths.csv": rows}, data, [figure])
+
+    def over_seeds(self, records: list[dict[str, Any]]) -> Summary:
+        """Every seed's nets, each figure's spread over the seeds and the verdict on the
+        interval of the effective range's upper end."""
+        c = self.config
+        results = [{k: v for k, v in r.items() if k != "id"} for r in records]
+        runs = {kind: [r for r, rec in zip(results, records, strict=True)
+                       if rec["id"].split(":")[0] == kind] for kind in ("trained", "untrained")}
+        labels = {"trained": self.subject.label, "untrained": f"{self.subject.name} untrained"}
+        summary = [CLAIM, seeds_line(c, "draws its own test images, blocks and untrained net")]
+        summary += [range_verdict(labels[k], nets) for k, nets in runs.items()]
+        rows = [{"net": r["net"], "seed": r["seed"], "k": k, "path_share": r["path_share"][k],
+                 "gradient": r["gradient"][k], "contribution": r["contribution"][k]}
+                for r in results for k in range(r["blocks"] + 1)]  # fmt: skip
+        spreads = [row for kind, nets in runs.items() for row in seed_rows(labels[kind], nets)]
+        figure = Figure("paths.png", "Veit et al. 2016 §5: share of paths by length, gradient "
+                        "magnitude of paths of each length, and each length's share of the total "
+                        f"gradient: means over {c.seeds} seeds; {BAND}.",
+                        lambda p: plot_over_seeds(labels, runs, p))  # fmt: skip
+        sources = "\n".join(f"seed {seed}: {source} ({len(y):,} images)"
+                            for seed, (_, y, source) in self.images.items())  # fmt: skip
+        result = {"nets": results, "seeds": c.seeds, "over_seeds": spreads, "summary": summary}
+        return Summary(result, {"paths.csv": rows, "paths_seeds.csv": spreads},
+                       {"data.txt": sources + "\n"}, [figure])  # fmt: skip
+
+
+def _share(r: dict[str, Any]) -> list[float]:
+    total = sum(r["contribution"])
+    return [c / total for c in r["contribution"]]
+
+
+def range_verdict(label: str, nets: list[dict[str, Any]]) -> str:
+    """One net over the seeds: where the gradient comes from, and whether that range ends below
+    the typical path length, decided on the 95 % interval of its upper end."""
+    starts, ends = [r["range"][0] for r in nets], [r["range"][1] for r in nets]
+    typical, lay = nets[0]["typical"], nets[0]["layers_per_block"]
+    check = within(ends, typical, strict=True)
+    text = (f"{label}: {nets[0]['blocks']} blocks, typical path {typical:.1f} blocks; "
+            f"{SHARE:.0%} of the gradient comes from paths through {words(starts, 1.0, '', 1)} "
+            f"to {words(ends, 1.0, '', 1)} residual branches (×{lay} layers), most at "
+            f"{words([r['peak'] for r in nets], 1.0, '', 1)}: ")  # fmt: skip
+    text += ("shorter than the typical path, as the paper reports (the 95 % interval of the "
+             "range's end lies below it)" if check["holds"] else "not shown shorter than the "
+             "typical path (the 95 % interval of the range's end reaches it)")  # fmt: skip
+    if check["disagree"]:
+        text += (f"; the seeds disagree: {sum(e >= typical for e in ends)} of {len(ends)} reach "
+                 "the typical path")  # fmt: skip
+    return text + "."
+
+
+def seed_rows(label: str, nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``paths_seeds.csv`` of one net: its effective range and peak, and each length's share of
+    the gradient, with mean, sd and 95 % interval over the seeds."""
+    rows = [spread_row({"net": label, "quantity": q}, [f(r) for r in nets]) for q, f in
+            (("range start", lambda r: r["range"][0]), ("range end", lambda r: r["range"][1]),
+             ("peak", lambda r: r["peak"]))]  # fmt: skip
+    shares = [_share(r) for r in nets]
+    rows += [spread_row({"net": label, "quantity": f"gradient share, k={k}"},
+                        [s[k] for s in shares]) for k in range(len(shares[0]))]  # fmt: skip
+    return rows
+
+
+def plot_over_seeds(labels: dict[str, str], runs: dict[str, list[dict]], path: Path) -> Path:
+    """``plot``'s three panels, the gradient and its shares as means with min-max bands."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    first = next(iter(runs.values()))[0]
+    n = first["blocks"]
+    axes[0].bar(range(n + 1), first["path_share"], color="grey")
+    axes[0].set_title(f"share of paths through k of {n} residual branches", fontsize=9)
+    for kind, nets in runs.items():
+        draw_band(axes[1], range(n + 1), [r["gradient"] for r in nets], marker="o", markersize=3,
+                  label=labels[kind])  # fmt: skip
+        draw_band(axes[2], range(n + 1), [_share(r) for r in nets], marker="o", markersize=3,
+                  label=labels[kind])  # fmt: skip
+    axes[1].set_yscale("log")
+    axes[1].set_title("input-gradient norm of paths of length k, mean over seeds", fontsize=9)
+    axes[2].set_title("share of the total gradient by path length, mean over seeds", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("path length k (residual branches)")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 run_paths = Paths.run

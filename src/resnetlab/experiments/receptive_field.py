@@ -157,6 +157,7 @@ class ReceptiveField(Study):
 
     settings = ReceptiveFieldConfig
     name = "receptive-field"
+    scale_out = True
 
     def check(self) -> None:
         info = model_info(self.config.model)

@@ -9,6 +9,10 @@ inputs is refused), take every measurement the journal lacks (``measurements.jso
 line per measurement keyed by its id), summarise, write the result and mark the run completed.
 An error, a Ctrl-C or a SIGTERM is recorded in ``run.json`` as ``failed: ...`` or
 ``interrupted``, never left as ``running``.
+
+Under ``torchrun`` a study whose measurements are independent (``Study.scale_out``) is taken by
+all its processes together (``scaleout``): rank 0 alone writes the folder, each rank takes its
+share of the measurements, and the files are those one process writes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -29,6 +34,7 @@ from ..files import RunLock, remove_stale_temps, write_json, write_text_atomic
 from ..reports.report import render_report
 from ..runfolder import RUNS_ROOT, append_jsonl, read_jsonl, write_csv
 from ..settings import check_settings
+from . import scaleout
 
 JOURNAL = "measurements.jsonl"
 
@@ -77,6 +83,10 @@ class Study:
     # settings a resume may raise, because their measurements' ids stay stable as they grow
     # (``seeds``: a finished run resumed with more seeds takes only the new seeds' measurements)
     grows: ClassVar[tuple[str, ...]] = ()
+    # Whether torchrun's processes may share the measurements: each one independent of the
+    # others and of the process that takes it (not so where a measurement trains a net, which
+    # the engine itself would spread over the processes).
+    scale_out: ClassVar[bool] = False
 
     def __init__(self, config: Any, *, progress: bool = True) -> None:
         self.config = config
@@ -135,29 +145,56 @@ def run_study(
     study: Study, out: str | Path | None = None, *, resume: bool = False, report: bool = False
 ) -> StudyRun:
     """Check, lock, record, measure what the journal lacks, summarise and write ``study``;
-    with ``report``, render ``report.html`` and ``report.md`` into its folder."""
+    with ``report``, render ``report.html`` and ``report.md`` into its folder. Under torchrun
+    the measurements are split over the processes (``scaleout``): rank 0 writes the same
+    files one process would, and every rank returns the same result."""
     check_settings(study.config)
+    if scaleout.processes() > 1 and not study.scale_out:
+        raise ResnetlabError(
+            f"{study.name} does not split its measurements over processes. Run it as one "
+            "process, without torchrun."
+        )
     study.check()
     inputs = study.inputs()
-    folder = run_folder(study.prefix(), out, resume=resume)
-    with RunLock(folder):
-        remove_stale_temps(folder)
-        start(folder, study.config, inputs, grows=study.grows)
-        with runfolder.recording(folder):
-            study.folder, study.resume = folder, resume
-            say(f"{study.name}: run folder {folder}")
-            try:
-                study.prepare()
-                records = take_measurements(study, folder / study.journal)
-            except KeyboardInterrupt:
-                say(f"interrupted; continue with --out {folder} --resume")
-                raise
-            summary = study.summarise(records)
-            write_summary(folder, study.file_name(), summary)
-            runfolder.finish(folder, "completed")
-        if report:
-            render_report(list[str | Path](study.report_folders()), out=folder)
-    return StudyRun(folder, summary.result)
+    with scaleout.joined() as ranks:
+        folder = ranks.lead(lambda: run_folder(study.prefix(), out, resume=resume))
+        with ranks.first_only(lambda: RunLock(folder)):
+            ranks.lead(lambda: begin(folder, study.config, inputs, ranks.size, study.grows))
+            with runfolder.recording(folder) if ranks.main else nullcontext():
+                study.folder, study.resume = folder, resume
+                study.progress = study.progress and ranks.main
+                among = f" ({ranks.size} processes)" if ranks.size > 1 else ""
+                say(f"{study.name}: run folder {folder}{among}")
+                try:
+                    ranks.in_turn(study.prepare)
+                    records = take_measurements(study, folder / study.journal, ranks)
+                except KeyboardInterrupt:
+                    say(f"interrupted; continue with --out {folder} --resume")
+                    raise
+                result = ranks.lead(lambda: conclude(study, folder, records))
+            if report:
+                ranks.lead(lambda: write_report(study, folder))
+    return StudyRun(folder, result)
+
+
+def begin(folder: Path, config: Any, inputs: dict[str, str | None], processes: int,
+          grows: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """A run folder cleared of half-written files, with its settings and ``run.json``."""
+    remove_stale_temps(folder)
+    start(folder, config, inputs, world_size=processes, grows=grows)
+
+
+def write_report(study: Study, folder: Path) -> None:
+    """``report.html`` and ``report.md`` of the study's folders, into its own."""
+    render_report(list[str | Path](study.report_folders()), out=folder)
+
+
+def conclude(study: Study, folder: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summarise, write the result and mark the run completed; returns the result."""
+    summary = study.summarise(records)
+    write_summary(folder, study.file_name(), summary)
+    runfolder.finish(folder, "completed")
+    return summary.result
 
 
 def status(folder: Path) -> str:
@@ -193,18 +230,20 @@ def start(
     inputs: dict[str, str | None] | None = None,
     *,
     command: str | None = None,
+    world_size: int = 1,
     grows: tuple[str, ...] = (),
 ) -> None:
     """Write ``config.json`` and ``run.json``; a resumed run must have the same settings (but
     may raise those in ``grows``) and start from the same inputs (refused before anything is
-    written)."""
+    written). A setting added since the run began (absent from its ``config.json``) counts as
+    the same where it is at its default, so a run from before ``--seeds`` resumes."""
     is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
-    settings = dataclasses.asdict(config) if is_instance else dict(config)
-    settings = json.loads(json.dumps(settings, default=str))
+    settings = _as_json(dataclasses.asdict(config) if is_instance else dict(config))
     previous = folder / "config.json"
     resumed = previous.is_file()
     if resumed:
         old = json.loads(previous.read_text())
+        old = {**(_defaults(config) if is_instance else {}), **old}
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         changed = [k for k in changed if not _grew(k, old.get(k), settings.get(k), grows)]
         if changed:
@@ -221,7 +260,7 @@ def start(
             )
     write_json(previous, settings)
     extra = {"inputs": inputs} if inputs else None
-    runfolder.start(folder, command=command, resume=resumed, extra=extra)
+    runfolder.start(folder, command=command, resume=resumed, extra=extra, world_size=world_size)
 
 
 def _grew(name: str, old: Any, new: Any, grows: tuple[str, ...]) -> bool:
@@ -230,17 +269,45 @@ def _grew(name: str, old: Any, new: Any, grows: tuple[str, ...]) -> bool:
     return name in grows and numbers and new > old
 
 
-def take_measurements(study: Study, journal: Path) -> list[dict[str, Any]]:
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """The default of each setting of a settings dataclass that has one, as JSON."""
+    found = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            found[f.name] = f.default_factory()
+    return dict(_as_json(found))
+
+
+def take_measurements(
+    study: Study, journal: Path, ranks: scaleout.Ranks | None = None
+) -> list[dict[str, Any]]:
     """Every measurement of ``study``, from the journal where it is there and final, else
-    taken now and appended to it at once (so an interruption loses at most one)."""
+    taken now and appended to it at once (so an interruption loses at most one). Under
+    several processes each round takes one measurement per rank, and rank 0 journals the
+    round in plan order."""
+    ranks = ranks or scaleout.Ranks()
     done = {r["id"]: r for r in read_jsonl(journal) if "id" in r}
     plan = study.measurements()
     todo = [(i, s) for i, s in plan if i not in done or not study.finished(done[i])]
-    bar = Bar(todo, desc=study.name, leave=False, disable=not study.progress or len(todo) < 2)
-    for key, spec in bar:
-        record = {"id": key, **study.measure(spec)}
-        append_jsonl(journal, record)
-        done[key] = record
+    bar = Bar(total=len(todo), desc=study.name, leave=False,
+              disable=not study.progress or len(todo) < 2)  # fmt: skip
+    with bar:
+        for batch in ranks.rounds(todo):
+            taken, failures = ranks.each(batch, lambda item: {"id": item[0],
+                                                              **study.measure(item[1])})
+            for record in taken:
+                if record is not None:
+                    if ranks.main:
+                        append_jsonl(journal, record)
+                    done[record["id"]] = record
+            ranks.raise_first(failures)
+            bar.update(len(batch))
     return [done[i] for i, _ in plan]
 
 

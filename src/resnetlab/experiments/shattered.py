@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..groups import SeedSettings, SeedsSettings
 from ..models.cifar import CifarResNet, PreActResNet
-from ..settings import setting
+from ..settings import compose, setting
 from .runner import Figure, Study, Summary, pyplot, save_figure
+from .seeded import BAND, compared, seeds_line, spread_row, words
 
 KINDS = ("plain", "resnet", "preact", "mlp-plain", "mlp-resnet")
 NOISE_FLOOR = 0.1  # |ρ| of a shattered gradient over a 128-point sweep stays below this
@@ -33,8 +35,10 @@ CLAIM = (
 
 
 @dataclass
+@compose(SeedsSettings, SeedSettings, defaults={"seeds": 2})
 class ShatteredConfig:
-    """Settings of one shattered-gradients study (written to config.json)."""
+    """Settings of one shattered-gradients study (written to config.json); every net is
+    initialised, and its sweep drawn, with each of the seeds (the seed groups')."""
 
     depths: list[int] = setting(
         help="depths (6n+2 for the conv nets)", bounds=">= 1",
@@ -45,8 +49,10 @@ class ShatteredConfig:
     points: int = setting(128, "points of the sweep", ">= 16")
     image_size: int = setting(32, "input px of the conv nets", ">= 8")
     mlp_width: int = setting(200, "width of the MLP stacks", ">= 1")
-    seeds: int = setting(2, "seeds to average", ">= 1")
-    seed: int = setting(0, "first seed", ">= 0")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        seeds: int = setting()
+        seed: int = setting()
 
 
 def build(kind: str, depth: int, width: int) -> nn.Module:
@@ -169,6 +175,11 @@ def plot(rows: list[dict], fits: dict, path: Path, config: ShatteredConfig) -> P
             for d in depths
         ]
         axes[0].plot(depths, means, "o-", color=colours(i), label=kind)
+        if config.seeds > 1:
+            runs = [[r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]
+                    for d in depths]  # fmt: skip
+            axes[0].fill_between(depths, [min(v) for v in runs], [max(v) for v in runs],
+                                 color=colours(i), alpha=0.2, linewidth=0)  # fmt: skip
         deepest = max(mine, key=lambda r: r["depth"])
         g = np.asarray(deepest["gradient"])
         axes[1].plot(
@@ -200,17 +211,22 @@ def decay_summary(rows: list[dict], c: ShatteredConfig) -> tuple[list[dict], dic
     fits: dict[str, Any] = {}
     table: list[dict[str, Any]] = []
     summary = [CLAIM]
+    if c.seeds > 1:
+        summary.append(seeds_line(c, "initialises every net and draws its sweep"))
+
+    def per_seed(kind: str, depth: int) -> list[float]:
+        return [r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == depth]
+
     for kind in c.kinds:
         depths = sorted(c.depths)
-        rho = [
-            float(np.mean([r["rho1"] for r in rows if r["kind"] == kind and r["depth"] == d]))
-            for d in depths
-        ]
+        rho = [float(np.mean(per_seed(kind, d))) for d in depths]
         fits[kind] = fit_decay(depths, rho, NOISE_FLOOR)
         table += [{"kind": kind, "depth": d, "rho1": v} for d, v in zip(depths, rho, strict=True)]
         e, p = fits[kind]["exponential"], fits[kind]["power"]
         text = f"{kind}: lag-1 autocorrelation {rho[0]:.3f} at depth {depths[0]} to {rho[-1]:.3f} "
         text += f"at {depths[-1]}"
+        if c.seeds > 1:
+            text += f" ({words(per_seed(kind, depths[-1]), 1.0, '', 3)})"
         below = [d for d, v in zip(depths, rho, strict=True) if v <= NOISE_FLOOR]
         if below:
             text += f"; at the noise floor (ρ ≤ {NOISE_FLOOR}) from depth {below[0]}"
@@ -226,7 +242,17 @@ def decay_summary(rows: list[dict], c: ShatteredConfig) -> tuple[list[dict], dic
         )
     plain = [t["rho1"] for t in table if t["kind"] == "plain"]
     res = [t["rho1"] for t in table if t["kind"] == "resnet"]
-    if plain and res:
+    if plain and res and c.seeds > 1:
+        deepest = max(c.depths)
+        shows, gap = compared(per_seed("resnet", deepest), per_seed("plain", deepest), 1.0, "", 3)
+        summary.append(
+            f"At depth {deepest} the plain net's lag-1 autocorrelation is "
+            f"{words(per_seed('plain', deepest), 1.0, '', 3)}, the ResNet's "
+            f"{words(per_seed('resnet', deepest), 1.0, '', 3)}; ResNet minus plain, {gap}: "
+            + ("the plain net's gradient is the more shattered, as the paper predicts."
+               if shows else "the effect the paper predicts does not show here.")
+        )  # fmt: skip
+    elif plain and res:
         shows = plain[-1] < res[-1]
         summary.append(
             f"At depth {max(c.depths)} the plain net's lag-1 autocorrelation is "
@@ -245,6 +271,7 @@ class Shattered(Study):
 
     settings = ShatteredConfig
     name = "shattered"
+    scale_out = True
 
     def check(self) -> None:
         conv = [d for d in self.config.depths if d < 8 or (d - 2) % 6]
@@ -263,12 +290,21 @@ class Shattered(Study):
     def summarise(self, records: list[dict[str, Any]]) -> Summary:
         c, rows = self.config, [{k: v for k, v in r.items() if k != "id"} for r in records]
         table, fits, summary = decay_summary(rows, c)
-        figure = Figure("shattered.png", "Balduzzi et al. 2017: lag-1 autocorrelation of the input "
-                        "gradient along a 1-D input sweep against depth, the gradient of the "
-                        "deepest nets, and its autocorrelation.",
-                        lambda p: plot(rows, fits, p, c))  # fmt: skip
-        result = {"rho1": table, "fits": fits, "summary": summary}
-        return Summary(result, {"shattered.csv": table}, figures=[figure])
+        caption = ("Balduzzi et al. 2017: lag-1 autocorrelation of the input gradient along a 1-D "
+                   "input sweep against depth, the gradient of the deepest nets, and its "
+                   "autocorrelation.")  # fmt: skip
+        if c.seeds > 1:
+            caption += f" Left: means over {c.seeds} seeds; {BAND}; right: the first seed's."
+        figure = Figure("shattered.png", caption, lambda p: plot(rows, fits, p, c))
+        result: dict[str, Any] = {"rho1": table, "fits": fits, "summary": summary}
+        tables = {"shattered.csv": table}
+        if c.seeds > 1:
+            spreads = [spread_row({"kind": t["kind"], "depth": t["depth"]},
+                                  [r["rho1"] for r in rows if (r["kind"], r["depth"]) ==
+                                   (t["kind"], t["depth"])]) for t in table]  # fmt: skip
+            result = {**result, "seeds": c.seeds, "over_seeds": spreads}
+            tables["shattered_seeds.csv"] = spreads
+        return Summary(result, tables, figures=[figure])
 
 
 run_shattered = Shattered.run

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -53,10 +54,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def setup(device_name: str) -> tuple[Dist, bool]:
+def setup(
+    device_name: str, *, backend: str | None = None, timeout: timedelta | None = None
+) -> tuple[Dist, bool]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); else one process.
 
-    Returns the process's place and whether this call created the group (and must end it).
+    ``backend`` overrides the device's (gloo for a group that only exchanges Python objects,
+    as the study runner's does, whatever the device); ``timeout`` is how long a collective may
+    wait for the slowest rank (torch's default, 30 minutes, where None). Returns the process's
+    place and whether this call created the group (and must end it).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -66,8 +72,8 @@ def setup(device_name: str) -> tuple[Dist, bool]:
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     elif world_size > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
         created = True
     return Dist(rank, world_size, local_rank, device), created
 
