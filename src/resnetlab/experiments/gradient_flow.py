@@ -286,7 +286,6 @@ class GradientFlow(Study):
     settings = GradientFlowConfig
     name = "gradient-flow"
     journal = "profiles.jsonl"
-    grows = ("seeds",)
 
     def check(self) -> None:
         c = self.config
