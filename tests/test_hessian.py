@@ -273,6 +273,8 @@ def test_findings_compare_twins_and_depths():
     assert "×3" in found[0]["verdict"] and "×3" in found[2]["measured"]
     close = [_net("resnet20", True, 20, 10, 100, se=50), _net("plain20", False, 20, 11, 110, 50)]
     assert findings(close)[0]["holds"] is None  # the traces are within two standard errors
+    mixed = findings([_net("resnet56", True, 56, 10, 600), _net("plain56", False, 56, 30, 500)])
+    assert mixed[0]["holds"] is False and mixed[0]["relation"].startswith("Mixed")
     alone = findings([_net("resnet20", True, 20, 10, 100), _net("resnet56", True, 56, 20, 150)])
     assert alone[0]["holds"] is None and "no plain and residual" in alone[0]["measured"]
     assert alone[1]["holds"] is None and "×2" in alone[1]["measured"]

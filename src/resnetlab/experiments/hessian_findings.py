@@ -58,6 +58,27 @@ def _trace_order(a: dict[str, Any], b: dict[str, Any]) -> int:
     return 0 if abs(difference) <= margin else (1 if difference > 0 else -1)
 
 
+def _pair_relation(top: float, order: int, holds: bool | None) -> str:
+    """The pair's relation in words, from the top-eigenvalue ratio and the trace order."""
+    if holds:
+        return "The plain net sits in the sharper region by both measures, as the papers report."
+    trace = {1: "larger", -1: "smaller", 0: f"within {SE:g} standard errors of it"}[order]
+    if holds is None:
+        return (
+            f"The plain net's top eigenvalue is ×{top:.3g} the residual net's, but its trace "
+            f"is {trace}: more probes would tell."
+        )
+    if top <= 1 and order <= 0:
+        return (
+            f"Here the plain net is the flatter one (top eigenvalue ×{top:.3g}, trace "
+            f"{trace}), against the papers' report."
+        )
+    return (
+        f"Mixed: the plain net's top eigenvalue is ×{top:.3g} the residual net's and its "
+        f"trace {trace}, so it is not sharper by both measures."
+    )
+
+
 def pair_findings(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Is the plain net sharper (top eigenvalue and trace) than the residual net of its depth?"""
     claim = (
@@ -88,17 +109,11 @@ def pair_findings(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"{plain['trace']:.4g} ± {plain['trace_se']:.2g} against {res['trace']:.4g}"
             f" ± {res['trace_se']:.2g}"
         )
-        if holds:
-            relation = "The plain net sits in the sharper region, as the papers report."
-        elif holds is None:
-            relation = (
-                f"The plain net's top eigenvalue is the larger, but the traces differ by "
-                f"less than {SE:g} standard errors: more probes would tell."
-            )
-        else:
-            relation = "Here the plain net is not the sharper one, against the papers' report."
+        relation = _pair_relation(top, order, holds)
+        ratio = plain["trace"] / res["trace"] if res["trace"] else math.nan
         verdict = (
-            f"Plain sharper than residual at depth {res['depth']}: {_word(holds)} (λ1 ×{top:.3g})."
+            f"Plain sharper than residual at depth {res['depth']}: {_word(holds)} (λ1 ×{top:.3g},"
+            f" trace ×{ratio:.3g})."
         )
         out.append(
             finding(claim, source, measured, relation + _untrained(res, plain), holds, verdict)
@@ -141,12 +156,19 @@ def depth_findings(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     parts = []
     for kind, r in rows.items():
-        rising = all(b["top"] > a["top"] for a, b in zip(r, r[1:], strict=False))
+        steps = [b["top"] - a["top"] for a, b in zip(r, r[1:], strict=False)]
+        shape = (
+            "rising at every step"
+            if all(d > 0 for d in steps)
+            else "falling at every step"
+            if all(d < 0 for d in steps)
+            else "not monotone"
+        )
         tops = " → ".join(f"{x['top']:.4g}" for x in r)
         parts.append(
             f"{kind} {r[0]['depth']} → {r[-1]['depth']} layers: λ1 "
             f"{tops} (×{_factor(r, 'top'):.3g}, "
-            f"{'rising at every step' if rising else 'not monotone'}), trace "
+            f"{shape}), trace "
             f"×{_factor(r, 'trace'):.3g}"
         )
     measured = "; ".join(parts)
