@@ -23,7 +23,10 @@ from resnetlab.experiments.runner import run_study
 from resnetlab.files import LOCK_NAME
 from resnetlab.runfolder import read_jsonl
 
-SRC = str(Path(resnetlab.__file__).resolve().parents[1])
+# A source checkout is put on the children's path; an installed package is found without it
+# (a site-packages folder on PYTHONPATH would shadow the standard library with its backports).
+SRC = Path(resnetlab.__file__).resolve().parents[1]
+CHILD_PATH = [str(SRC)] if SRC.name == "src" else []
 
 
 def free_port() -> int:
@@ -35,7 +38,7 @@ def free_port() -> int:
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``args`` under torchrun, 2 processes on 127.0.0.1, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+           "PYTHONPATH": os.pathsep.join([*CHILD_PATH, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
