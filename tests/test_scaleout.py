@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import resnetlab
 from resnetlab.cli import main
@@ -74,6 +75,25 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path, tiny_npz, ca
     assert ids == ["net:0:seed0", "net:1:seed0", "net:0:seed1", "net:1:seed1"]
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run["status"] == "completed" and run["machine"]["world_size"] == 2
+
+
+def test_gradient_flow_over_two_processes_writes_what_one_process_writes(tmp_path):
+    argv = ["gradient-flow", "--models", "resnet20", "plain20", "mlp10", "--seeds", "2",
+            "--batch", "4", "--quiet"]  # fmt: skip
+    two = torchrun("-m", "resnetlab", *argv, "--out", str(tmp_path / "two"), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each child: bit for bit needs the same reductions
+    try:
+        assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one, two_files = (sorted(p.name for p in (tmp_path / d).iterdir()) for d in ("one", "two"))
+    assert one == two_files and "layer_responses_sorted.png" in one
+    for name in set(one) - {"run.json", LOCK_NAME}:
+        same = (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+        assert same, name
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["machine"]["world_size"] == 2
 
 
 STEPS = textwrap.dedent("""

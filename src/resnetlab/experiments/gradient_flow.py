@@ -285,6 +285,7 @@ class GradientFlow(Study):
 
     settings = GradientFlowConfig
     name = "gradient-flow"
+    scale_out = True
     journal = "profiles.jsonl"
 
     def check(self) -> None:
