@@ -148,6 +148,9 @@ def test_tiny_run_writes_curves_verdict_and_report(tmp_path, capsys) -> None:
     stamp = (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns
     assert main([*argv, "--resume"]) == 0
     assert (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    table = printed.out.splitlines()  # the final-error table names each row's seed
+    assert table[0].split()[:3] == ["model", "seed", "iters"]
+    assert sorted(line.split()[1] for line in table[1:9]) == ["0"] * 4 + ["1"] * 4
     assert "degradation [" not in capsys.readouterr().err
     facts = json.loads((out / "resnet14" / "run.json").read_text())
     (out / "resnet14" / "run.json").write_text(json.dumps({**facts, "status": "interrupted"}))
@@ -267,10 +270,14 @@ def test_a_finished_run_resumed_with_more_seeds_trains_only_the_new_seed(tmp_pat
     stamp = (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns
     capsys.readouterr()
     assert main([*argv, "--seeds", "2", "--resume"]) == 0
-    started = re.findall(r"degradation \[\d/8\] (\S+), seed (\d)", capsys.readouterr().err)
+    printed = capsys.readouterr()
+    started = re.findall(r"degradation \[\d/8\] (\S+), seed (\d)", printed.err)
     assert sorted(started) == [("ResNet-14", "1"), ("ResNet-8", "1"), ("plain-14", "1"),
                                ("plain-8", "1")]  # fmt: skip
     assert (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    table = printed.out.splitlines()  # the final-error table names each row's seed
+    assert table[0].split()[:3] == ["model", "seed", "iters"]
+    assert sorted(line.split()[1] for line in table[1:9]) == ["0"] * 4 + ["1"] * 4
     assert json.loads((out / "config.json").read_text())["seeds"] == 2
     assert main([*argv, "--seeds", "1", "--resume"]) == 2  # fewer seeds: other settings
     assert "other settings (seeds)" in capsys.readouterr().err

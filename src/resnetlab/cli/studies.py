@@ -170,12 +170,15 @@ def _degradation_fixed(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_finals(result: dict) -> str:
     """The final-error table and the verdict, as printed after a degradation run."""
-    lines = [f"{'model':<12}{'iters':>8}{'train %':>10}{'val %':>9}{'test %':>9}{'time s':>9}"]
+    seeds = len({row.get("seed") for row in result["finals"]}) > 1  # a column when several
+    head = f"{'model':<12}" + (f"{'seed':>5}" if seeds else "")
+    lines = [f"{head}{'iters':>8}{'train %':>10}{'val %':>9}{'test %':>9}{'time s':>9}"]
     for row in result["finals"]:
         cells = [row[f"{s} error %"] for s in ("train", "val", "test")] + [row["train time s"]]
         text = "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in
                        zip(cells, (10, 9, 9, 9), strict=True))  # fmt: skip
-        lines.append(f"{row['model']:<12}{row['iterations']:>8}{text}")
+        seed = f"{row.get('seed')!s:>5}" if seeds else ""
+        lines.append(f"{row['model']:<12}{seed}{row['iterations']:>8}{text}")
     verdict = [f["verdict"] for f in result.get("findings", [])]
     return "\n".join(lines + [""] + verdict + result["summary"])
 
