@@ -38,8 +38,8 @@ def free_port() -> int:
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``args`` under torchrun, 2 processes on 127.0.0.1, one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([*CHILD_PATH, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    path = os.pathsep.join([*CHILD_PATH, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
