@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
 from resnetlab.artifact import REFER, load_trained, set_actions
 from resnetlab.card import build_from_card, write_card
@@ -27,6 +29,7 @@ from resnetlab.preprocessing import Preprocessing
 from resnetlab.serve import load_served
 from resnetlab.serve.app import create_app
 from resnetlab.weights import save_weights
+from test_serve import CHROMIUM, Server
 
 CLASSES = ["normal", "pneumonia"]
 
@@ -176,3 +179,32 @@ def test_a_threshold_or_a_conformal_set_is_never_fitted_on_test(tmp_path, images
     assert main(["predict", str(tested), str(images[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fit it again on validation" in err
+
+
+def test_the_page_shows_the_set_and_the_action(runs, images):
+    """The served page, in headless Chromium, shows what the JSON says."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (the browser test must run in CI)")
+        pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium to run the browser test")
+    served = load_served(str(runs["sets"]), engine="torch")
+    with TestClient(create_app(served)) as client:
+        answers = [client.post("/predict", content=p.read_bytes()).json() for p in images]
+    with Server(create_app(served)) as live, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            page = browser.new_page()
+            page.goto(live.url)
+            for image, answer in zip(images, answers, strict=True):
+                if answer["action"] != REFER and image is not images[-1]:
+                    continue  # one referred image and the last one are enough
+                page.set_input_files("#file", str(image))
+                page.wait_for_function(
+                    "document.getElementById('status').textContent.endsWith('done')"
+                )
+                assert page.inner_text("#action-text") == answer["action"]
+                held = ", ".join(answer["prediction_set"])
+                assert page.inner_text("#action-set").startswith(f"95 % set: {held}")
+                page.evaluate("document.getElementById('status').textContent = ''")
+        finally:
+            browser.close()
