@@ -92,7 +92,7 @@ def test_conformal_sets_match_mapie_and_cover() -> None:
     logit = rng.normal(1.0 * (2 * labels - 1), 1.3)
     probs = np.stack([1 / (1 + np.exp(logit)), 1 / (1 + np.exp(-logit))], 1)
     cal, test = slice(0, 1000), slice(1000, n)
-    fit = fit_conformal(probs[cal], labels[cal], 0.9)
+    fit = fit_conformal(probs[cal], labels[cal], 0.9, split="val")
     sets = prediction_sets(probs[test], fit)
 
     class Fixed(ClassifierMixin, BaseEstimator):  # fitted; its input is its own probabilities
@@ -118,7 +118,7 @@ def test_conformal_sets_match_mapie_and_cover() -> None:
     assert summary["coverage_achieved"] >= 0.88  # >= 0.9 in expectation; 3000 test images
     assert summary["refer"] > 0  # overlapping classes: some images are referred
     with pytest.raises(ResnetlabError, match="too few"):
-        fit_conformal(probs[:5], labels[:5], 0.95)
+        fit_conformal(probs[:5], labels[:5], 0.95, split="val")
 
 
 def test_predictive_values_at_prevalence_match_reweighted_counts() -> None:
@@ -156,7 +156,7 @@ def test_analyse_reports_the_reviewer_figures(tmp_path) -> None:
         return torch.stack([-lp / 2, lp / 2], 1).float(), torch.as_tensor(y.astype(np.int64))
 
     val, test = logits_of(7, 400), logits_of(8, 600)
-    fit = fit_on_val(*val, "youden", ["normal", "pneumonia"])
+    fit = fit_on_val(*val, "youden", ["normal", "pneumonia"], split="val")
     assert fit["conformal"]["calibration_images"] == 400  # fitted on validation only
     section = analyse(fit, {"val": val, "test": test}, ["normal", "pneumonia"], tmp_path,
                       prevalence=0.05)  # fmt: skip

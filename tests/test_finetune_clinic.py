@@ -103,17 +103,17 @@ def test_delong_matches_the_direct_formula():
 
 def test_threshold_rules_on_validation():
     s, y = scores_and_labels(500, seed=4, ties=False)
-    youden = choose_threshold(s, y, "youden")
+    youden = choose_threshold(s, y, "youden", split="val")
     grid = np.unique(s)
     j = [binary_rates(s, y, t)["sensitivity"] + binary_rates(s, y, t)["specificity"] for t in grid]
     assert youden["threshold"] == pytest.approx(grid[int(np.argmax(j))])
-    sens = choose_threshold(s, y, "sensitivity=0.95")
+    sens = choose_threshold(s, y, "sensitivity=0.95", split="val")
     assert binary_rates(s, y, sens["threshold"])["sensitivity"] >= 0.95
     above = grid[grid > sens["threshold"]]
     assert binary_rates(s, y, above.min())["sensitivity"] < 0.95  # the highest such threshold
-    spec = choose_threshold(s, y, "specificity=0.9")
+    spec = choose_threshold(s, y, "specificity=0.9", split="val")
     assert binary_rates(s, y, spec["threshold"])["specificity"] >= 0.9
-    assert choose_threshold(s, y, "0.3")["threshold"] == 0.3
+    assert choose_threshold(s, y, "0.3", split="val")["threshold"] == 0.3
     with pytest.raises(ResnetlabError, match="--threshold"):
         parse_threshold("sensitivity=2")
 

@@ -21,6 +21,7 @@ from .card import (
     build_from_card,
     card_preprocessing,
     check_against_weights,
+    check_provenance,
     read_card,
     train_card,
 )
@@ -57,6 +58,26 @@ def conformal_sets(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     model saying "refer to a human", an empty one that the image is unlike its validation
     images."""
     return 1 - probs.double() <= threshold
+
+
+REFER = "refer to a human"  # the action when the conformal set does not single out a class
+
+
+def set_actions(sets: torch.Tensor, decided: torch.Tensor, classes: list[str]) -> list[str]:
+    """Per row of conformal sets (N, classes booleans): the decided class when the set holds
+    that one class alone, else :data:`REFER`: a set of several classes (the model cannot tell
+    them apart at the coverage), an empty set (no class is likely enough: the image is unlike
+    the validation images) or a lone class the decision rule (the threshold) does not pick."""
+    actions = []
+    for row, pick in zip(sets.tolist(), decided.tolist(), strict=True):
+        alone = sum(row) == 1 and row[pick]
+        actions.append(classes[pick] if alone else REFER)
+    return actions
+
+
+def coverage_label(coverage: float) -> str:
+    """How a set's coverage is shown: ``95 % set``."""
+    return f"{100 * coverage:g} % set"
 
 
 @dataclass
@@ -96,6 +117,19 @@ class Trained:
         card has no conformal fit."""
         fit = self.conformal
         return None if fit is None else conformal_sets(probs, float(fit["threshold"]))
+
+    def abstentions(self, probs: torch.Tensor) -> list[dict[str, Any]] | None:
+        """Per row of calibrated probabilities: its conformal set (class names), the action
+        (:func:`set_actions`) and the set's coverage; None when the card has no conformal fit
+        (the outputs then stay as they were)."""
+        sets, fit = self.prediction_sets(probs), self.conformal
+        if sets is None or fit is None:
+            return None
+        coverage = float(fit["coverage"])
+        actions = set_actions(sets, self.decide(probs), self.classes)
+        return [{"prediction_set": [c for c, held in zip(self.classes, row, strict=True) if held],
+                 "action": action, "coverage": coverage}
+                for row, action in zip(sets.tolist(), actions, strict=True)]  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -199,6 +233,7 @@ def _from_folder(path: Path) -> Trained:
 
 def _from_card(card: dict[str, Any], weights: Path, folder: Path) -> Trained:
     where = str(folder / CARD_NAME)
+    check_provenance(card, where)  # nothing fitted on test is ever used
     prep = card_preprocessing(card["preprocessing"], where)
     model = build_from_card(card)
     state = load_weights(weights)

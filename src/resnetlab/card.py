@@ -25,6 +25,34 @@ CARD_NAME = "model_card.json"
 CARD_FORMAT = "resnetlab-model-card/1"
 WEIGHTS = "model.safetensors"
 SMALL_IMAGES = 64  # the engine holds images up to this size in memory, at their own size
+FIT_SPLIT = "val"  # the one split a temperature, threshold or conformal set is fitted on
+
+
+def check_fit_split(split: str, what: str) -> None:
+    """Refuse to fit ``what`` (a threshold, a conformal set) on any split but validation: one
+    fitted on test would leak its labels into the figures measured there."""
+    if split != FIT_SPLIT:
+        raise ResnetlabError(
+            f"the {what} is chosen on the validation split only, not on {split!r} (test "
+            "labels would leak into the test figures); give the validation split's "
+            "probabilities and labels."
+        )
+
+
+def check_provenance(card: Mapping[str, Any], where: str) -> None:
+    """Refuse a card whose temperature, threshold or conformal sets say they were fitted on
+    the test split (``fitted_on`` / ``chosen_on``); cards that say nothing were fitted on val."""
+    recorded = {
+        "temperature": (card.get("calibration") or {}).get("fitted_on"),
+        "threshold": (card.get("operating_point") or {}).get("chosen_on"),
+        "conformal sets": ((card.get("clinical") or {}).get("conformal") or {}).get("fitted_on"),
+    }
+    for what, split in recorded.items():
+        if isinstance(split, str) and split.split(" ")[0] == "test":
+            raise ResnetlabError(
+                f"{where}: the {what} was fitted on the test split, so the test figures are "
+                "not held out; fit it again on validation (re-run resnetlab finetune)."
+            )
 
 
 def write_card(folder: Path, card: dict[str, Any]) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..artifact import is_positive
+from ..card import check_fit_split
 from ..errors import ResnetlabError
 from ..runfolder import write_csv
 from .calibration import calibration_summary, fit_temperature
@@ -37,18 +38,23 @@ COVERAGE = 0.95  # of the conformal prediction sets
 
 
 def fit_on_val(
-    val_logits: torch.Tensor, val_labels: torch.Tensor, threshold_spec: str | None, classes
-) -> dict[str, Any]:
-    """Temperature (NLL, L-BFGS) and, for two classes, the threshold, both from validation."""
+    val_logits: torch.Tensor, val_labels: torch.Tensor, threshold_spec: str | None, classes,
+    *, split: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Temperature (NLL, L-BFGS) and, for two classes, the threshold and the conformal sets,
+    all from validation: ``split`` names the split the logits are of, and any but ``val`` is
+    refused (one line), so nothing is ever fitted on test."""
+    check_fit_split(split, "temperature, threshold and conformal sets")
     temperature = fit_temperature(val_logits, val_labels)
-    out: dict[str, Any] = {"temperature": temperature, "fitted_on": "val"}
+    out: dict[str, Any] = {"temperature": temperature, "fitted_on": split}
     if len(classes) == 2:
         probs = torch.softmax(val_logits.double() / temperature, 1)[:, 1].numpy()
-        out["threshold"] = choose_threshold(probs, val_labels.numpy() == 1, threshold_spec)
+        out["threshold"] = choose_threshold(probs, val_labels.numpy() == 1, threshold_spec,
+                                            split=split)  # fmt: skip
         out["threshold"]["positive_class"] = classes[1]
     calibrated = torch.softmax(val_logits.double() / temperature, 1).numpy()
     if len(val_labels) >= COVERAGE / (1 - COVERAGE):  # enough images for the coverage
-        out["conformal"] = fit_conformal(calibrated, val_labels.numpy(), COVERAGE)
+        out["conformal"] = fit_conformal(calibrated, val_labels.numpy(), COVERAGE, split=split)
     return out
 
 

@@ -17,12 +17,17 @@ import numpy as np
 import torch
 
 from ..artifact import conformal_sets
+from ..card import check_fit_split
 from ..errors import ResnetlabError
 
 
-def fit_conformal(probabilities: np.ndarray, labels: np.ndarray, coverage: float) -> dict[str, Any]:
+def fit_conformal(
+    probabilities: np.ndarray, labels: np.ndarray, coverage: float, *, split: str
+) -> dict[str, Any]:
     """The threshold on ``1 - p`` that gives sets covering the true class with probability at
-    least ``coverage``, fitted on labelled (validation) probabilities (n, classes)."""
+    least ``coverage``, fitted on labelled validation probabilities (n, classes); ``split``
+    names where they come from, and test is refused (its coverage would not be held out)."""
+    check_fit_split(split, "conformal threshold")
     if not 0 < coverage < 1:
         raise ResnetlabError(
             f"coverage must lie strictly between 0 and 1, got {coverage}; give e.g. 0.95."
@@ -37,7 +42,8 @@ def fit_conformal(probabilities: np.ndarray, labels: np.ndarray, coverage: float
         )
     scores = np.sort(1 - probs[np.arange(n), labels])
     return {"method": "split conformal (LAC)", "coverage": coverage,
-            "threshold": float(scores[rank - 1]), "calibration_images": n}  # fmt: skip
+            "threshold": float(scores[rank - 1]), "calibration_images": n,
+            "fitted_on": split}  # fmt: skip
 
 
 def prediction_sets(probabilities: np.ndarray, fit: dict[str, Any]) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..artifact import is_positive
+from ..card import check_fit_split
 from ..errors import ResnetlabError
 
 DEFAULT = "youden"
@@ -37,13 +38,19 @@ def parse_threshold(spec: str | float | None) -> tuple[str, float | None]:
     )
 
 
-def choose_threshold(scores: np.ndarray, positive: np.ndarray, spec: str | float | None) -> dict:
-    """The threshold (predict positive when score >= threshold) by the rule, with its rates."""
+def choose_threshold(
+    scores: np.ndarray, positive: np.ndarray, spec: str | float | None, *, split: str
+) -> dict:
+    """The threshold (predict positive when score >= threshold) by the rule, with its rates;
+    ``split`` names where the scores come from, and only validation is accepted (recorded as
+    ``chosen_on``), so a threshold is never chosen on test."""
+    check_fit_split(split, "operating threshold")
     rule, target = parse_threshold(spec)
     scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
     if rule == "fixed":
         assert target is not None  # parse_threshold gives every rule but youden a number
-        return {"rule": "fixed", "target": target, "threshold": float(target)}
+        return {"rule": "fixed", "target": target, "threshold": float(target),
+                "chosen_on": "given (--threshold)"}  # fmt: skip
     if positive.all() or not positive.any():
         raise ResnetlabError(
             "validation has one class only, so no threshold can be chosen on it; "
@@ -65,6 +72,7 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, spec: str | float
         "rule": rule,
         "target": target,
         "threshold": float(candidates[pick]),
+        "chosen_on": split,
         "val_sensitivity": float(sens[pick]),
         "val_specificity": float(spec_[pick]),
     }

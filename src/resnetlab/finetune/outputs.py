@@ -126,7 +126,7 @@ def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row
         for split, part in (("val", data.val), ("test", data.test))
         if part is not None
     }
-    fit = clinic.fit_on_val(*logits["val"], options.threshold, classes)
+    fit = clinic.fit_on_val(*logits["val"], options.threshold, classes, split="val")
     test_probs = None
     if options.tta and data.test is not None:
         test_probs = image_probabilities(

@@ -1,6 +1,7 @@
 """``resnetlab predict``: top-k classes for image files, folders or globs, preprocessed as the
 model card says; unreadable or oversized files are reported by name and the rest still
-predicted (``on_bad="skip"``, the default), or refused (``on_bad="error"``).
+predicted (``on_bad="skip"``, the default), or refused (``on_bad="error"``). A card with
+conformal sets adds each image's set and action (its class, or "refer to a human").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..artifact import Trained
+from ..artifact import Trained, coverage_label
 from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
 from ..data.preprocess import load_image, prepare_images, torch_threads
 from ..errors import ResnetlabError
@@ -26,13 +27,16 @@ from ..evaluation.logits import image_probabilities
 @dataclass
 class Prediction:
     """One file's top-k (class, calibrated probability) pairs, most likely first; for two
-    classes also the positive class's probability and the decision at the card's threshold."""
+    classes also the positive class's probability and the decision at the card's threshold;
+    with conformal sets on the card, the set, the action and the set's coverage
+    (``Trained.abstentions``)."""
 
     path: str
     top: list[tuple[str, float]]
     probability: float | None = None
     threshold: float | None = None
     decision: str | None = None
+    conformal: dict[str, Any] | None = None
 
 
 def expand_inputs(items: list[str], keep_empty: bool = False) -> list[Path]:
@@ -104,14 +108,24 @@ def predict_files(
                                     temperature=loaded.temperature)  # fmt: skip
         values, index = probs.topk(k, dim=1)
         decided = loaded.decide(probs).tolist()
+        found = loaded.abstentions(probs)
+        sets: list[dict[str, Any] | None] = list(found) if found else [None] * len(names)
         for n, (name, v, i) in enumerate(zip(names, values.tolist(), index.tolist(), strict=True)):
             top = [(classes[c], p) for c, p in zip(i, v, strict=True)]
             if loaded.threshold is None:
-                predictions.append(Prediction(name, top))
+                predictions.append(Prediction(name, top, conformal=sets[n]))
                 continue
             predictions.append(Prediction(name, top, float(probs[n, 1]), loaded.threshold,
-                                          classes[decided[n]]))  # fmt: skip
+                                          classes[decided[n]], sets[n]))  # fmt: skip
     return predictions, failed
+
+
+SET_COLUMNS = ("prediction_set", "action", "coverage")  # with conformal sets on the card
+
+
+def _set_cells(p: Prediction) -> list[str]:
+    c = p.conformal or {}
+    return [";".join(c.get("prediction_set", [])), c.get("action", ""), f"{c.get('coverage', 0):g}"]
 
 
 def render(predictions: list[Prediction], fmt: str) -> str:
@@ -124,6 +138,8 @@ def render(predictions: list[Prediction], fmt: str) -> str:
             if p.decision is not None:
                 row |= {"probability": p.probability, "threshold": p.threshold,
                         "decision": p.decision}  # fmt: skip
+            if p.conformal is not None:
+                row |= p.conformal
             rows.append(row)
         return json.dumps(rows, indent=2)
     if fmt == "csv":
@@ -132,9 +148,12 @@ def render(predictions: list[Prediction], fmt: str) -> str:
         k = max((len(p.top) for p in predictions), default=0)
         header = ["path"] + [f"{w}{i + 1}" for i in range(k) for w in ("class", "probability")]
         binary = any(p.decision is not None for p in predictions)
-        writer.writerow(header + (["probability", "threshold", "decision"] if binary else []))
+        sets = any(p.conformal is not None for p in predictions)
+        writer.writerow(header + (["probability", "threshold", "decision"] if binary else [])
+                        + (list(SET_COLUMNS) if sets else []))  # fmt: skip
         for p in predictions:
             extra = [f"{p.probability:.6f}", f"{p.threshold:.6f}", p.decision] if binary else []
+            extra += _set_cells(p) if sets else []
             writer.writerow([p.path] + [x for c, v in p.top for x in (c, f"{v:.6f}")] + extra)
         return buffer.getvalue().rstrip("\n")
     if fmt != "text":
@@ -145,6 +164,10 @@ def render(predictions: list[Prediction], fmt: str) -> str:
         line = f"{p.path:<{width}}  " + ", ".join(f"{c} {v:.3f}" for c, v in p.top)
         if p.decision is not None:
             line += f"  -> {p.decision} (p {p.probability:.3f}, threshold {p.threshold:.3f})"
+        if p.conformal is not None:
+            c = p.conformal
+            held = ", ".join(c["prediction_set"]) or "no class"
+            line += f"  [{coverage_label(c['coverage'])}: {held}] action: {c['action']}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..runfolder import MACHINE_KEYS, VERSION_KEYS
+from .checklist import Item
 from .findings import VERDICT_WORDS
 
 MAX_ROWS = 40
@@ -43,6 +45,24 @@ class RunSection:
     long_tables: list[tuple[str, int]] = field(default_factory=list)  # (file name, rows)
     images: list[Path] = field(default_factory=list)
     captions: dict[str, str] = field(default_factory=dict)  # a study's own, by image file name
+    checklist: list[Item] = field(default_factory=list)  # a fine-tuning run's (checklist.py)
+
+    @property
+    def slug(self) -> str:
+        """The prefix of this run's anchors in the page."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.folder.name) or "run"
+
+    def anchor(self, name: str) -> str:
+        """The id of a part of this run's section: ``findings``, ``data``, ``model``,
+        ``config``, a text file's or a figure's name (without .png); ``machine`` is shared."""
+        return "machine" if name == "machine" else f"{self.slug}-{name}"
+
+    def anchors(self) -> set[str]:
+        """The names :meth:`anchor` resolves to a part the report shows."""
+        names = {"data", "machine", *(n for n, _ in self.texts), *(p.stem for p in self.images)}
+        names |= {"findings"} if self.findings or self.summary else set()
+        names |= {"model"} if self.model else set()
+        return names | ({"config"} if self.config else set())
 
 
 def words(value: Any) -> str:
@@ -160,14 +180,15 @@ def _html_dl(rows: list[tuple[str, str]]) -> str:
     return f"<dl>{items}</dl>"
 
 
-def _image_tag(path: Path, captions: dict[str, str]) -> str:
+def _image_tag(path: Path, captions: dict[str, str], anchor: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = html.escape(path.name)
+    tag = f' id="{html.escape(anchor)}"' if anchor else ""
     caption = html.escape(captions.get(path.name, "")) or name
     if caption != name:
         caption = f"{name}: {caption}"
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{name}">'
+        f'<figure{tag}><img src="data:image/png;base64,{data}" alt="{name}">'
         f"<figcaption>{caption}</figcaption></figure>"
     )
 
@@ -189,6 +210,51 @@ def _finding_md(f: dict) -> list[str]:
             f"  **So{': ' + mark if mark else ''}.** {f['relation']}", ""]  # fmt: skip
 
 
+CHECKLIST_TITLE = "Reporting checklist (CLAIM 2024, TRIPOD+AI)"
+CHECKLIST_NOTE = (
+    "The items of CLAIM 2024 (Tejani et al. 2024, Radiology: Artificial Intelligence) and "
+    "TRIPOD+AI (Collins et al. 2024, BMJ) this run answers, from its model card, and those "
+    "only the authors can answer. Items are named by their titles; check the numbering "
+    "against the published checklists."
+)
+CHECKLIST_COLUMNS = ("CLAIM 2024", "TRIPOD+AI", "this run", "shown in")
+
+
+def _where(s: RunSection, item: Item) -> tuple[str, str] | None:
+    """(anchor id, words) of the part of the report an item points at; None when the report
+    does not show it."""
+    if item.where is None or item.where not in s.anchors():
+        return None
+    return s.anchor(item.where), item.where.replace("_", " ")
+
+
+def _checklist_html(s: RunSection) -> str:
+    head = "".join(f"<th>{c}</th>" for c in CHECKLIST_COLUMNS)
+    rows = []
+    for item in s.checklist:
+        where = _where(s, item)
+        link = f"<a href='#{html.escape(where[0])}'>{html.escape(where[1])}</a>" if where else "-"
+        cells = [html.escape(item.claim or "-"), html.escape(item.tripod or "-"),
+                 html.escape(item.answer), link]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td class='text'>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _checklist_md(s: RunSection) -> str:
+    lines = ["| " + " | ".join(CHECKLIST_COLUMNS) + " |", "|---|---|---|---|"]
+    for item in s.checklist:
+        where = _where(s, item)
+        link = f"[{where[1]}](#{where[0]})" if where else "-"
+        cells = [item.claim or "-", item.tripod or "-", item.answer, link]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _md_anchor(anchor: str) -> str:
+    """An HTML anchor Markdown renderers keep, so links into the page work."""
+    return f'<a id="{anchor}"></a>'
+
+
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#111}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0;display:block;
 overflow-x:auto}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}th{background:#eee}
@@ -197,7 +263,7 @@ figure{margin:1em 0}figcaption{font-size:0.8em;color:#555}h2{border-bottom:2px s
 margin-top:2em}.verdict{background:#eef4ff;border-left:5px solid #2a5bd7;padding:0.4em 1em}
 .finding{border-left:3px solid #999;padding:0 0.8em;margin:0.8em 0}.finding p{margin:0.2em 0}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em;font-size:0.9em}
-dt{font-weight:600}dd{margin:0}"""
+dt{font-weight:600}dd{margin:0}td.text{text-align:left}"""
 
 
 def render_html(sections: list[RunSection], title: str, captions: dict[str, str]) -> str:
@@ -214,30 +280,35 @@ def render_html(sections: list[RunSection], title: str, captions: dict[str, str]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.folder.name)}</h2>")
         if s.findings or s.summary:
-            parts.append("<h3>Findings</h3>")
+            parts.append(f"<h3 id='{s.anchor('findings')}'>Findings</h3>")
             parts += [_finding_html(f) for f in s.findings]
             items = "".join(f"<li>{html.escape(line)}</li>" for line in s.summary)
             parts.append(f"<ul>{items}</ul>" if items else "")
         for name, rows in s.tables:
             parts.append(f"<h3>{html.escape(name)}</h3>{_html_table(rows)}")
         for name, text in s.texts:
-            parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>")
-        parts += [_image_tag(p, captions) for p in s.images]
+            parts.append(f"<h3 id='{html.escape(s.anchor(name))}'>{html.escape(name)}</h3>"
+                         f"<pre>{html.escape(text)}</pre>")  # fmt: skip
+        parts += [_image_tag(p, captions, s.anchor(p.stem)) for p in s.images]
         for name, count in s.long_tables:
             parts.append(f"<p>{html.escape(name)}: {count} rows, in the run folder.</p>")
+        data_id = html.escape(s.anchor("data"))
         if isinstance(s.data, str):
-            parts.append(f"<h3>Data</h3><pre>{html.escape(s.data)}</pre>")
+            parts.append(f"<h3 id='{data_id}'>Data</h3><pre>{html.escape(s.data)}</pre>")
         else:
-            parts.append(f"<h3>Data</h3>{_html_dl(s.data)}")
+            parts.append(f"<h3 id='{data_id}'>Data</h3>{_html_dl(s.data)}")
         if s.model:
-            parts.append(f"<h3>Model</h3>{_html_dl(s.model)}")
-    parts.append(f"<h2>Machine and versions</h2>{_html_dl(machine_rows(sections))}")
+            parts.append(f"<h3 id='{s.anchor('model')}'>Model</h3>{_html_dl(s.model)}")
+        if s.checklist:
+            parts.append(f"<h3 id='{s.anchor('checklist')}'>{CHECKLIST_TITLE}</h3>"
+                         f"<p>{CHECKLIST_NOTE}</p>{_checklist_html(s)}")  # fmt: skip
+    parts.append(f"<h2 id='machine'>Machine and versions</h2>{_html_dl(machine_rows(sections))}")
     parts.append(f"<h3>Runs</h3>{_html_table(run_rows(sections))}")
     parts.append("<h2>Configuration (config.json)</h2>")
     for s in sections:
         if s.config:
-            name = html.escape(s.folder.name)
-            parts.append(f"<h3>{name}</h3>{_html_dl(definitions(s.config))}")
+            name, config_id = html.escape(s.folder.name), html.escape(s.anchor("config"))
+            parts.append(f"<h3 id='{config_id}'>{name}</h3>{_html_dl(definitions(s.config))}")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -253,32 +324,36 @@ def render_markdown(
     for s in sections:
         lines += [f"## {s.folder.name}", ""]
         if s.findings or s.summary:
-            lines += ["### Findings", ""]
+            lines += [_md_anchor(s.anchor("findings")), "### Findings", ""]
             for f in s.findings:
                 lines += _finding_md(f)
             lines += [*[f"- {line}" for line in s.summary], ""]
         for name, rows in s.tables:
             lines += [f"### {name}", "", _md_table(rows), ""]
         for name, text in s.texts:
-            lines += [f"### {name}", "", "```", text, "```", ""]
+            lines += [_md_anchor(s.anchor(name)), f"### {name}", "", "```", text, "```", ""]
         for image in s.images:
             rel = Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()
-            lines += [f"![{image.name}]({rel})", ""]
+            lines += [_md_anchor(s.anchor(image.stem)), f"![{image.name}]({rel})", ""]
             if image.name in captions:
                 lines += [f"_{captions[image.name]}_", ""]
         lines += [f"{name}: {count} rows, in the run folder.\n" for name, count in s.long_tables]
-        lines += ["### Data", ""]
+        lines += [_md_anchor(s.anchor("data")), "### Data", ""]
         if isinstance(s.data, str):
             lines += ["```", s.data, "```", ""]
         else:
             lines += [*[f"- **{k}**: {v}" for k, v in s.data], ""]
         if s.model:
-            lines += ["### Model", "", *[f"- **{k}**: {v}" for k, v in s.model], ""]
-    lines += ["## Machine and versions", ""]
+            lines += [_md_anchor(s.anchor("model")), "### Model", "",
+                      *[f"- **{k}**: {v}" for k, v in s.model], ""]  # fmt: skip
+        if s.checklist:
+            lines += [_md_anchor(s.anchor("checklist")), f"### {CHECKLIST_TITLE}", "",
+                      CHECKLIST_NOTE, "", _checklist_md(s), ""]  # fmt: skip
+    lines += [_md_anchor("machine"), "## Machine and versions", ""]
     lines += [*[f"- **{k}**: {v}" for k, v in machine_rows(sections)], ""]
     lines += ["### Runs", "", _md_table(run_rows(sections)), "", "## Configuration (config.json)"]
     for s in sections:
         if s.config:
-            lines += ["", f"### {s.folder.name}", ""]
+            lines += ["", _md_anchor(s.anchor("config")), f"### {s.folder.name}", ""]
             lines += [f"- **{k}**: {v}" for k, v in definitions(s.config)]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import runfolder
 from ..errors import ResnetlabError
 from ..files import write_text_atomic
-from . import train_report
+from . import checklist, train_report
 from .pages import (
     MAX_ROWS,
     RunSection,
@@ -133,6 +133,7 @@ def collect(folder: Path, out: Path) -> RunSection:
             section.long_tables.append((path.name, len(rows)))
         else:
             section.tables.append((path.name, rows))
+    section.checklist = checklist.for_folder(folder) or []
     curve_name = f"{folder.name}-curves.png"  # drawn by an earlier report into this folder
     section.images = [p for p in sorted(folder.glob("*.png")) if p.name != curve_name]
     if records:

@@ -59,6 +59,7 @@ class ServedModel(Trained):
             "positive_class": self.positive_class,
             "top_k": self.top_k,
             "engine": self.engine_name,
+            "coverage": None if self.conformal is None else float(self.conformal["coverage"]),
         }
 
     @property
@@ -102,7 +103,8 @@ class ServedModel(Trained):
         return raw, x, self.forward(x)
 
     def predict(self, data: bytes, top_k: int | None = None, gradcam: bool = False) -> dict:
-        """Probabilities of every class, the top k, the decision and optionally the Grad-CAM
+        """Probabilities of every class, the top k, the decision (with conformal sets on the
+        card: the set, the action and its coverage) and optionally the Grad-CAM
         overlay of the top class (a PNG data URL) for one image's bytes, without batching."""
         raw, x, probs = self.infer(data)
         cam = self.gradcam(x, int(probs[0].argmax())) if gradcam else None
@@ -126,6 +128,9 @@ class ServedModel(Trained):
         }
         if self.threshold is not None:
             out["probability"] = float(probs[0, 1])
+        sets = self.abstentions(probs[:1])  # the set, the action and its coverage, as predict
+        if sets is not None:
+            out |= sets[0]
         if cam is not None:
             out["gradcam"] = png_data_url(overlay(raw, cam[0]))
             out["gradcam_layer"] = cam[1]
