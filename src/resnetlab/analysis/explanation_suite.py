@@ -105,7 +105,7 @@ def run_checks(
     stops = block_stops(model)
     n, _, h, w = x.shape
     per_step = max(1, -(-h * w // steps))
-    noise = torch.rand((n, h, w), generator=torch.Generator().manual_seed(0))
+    noise = torch.rand((n, h, w), generator=torch.Generator().manual_seed(0)).to(x.device)
     floor = perturbation_curves(model, x, targets, noise, pixels_per_step=per_step)
     result: dict[str, Any] = {
         "images": n, "seed": seed, "similar_below": SIMILAR, "pixels_per_step": per_step,
@@ -122,8 +122,8 @@ def run_checks(
         curve = [{"block": stops[s["layer"]], **s} for s in cascade["steps"]]
         label = "Grad-CAM" if method == "gradcam" else "Grad-CAM++"
         passed, sentence = randomisation_verdict(curve, label)
-        curves = perturbation_curves(model, x, targets, explain(model, x, targets),
-                                     pixels_per_step=per_step)  # fmt: skip
+        maps = explain(model, x, targets).to(x.device)
+        curves = perturbation_curves(model, x, targets, maps, pixels_per_step=per_step)
         entry: dict[str, Any] = {"label": label, "randomisation": curve,
                                  "randomisation_passes": passed}  # fmt: skip
         verdicts = [sentence]

@@ -19,11 +19,11 @@ def plot_randomisation(checks: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for entry in checks["methods"].values():
-        curve = entry["randomisation"]
-        ax.plot(range(1, len(curve) + 1), [s["mean"] for s in curve], marker="o",
+        curve = entry["randomisation"]  # the trained model's maps first: 1 with themselves
+        ax.plot(range(len(curve) + 1), [1.0, *(s["mean"] for s in curve)], marker="o",
                 label=entry["label"])  # fmt: skip
-        ax.set_xticks(range(1, len(curve) + 1), [s["block"] for s in curve], rotation=60,
-                      fontsize=7)  # fmt: skip
+        ax.set_xticks(range(len(curve) + 1), ["none", *(s["block"] for s in curve)],
+                      rotation=60, fontsize=7)  # fmt: skip
     ax.axhline(checks["similar_below"], color="grey", linestyle="--", linewidth=1)
     ax.set_ylabel("mean Spearman ρ with the trained maps")
     ax.set_xlabel("re-initialised from the head down to")
