@@ -69,8 +69,8 @@ def cascading_randomisation(
         layer.reset_parameters()  # type: ignore[operator]
         if name in wanted:
             rho = rank_correlation(original, explain(randomised, x, targets))
-            steps.append({"layer": name, "spearman": rho.tolist(),
-                          "mean": float(np.nanmean(rho))})  # fmt: skip
+            mean = float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")  # flat maps
+            steps.append({"layer": name, "spearman": rho.tolist(), "mean": mean})
     return {"method": "cascading model-parameter randomisation (Adebayo et al. 2018)",
             "similarity": "Spearman rank correlation", "seed": seed, "steps": steps}  # fmt: skip
 

@@ -1,5 +1,6 @@
-"""``resnetlab explain``: Grad-CAM / Grad-CAM++ maps of images; ``resnetlab compare-runs``:
-DeLong's test of two fine-tuned runs' ROC-AUCs on the same test images.
+"""``resnetlab explain``: Grad-CAM / Grad-CAM++ maps of images, the checks that they explain the
+model, and a report; ``resnetlab compare-runs``: DeLong's test of two fine-tuned runs'
+ROC-AUCs on the same test images, or two groups of seeds compared across seeds.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from .. import runfolder
+from ..analysis.explanation_suite import run_checks
 from ..analysis.gradcam import METHODS, cam_maps, overlay
 from ..artifact import load_trained
 from ..data.preprocess import load_image
 from ..errors import ResnetlabError
-from ..evaluation.clinic import read_digests, read_predictions
+from ..evaluation.clinic import read_predictions
+from ..evaluation.run_groups import compare_groups, expand_group, group_lines, same_test_images
 from ..evaluation.uncertainty import delong_test
 from ..files import atomic_write, write_json
 from ..finetune.predict import expand_inputs
@@ -34,8 +39,11 @@ from ..groups import (
     RunFolderSettings,
     device_name,
 )
+from ..reports.explain_report import write_explain_report
 from ..settings import REQUIRED, Default, compose, setting
 from .flags import add_settings, settings_from_args
+
+AUTO_CHECKS = 10  # images from which --checks auto runs the explanation checks
 
 
 @dataclass(kw_only=True)
@@ -52,6 +60,13 @@ class ExplainSettings(Checked):
     layer: str | None = setting(
         None, "module name, e.g. layer4.1 (default: the family's last block)"
     )
+    checks: str = setting(
+        "auto", f"the explanation checks (randomisation test, deletion/insertion against a "
+        f"random map) in the report: auto runs them from {AUTO_CHECKS} images (fewer give "
+        "intervals too wide to conclude; the randomisation test makes one map per block and "
+        "method)",
+        choices=("auto", "on", "off"),
+    )  # fmt: skip
 
     if TYPE_CHECKING:  # added by compose (this block never runs)
         source: str = setting()
@@ -67,8 +82,14 @@ class ExplainSettings(Checked):
 class CompareRunsSettings(Checked):
     """``resnetlab compare-runs``: the two runs; where the result goes from the groups."""
 
-    run_a: str = setting(help="run folder with predictions_test.csv")
-    run_b: str = setting(help="another run on the same test images")
+    runs: list[str] = setting(
+        help="run folders with predictions_test.csv: two runs (DeLong's test), or with --vs "
+        "group A's runs, one per seed (a folder without predictions_test.csv: its sub-folders)"
+    )
+    vs: list[str] | None = setting(
+        None, "group B's runs (same test images and classes): B - A across seeds with Welch's "
+        "interval (none: RUN holds two runs, compared by DeLong's test)",
+    )  # fmt: skip
 
     if TYPE_CHECKING:  # added by compose (this block never runs)
         json: bool = setting()
@@ -143,7 +164,8 @@ def run_explain(args: argparse.Namespace) -> int:
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = METHODS if settings.method == "both" else (settings.method,)
-    records = []
+    checks = settings.checks == "on" or (settings.checks == "auto" and len(paths) >= AUTO_CHECKS)
+    records, inputs, classes_used, overlays = [], [], [], []
     for path, name in zip(paths, output_stems(paths), strict=True):
         try:
             image = load_image(path)[None]
@@ -162,36 +184,61 @@ def run_explain(args: argparse.Namespace) -> int:
             p = trained.probabilities(result["logits"][:1])[0, c].item()
             record |= {"layer": result["layer"], "class": str(classes[c]), "probability": p,
                        method: {"png": f"{stem}.png", "npy": f"{stem}.npy"}}  # fmt: skip
+        overlays.append(out / record[methods[0]]["png"])
+        if checks:
+            inputs.append(x)
+            classes_used.append(c)
         records.append(record)
         print(f"{path}: {record['class']} (p {record['probability']:.3f}), layer {record['layer']}")
-    write_json(out / "explain.json", {"source": settings.source, "images": records})
+    summary: dict[str, Any] = {
+        "source": settings.source, "images": records, "command": runfolder.command_line(),
+        "machine": runfolder.machine(trained.device), "versions": runfolder.versions(),
+    }  # fmt: skip
+    if checks:
+        summary["checks"] = run_checks(model, torch.cat(inputs), torch.tensor(classes_used),
+                                       methods, layer=settings.layer)  # fmt: skip
+        for line in summary["checks"]["verdicts"]:
+            print(line)
+    else:
+        summary["checks_skipped"] = (
+            f"explanation checks not run ({len(paths)} image(s); --checks auto runs them from "
+            f"{AUTO_CHECKS}, --checks on always)."
+        )
+    write_json(out / "explain.json", summary)
+    report = write_explain_report(out, summary, overlays)
     print(f"maps: {out.resolve()}")
+    print(f"report: {report.resolve()}")
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     settings = settings_from_args(CompareRunsSettings, args)
-    run_a, run_b = settings.run_a, settings.run_b
-    scores_a, labels_a = read_predictions(Path(run_a))
-    scores_b, labels_b = read_predictions(Path(run_b))
-    if len(labels_a) != len(labels_b) or (labels_a != labels_b).any():
+    if settings.vs:
+        group_a, group_b = expand_group(settings.runs), expand_group(settings.vs)
+        if len(group_a) == len(group_b) == 1:
+            result = _delong(group_a[0], group_b[0])
+        else:
+            result = compare_groups(group_a, group_b)
+            print("\n".join(group_lines(result)))
+    elif len(settings.runs) == 2:
+        result = _delong(Path(settings.runs[0]), Path(settings.runs[1]))
+    else:
         raise ResnetlabError(
-            "the two runs' test labels differ; DeLong's test needs both models on the same "
-            "test images in the same order."
+            f"{len(settings.runs)} run(s) given; give two runs (DeLong's test) or two groups "
+            "of seeds: RUN_A1 RUN_A2 ... --vs RUN_B1 RUN_B2 ..."
         )
-    digests = {run: read_digests(Path(run)) for run in (run_a, run_b)}
-    if None in digests.values():
-        old = next(run for run, d in digests.items() if d is None)
-        raise ResnetlabError(
-            f"{old}: predictions_test.csv records no image hashes (made before they were), so "
-            "the test images cannot be shown to be the same; re-create it with `resnetlab "
-            f"evaluate {old} DATA --out {old}`."
-        )
-    if digests[run_a] != digests[run_b]:
-        raise ResnetlabError(
-            "the two runs' test images differ (their content hashes); DeLong's test needs both "
-            "models on the same test images in the same order."
-        )
+    if settings.out_dir:
+        write_json(Path(settings.out_dir), result)
+    if settings.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _delong(run_a: Path, run_b: Path) -> dict[str, Any]:
+    """DeLong's test of two runs' test ROC-AUCs on the same images, printed in a line."""
+    same_test_images([run_a, run_b])
+    scores_a, labels_a = read_predictions(run_a)
+    scores_b, _ = read_predictions(run_b)
     result = delong_test(scores_a, scores_b, labels_a == 1)
     result |= {"run_a": str(run_a), "run_b": str(run_b), "test": "DeLong (1988)"}
     print(
@@ -201,20 +248,19 @@ def run_compare(args: argparse.Namespace) -> int:
         f"z {result['z']:.3f}, two-sided p {result['p_value']:.4g} (DeLong, "
         f"{result['n_positive']} positive / {result['n_negative']} negative test images)"
     )
-    if settings.out_dir:
-        write_json(Path(settings.out_dir), result)
-    if settings.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return result
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("explain", help="Grad-CAM / Grad-CAM++ maps for images")
+    p = subparsers.add_parser(
+        "explain", help="Grad-CAM / Grad-CAM++ maps for images, checked, with a report"
+    )
     add_settings(p, ExplainSettings, positional={"source": "RUN_OR_MODEL", "images": "IMAGES"},
                  required=("out_dir",), eager=True)  # fmt: skip
     p.set_defaults(func=run_explain)
 
-    p = subparsers.add_parser("compare-runs", help="DeLong's test of two runs' test ROC-AUCs")
-    add_settings(p, CompareRunsSettings, positional={"run_a": "RUN_A", "run_b": "RUN_B"},
-                 eager=True)  # fmt: skip
+    p = subparsers.add_parser(
+        "compare-runs", help="two runs' test ROC-AUCs (DeLong), or two groups of seeds (Welch)"
+    )
+    add_settings(p, CompareRunsSettings, positional={"runs": "RUN"}, eager=True)
     p.set_defaults(func=run_compare)
