@@ -37,23 +37,19 @@ from ..groups import BatchSettings
 from ..models.inference import optimize_for_inference
 from ..settings import compose, setting
 from .cka_findings import block_finding, correspondence_finding, stage_match_finding, stage_rows
-from .inputs import StudyData, check_data, pretrained_for
-from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .inputs import TrainedNets, check_data, nets_inputs, pretrained_for
+from .runner import Figure, Study, Summary, pyplot, save_figure
 from .trained import Subject, load_subject, normalise
 
 
 @dataclass
 @compose(BatchSettings, only=("batch_size",), defaults={"batch_size": 256})
-class CkaConfig(StudyData):
+class CkaConfig(TrainedNets):
     """Settings of one CKA study (written to config.json)."""
 
     models: list[str] = setting(
         help="one or two nets, model names or run folders (one, or the same twice: a net "
         "with itself)", factory=list,
-    )  # fmt: skip
-    pretrained: list[str] = setting(
-        help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
-        "or once per model in order (none for untrained)", factory=list,
     )  # fmt: skip
     split: str = setting(
         "test", "split whose images are compared", choices=("train", "val", "test")
@@ -185,8 +181,7 @@ class Cka(Study):
             raise ResnetlabError(f"no net has the layers {', '.join(missing)}.")
 
     def inputs(self) -> dict[str, str | None]:
-        found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(self.subjects)}
-        return found | {"data": fingerprint(self.config.data, content=False)}
+        return nets_inputs(self.subjects, self.config.data)
 
     def prepare(self) -> None:
         self.nets = [LayerGrams(optimize_for_inference(s.model, engine="torch"), names)

@@ -21,7 +21,6 @@ from ..console import say
 from ..data import open_data, split_val
 from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
-from ..evaluation.seeds import spread
 from ..files import write_text_atomic
 from ..groups import SeedsSettings, check_device
 from ..models import CifarResNet, create_model, list_models, model_info
@@ -37,16 +36,20 @@ from ..train.config import (
 )
 from .degradation_curves import (
     FINAL_WINDOW,
-    LABEL,
     SPLITS,
+    by_net,
     display,
     final_errors,
+    final_row,
+    net_name,
     plot_degradation,
     read_curves,
+    seed_row,
     verdict,
 )
 from .inputs import check_data
 from .runner import Figure, Study, Summary, fingerprint, status
+from .seeded import seeds_of
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
 
 FAMILIES = {"cifar": [20, 32, 44, 56], "imagenet": [18, 34]}
@@ -116,12 +119,6 @@ class DegradationConfig:
         engine = {f.name for f in dataclasses.fields(TrainConfig)}
         values = {name: getattr(self, name) for name in self.__composed__ if name in engine}
         return {name: value for name, value in values.items() if value is not None}
-
-
-def net_name(kind: str, depth: int) -> str:
-    if kind not in LABEL:  # an extra arm, e.g. plain-dirac20
-        return f"{kind}{depth}"
-    return f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
 
 
 def registered(family: str, name: str) -> bool:
@@ -256,8 +253,7 @@ class Degradation(Study):
         a finished run resumed with more ``--seeds`` trains only the new seeds."""
         c = self.config
         kinds = [arm_kind(v) for v in c.variants]
-        seeds = range(c.seed, c.seed + c.seeds)
-        nets = [(k, d, s) for s in seeds for k in kinds for d in sorted(set(c.depths))]
+        nets = [(k, d, s) for s in seeds_of(c) for k in kinds for d in sorted(set(c.depths))]
         return [(self.folder_name(k, d, s), (i, len(nets), k, d, s))
                 for i, (k, d, s) in enumerate(nets, 1)]  # fmt: skip
 
@@ -312,51 +308,6 @@ def _train_net(config: DegradationConfig, kind: str, depth: int, seed: int, bund
         say(f"{display(kind, depth)}: {exc}")
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
-    """One line of the final-error table (errors in %)."""
-    row = {"model": display(r["kind"], r["depth"]), "kind": r["kind"], "depth": r["depth"]}
-    row |= {"seed": r.get("seed"), "iterations": r["steps"]}
-    row |= {f"{s} error %": None if r[s] is None else round(100 * r[s], 2) for s in SPLITS}
-    row["train time s"] = (r["curves"]["train"].get("time_s") or [None])[-1]
-    return row
-
-
-def by_net(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each net's final errors: its one run's, or over several seeds the mean, with the
-    per-seed errors under ``seeds`` and their spread (mean, sd, 95 % interval) under
-    ``spread``."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in results.values():
-        groups.setdefault(net_name(r["kind"], r["depth"]), []).append(r)
-    nets = {}
-    for name, runs in groups.items():
-        if len(runs) == 1:
-            nets[name] = runs[0]
-            continue
-        unfinished = [r["status"] for r in runs if r["status"] != "completed"]
-        net = {"kind": runs[0]["kind"], "depth": runs[0]["depth"], "seed": None,
-               "status": unfinished[0] if unfinished else "completed",
-               "steps": min(r["steps"] for r in runs), "curves": runs[0]["curves"],
-               "seeds": {}, "spread": {}}  # fmt: skip
-        for split in SPLITS:
-            values = [r[split] for r in runs if r[split] is not None]
-            net["seeds"][split], net["spread"][split] = values, spread(values)
-            net[split] = net["spread"][split]["mean"]
-        nets[name] = net
-    return nets
-
-
-def _seed_row(net: dict[str, Any]) -> dict[str, Any]:
-    """One line of the table over seeds: mean, sd and 95 % interval of each error (in %)."""
-    row: dict[str, Any] = {"model": display(net["kind"], net["depth"]), "seeds": None}
-    for split in SPLITS:
-        s = net["spread"][split]
-        row["seeds"] = s["n"]
-        for key in ("mean", "sd", "lo", "hi"):
-            row[f"{split} error % {key}"] = None if s[key] is None else round(100 * s[key], 2)
-    return row
-
-
 def summary_of(
     config: DegradationConfig,
     results: dict[str, dict[str, Any]],
@@ -389,11 +340,12 @@ def summary_of(
     if config.eval_size:
         summary.append(f"val and test errors on stratified subsamples of {config.eval_size:,}.")
     order = sorted(results.values(), key=lambda r: (r["kind"], r["depth"], r.get("seed") or 0))
-    rows = [_row(r) for r in order]
+    rows = [final_row(r) for r in order]
     tables: dict[str, list[dict[str, Any]]] = {"degradation.csv": rows}
     if config.seeds > 1:
-        seed_rows = [_seed_row(n) for n in sorted(nets.values(),
-                                                  key=lambda n: (n["kind"], n["depth"]))]
+        seed_rows = [
+            seed_row(n) for n in sorted(nets.values(), key=lambda n: (n["kind"], n["depth"]))
+        ]
         tables["degradation-seeds.csv"] = seed_rows
     result = {
         "family": config.family,

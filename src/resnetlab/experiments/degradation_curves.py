@@ -1,5 +1,6 @@
 """The degradation experiment's numbers and figure: its learning curves read from a net's
-``metrics.jsonl``, the final errors, the verdict on He et al. 2015's two claims, and the plot."""
+``metrics.jsonl``, the final errors and their tables (one seed and over seeds), the verdict on
+He et al. 2015's two claims, and the plot."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.seeds import difference
+from ..evaluation.seeds import difference, spread
 from ..figures import pyplot, save_figure
 from ..runfolder import read_jsonl
 from .variants import base_kind
@@ -20,6 +21,12 @@ SPLITS = ("train", "val", "test")
 
 def display(kind: str, depth: int) -> str:
     return f"{LABEL.get(kind, kind)}-{depth}"
+
+
+def net_name(kind: str, depth: int) -> str:
+    if kind not in LABEL:  # an extra arm, e.g. plain-dirac20
+        return f"{kind}{depth}"
+    return f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
 
 
 def read_curves(folder: Path) -> dict[str, dict[str, list]]:
@@ -48,6 +55,51 @@ def final_errors(curves: dict[str, dict[str, list]], iterations: int) -> dict[st
         out[split] = curves[split]["error"][-1] if curves[split]["error"] else None
     out["steps"] = max([0, *train["step"], *curves["test"]["step"], *curves["val"]["step"]])
     return out
+
+
+def final_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One line of the final-error table (errors in %)."""
+    row = {"model": display(r["kind"], r["depth"]), "kind": r["kind"], "depth": r["depth"]}
+    row |= {"seed": r.get("seed"), "iterations": r["steps"]}
+    row |= {f"{s} error %": None if r[s] is None else round(100 * r[s], 2) for s in SPLITS}
+    row["train time s"] = (r["curves"]["train"].get("time_s") or [None])[-1]
+    return row
+
+
+def by_net(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each net's final errors: its one run's, or over several seeds the mean, with the
+    per-seed errors under ``seeds`` and their spread (mean, sd, 95 % interval) under
+    ``spread``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results.values():
+        groups.setdefault(net_name(r["kind"], r["depth"]), []).append(r)
+    nets = {}
+    for name, runs in groups.items():
+        if len(runs) == 1:
+            nets[name] = runs[0]
+            continue
+        unfinished = [r["status"] for r in runs if r["status"] != "completed"]
+        net = {"kind": runs[0]["kind"], "depth": runs[0]["depth"], "seed": None,
+               "status": unfinished[0] if unfinished else "completed",
+               "steps": min(r["steps"] for r in runs), "curves": runs[0]["curves"],
+               "seeds": {}, "spread": {}}  # fmt: skip
+        for split in SPLITS:
+            values = [r[split] for r in runs if r[split] is not None]
+            net["seeds"][split], net["spread"][split] = values, spread(values)
+            net[split] = net["spread"][split]["mean"]
+        nets[name] = net
+    return nets
+
+
+def seed_row(net: dict[str, Any]) -> dict[str, Any]:
+    """One line of the table over seeds: mean, sd and 95 % interval of each error (in %)."""
+    row: dict[str, Any] = {"model": display(net["kind"], net["depth"]), "seeds": None}
+    for split in SPLITS:
+        s = net["spread"][split]
+        row["seeds"] = s["n"]
+        for key in ("mean", "sd", "lo", "hi"):
+            row[f"{split} error % {key}"] = None if s[key] is None else round(100 * s[key], 2)
+    return row
 
 
 def _pct(value: float) -> str:

@@ -25,6 +25,7 @@ from ..analysis.gradients import (
     mlp_stack,
     seed_mlp_gradients,
 )
+from ..data import open_data
 from ..errors import ResnetlabError
 from ..models import ModelInfo, create_model, model_info
 from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding
@@ -32,6 +33,7 @@ from ..settings import setting
 from .gradient_flow_plots import plot_profiles, plot_seed_mlp
 from .inputs import check_data
 from .runner import Figure, Study, Summary, fingerprint
+from .seeded import seeds_of
 from .trained import load_subject, normalise
 
 DEFAULT_MODELS = [
@@ -101,10 +103,6 @@ def expand_models(names: list[str]) -> list[Entry]:
 
 def _data_batches(spec: str, count: int, seeds: list[int]) -> tuple[dict, str]:
     """For each seed, ``count`` random training images and labels; and the data's description."""
-    try:
-        from ..data import open_data
-    except ImportError as exc:
-        raise ResnetlabError(f"--data needs resnetlab.data ({exc}). Leave --data out.") from None
     bundle = open_data(spec)
     train = bundle.train
     if not hasattr(train, "images"):
@@ -301,7 +299,7 @@ class GradientFlow(Study):
             raise ResnetlabError("--checkpoint is for registered models, not mlpN. Drop mlpN.")
         if c.data:
             check_data(c.data)
-        self.seeds = list(range(c.seed, c.seed + c.seeds))
+        self.seeds = seeds_of(c)
 
     def inputs(self) -> dict[str, str | None]:
         weights = checkpoints(self.config)

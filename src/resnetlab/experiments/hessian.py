@@ -28,8 +28,8 @@ from ..analysis.hessian import (
 from ..errors import ResnetlabError
 from ..settings import setting
 from .hessian_findings import findings, growth
-from .inputs import TrainedNets, check_data, pretrained_for
-from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
+from .inputs import TrainedNets, check_data, nets_inputs, pretrained_for
+from .runner import Figure, Study, Summary, pyplot, save_figure
 from .trained import Subject, load_split, load_subject
 
 GRID = 1500  # points of each density curve
@@ -254,8 +254,7 @@ class HessianStudy(Study):
         self.splits: dict[str, Any] = {}
 
     def inputs(self) -> dict[str, str | None]:
-        found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(self.subjects)}
-        return found | {"data": fingerprint(self.config.data, content=False)}
+        return nets_inputs(self.subjects, self.config.data)
 
     def measurements(self) -> list[tuple[str, Any]]:
         return [(f"net:{i}", s) for i, s in enumerate(self.subjects)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..reports.findings import finding
+from ..reports.findings import finding, verdict_word
 
 LI2018 = "Li, Xu, Taylor, Studer & Goldstein 2018, Visualizing the Loss Landscape of Neural Nets"
 GHORBANI2019 = (
@@ -23,10 +23,6 @@ YAO2020 = (
 BULK = 1 / 20  # "near zero": within λ1/20 of it
 OUTLIER = 1 / 10  # "large": above λ1/10
 SE = 2.0  # a trace difference counts when it exceeds this many combined standard errors
-
-
-def _word(holds: bool | None) -> str:
-    return {True: "holds", False: "does not hold", None: "cannot tell"}[holds]
 
 
 def _kind(net: dict[str, Any]) -> str:
@@ -112,8 +108,8 @@ def pair_findings(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
         relation = _pair_relation(top, order, holds)
         ratio = plain["trace"] / res["trace"] if res["trace"] else math.nan
         verdict = (
-            f"Plain sharper than residual at depth {res['depth']}: {_word(holds)} (λ1 ×{top:.3g},"
-            f" trace ×{ratio:.3g})."
+            f"Plain sharper than residual at depth {res['depth']}: {verdict_word(holds)} "
+            f"(λ1 ×{top:.3g}, trace ×{ratio:.3g})."
         )
         out.append(
             finding(claim, source, measured, relation + _untrained(res, plain), holds, verdict)
@@ -191,7 +187,7 @@ def depth_findings(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"Only {kind} nets of several depths here; the claim compares the two "
             "kinds, so it needs the twins too."
         )
-    verdict = f"Curvature against depth: {_word(holds)}; {measured}."
+    verdict = f"Curvature against depth: {verdict_word(holds)}; {measured}."
     return [finding(claim, source, measured, relation + _untrained(*nets), holds, verdict)]
 
 
@@ -233,7 +229,7 @@ def spectrum_findings(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
             measured,
             relation + _untrained(*nets),
             holds,
-            f"Bulk near zero with outliers: {_word(holds)}.",
+            f"Bulk near zero with outliers: {verdict_word(holds)}.",
         )
     ]
 

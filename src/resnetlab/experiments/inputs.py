@@ -12,7 +12,8 @@ from ..data.bundle import NAMES
 from ..errors import ResnetlabError, close_matches
 from ..groups import DataSettings, ModelSettings, SeedSettings, SeedsSettings
 from ..settings import compose, setting
-from .trained import NORMALISATIONS
+from .runner import fingerprint
+from .trained import NORMALISATIONS, Subject
 
 
 @dataclass
@@ -72,6 +73,12 @@ def pretrained_for(models: list[str], given: list[str]) -> list[str | None]:
         first = given[0] if given else None
         values = [None if Path(m).is_dir() else first for m in models]
     return [v if v not in ("none", "") else None for v in values]
+
+
+def nets_inputs(subjects: list[Subject], data: str) -> dict[str, str | None]:
+    """What a study of several nets starts from: each net's weights and the data."""
+    found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(subjects)}
+    return found | {"data": fingerprint(data, content=False)}
 
 
 def check_data(spec: str) -> None:

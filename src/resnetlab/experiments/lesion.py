@@ -20,15 +20,16 @@ from torch import nn
 from ..console import Bar
 from ..models.inference import optimize_for_inference
 from ..settings import setting
-from .inputs import TrainedNets, check_data, pretrained_for
+from .inputs import TrainedNets, check_data, nets_inputs, pretrained_for
 from .lesion_verdict import (
+    lesion_tables,
     net_verdict,
     plot_curves,
     plot_singles,
     summary_over_seeds,
     verdict,
 )
-from .runner import Figure, Study, Summary, fingerprint
+from .runner import Figure, Study, Summary
 from .seeded import seeded, seeds_of
 from .trained import (
     Bypass,
@@ -46,9 +47,7 @@ class LesionConfig(TrainedNets):
     """Settings of one lesion study (written to config.json)."""
 
     split: str = setting("test", "split to evaluate on")
-    eval_size: int | None = setting(
-        None, "stratified subsample (default: whole split)", ">= 1"
-    )
+    eval_size: int | None = setting(None, "stratified subsample (default: whole split)", ">= 1")
     max_k: int = setting(
         6, "deletions / swaps of k = 1..max-k blocks; 0: single blocks only", ">= 0"
     )
@@ -210,8 +209,7 @@ class Lesion(Study):
         self.splits: dict[tuple[str, int | None], Any] = {}
 
     def inputs(self) -> dict[str, str | None]:
-        found = {f"weights {i + 1}": fingerprint(s.weights) for i, s in enumerate(self.subjects)}
-        return found | {"data": fingerprint(self.config.data, content=False)}
+        return nets_inputs(self.subjects, self.config.data)
 
     def measurements(self) -> list[tuple[str, Any]]:
         c = self.config
@@ -228,7 +226,8 @@ class Lesion(Study):
         x, y, source = self.splits[key]
         found = lesion_net(subject, x, y, c, self.progress, seed)
         return {**found, "data": f"{source} ({len(y):,} images)"} | (
-            {"seed": seed} if c.seeds > 1 else {})
+            {"seed": seed} if c.seeds > 1 else {}
+        )
 
     def summarise(self, records: list[dict[str, Any]]) -> Summary:
         if self.config.seeds > 1:
@@ -236,12 +235,7 @@ class Lesion(Study):
         nets = [{k: v for k, v in r.items() if k not in ("id", "data")} for r in records]
         data = "\n".join(dict.fromkeys(r["data"] for r in records)) + "\n"
         result = {"nets": nets, "verdict": [net_verdict(n) for n in nets], "summary": verdict(nets)}
-        tables = {
-            "lesion_single.csv": [r for n in nets for r in n["singles"]],
-            "lesion_k.csv": [{"net": n["name"], "kind": kind, **c} for n in nets
-                             for kind in ("delete", "swap") for c in n["curves"][kind]],
-            "lesion_draws.csv": [d for n in nets for d in n["draws"]],
-        }  # fmt: skip
+        tables = lesion_tables(nets)
         figures = [
             Figure("lesion_single.png", "Test error after deleting one block (Veit et al. 2016): "
                    "residual branch removed, shortcut kept; plain blocks replaced by the identity "

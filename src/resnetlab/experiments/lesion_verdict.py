@@ -85,6 +85,24 @@ def verdict(nets: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _singles_axes(ax: Any, title: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("deleted block (red: downsampling)")
+    ax.set_ylabel("test error (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+
+
+def _curves_axes(ax: Any, title: str, top: int, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("k")
+    ax.set_xticks(range(top + 1))
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 3.6), squeeze=False)
@@ -99,11 +117,7 @@ def plot_singles(nets: list[dict[str, Any]], path: Path) -> Path:
         ax.axhline(
             100 * net["intact_error"], color="k", linestyle="--", linewidth=1, label="intact"
         )
-        ax.set_title(net["label"], fontsize=9)
-        ax.set_xlabel("deleted block (red: downsampling)")
-        ax.set_ylabel("test error (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=7)
+        _singles_axes(ax, net["label"])
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -120,16 +134,24 @@ def plot_curves(nets: list[dict[str, Any]], path: Path) -> Path:
             ]
             k, mean, std = (np.array(v) for v in zip(*pts, strict=True))
             ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=net["label"])
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("k")
-        ax.set_xticks(range(int(k.max()) + 1))
-        ax.set_ylabel("test error (%), mean ± std over draws")
-        ax.set_ylim(0, 100)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _curves_axes(ax, title, int(k.max()), "test error (%), mean ± std over draws")
     fig.tight_layout()
     return save_figure(fig, path)
 
+
+def lesion_tables(nets: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each block's single deletion, each k's errors and every draw, one row each (with the
+    net's seed, over several seeds)."""
+
+    def seed(n: dict[str, Any]) -> dict[str, Any]:
+        return {"seed": n["seed"]} if "seed" in n else {}
+
+    return {
+        "lesion_single.csv": [{**r, **seed(n)} for n in nets for r in n["singles"]],
+        "lesion_k.csv": [{"net": n["name"], **seed(n), "kind": kind, **c} for n in nets
+                         for kind in ("delete", "swap") for c in n["curves"][kind]],
+        "lesion_draws.csv": [{**d, **seed(n)} for n in nets for d in n["draws"]],
+    }  # fmt: skip
 
 
 def _by_net(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -198,8 +220,12 @@ def seed_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                                [r["intact_error"] for r in net]))  # fmt: skip
         for i, block in enumerate(net[0]["singles"]):
             if block["deletable"]:
-                rows.append(spread_row({"net": name, "quantity": f"increase, {block['block']} "
-                                        "deleted"}, [r["singles"][i]["increase"] for r in net]))
+                rows.append(
+                    spread_row(
+                        {"net": name, "quantity": f"increase, {block['block']} deleted"},
+                        [r["singles"][i]["increase"] for r in net],
+                    )
+                )
         for kind in ("delete", "swap"):
             for j, point in enumerate(net[0]["curves"][kind]):
                 rows.append(spread_row({"net": name, "quantity": f"error, {kind} k={point['k']}"},
@@ -223,11 +249,7 @@ def plot_singles_over_seeds(runs: list[list[dict[str, Any]]], path: Path) -> Pat
                    capsize=2)  # fmt: skip
         intact = 100 * np.mean([r["intact_error"] for r in net])
         ax.axhline(intact, color="k", linestyle="--", linewidth=1, label="intact (mean)")
-        ax.set_title(f"{first['label']}, {len(net)} seeds", fontsize=9)
-        ax.set_xlabel("deleted block (red: downsampling)")
-        ax.set_ylabel("test error (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=7)
+        _singles_axes(ax, f"{first['label']}, {len(net)} seeds")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -237,21 +259,16 @@ def plot_curves_over_seeds(runs: list[list[dict[str, Any]]], path: Path) -> Path
     min-max band over the seeds."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, kind, title in zip(axes, ("delete", "swap"), ("k random blocks deleted",
-                                                          "k random pairs swapped"), strict=True):
+    for ax, kind, title in zip(
+        axes, ("delete", "swap"), ("k random blocks deleted", "k random pairs swapped"), strict=True
+    ):
         top = 1
         for net in runs:
             ks = [0] + [c["k"] for c in net[0]["curves"][kind]]
             values = [[r["intact_error"]] + [c["mean"] for c in r["curves"][kind]] for r in net]
             draw_band(ax, ks, values, 100.0, marker="o", label=net[0]["label"])
             top = max(top, *ks)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("k")
-        ax.set_xticks(range(top + 1))
-        ax.set_ylabel("test error (%), mean over seeds")
-        ax.set_ylim(0, 100)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _curves_axes(ax, title, top, "test error (%), mean over seeds")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -266,13 +283,7 @@ def summary_over_seeds(config: Any, records: list[dict[str, Any]]) -> Summary:
     result = {"nets": nets, "verdict": [net_verdict(n) | {"seed": n["seed"]} for n in nets],
               "seeds": config.seeds, "over_seeds": seed_rows(runs),
               "summary": verdict_over_seeds(config, runs)}  # fmt: skip
-    tables = {
-        "lesion_single.csv": [{**r, "seed": n["seed"]} for n in nets for r in n["singles"]],
-        "lesion_k.csv": [{"net": n["name"], "seed": n["seed"], "kind": kind, **c} for n in nets
-                         for kind in ("delete", "swap") for c in n["curves"][kind]],
-        "lesion_draws.csv": [{**d, "seed": n["seed"]} for n in nets for d in n["draws"]],
-        "lesion_seeds.csv": result["over_seeds"],
-    }  # fmt: skip
+    tables = lesion_tables(nets) | {"lesion_seeds.csv": result["over_seeds"]}
     figures = [
         Figure("lesion_single.png", "Test error after deleting one block (Veit et al. 2016), "
                f"mean over {config.seeds} seeds; error bars span the lowest to the highest "

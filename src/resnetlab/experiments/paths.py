@@ -34,6 +34,10 @@ from .trained import POST_ACTIVATION, Chain, load_split, load_subject
 
 PLAIN = "path lengths need a residual net. Pass a ResNet, not a plain net."
 SHARE = 0.9  # the effective range carries this share of the total gradient
+CAPTION = (
+    "Veit et al. 2016 §5: share of paths by length, gradient magnitude of paths of each length, "
+    "and each length's share of the total gradient"
+)
 CLAIM = (
     "Veit et al. 2016 (abstract, §4-5, Fig. 6, published): in a 110-layer ResNet (54 blocks) "
     "most of the gradient comes from paths only 10-34 layers deep, far shorter than the "
@@ -241,19 +245,11 @@ class Paths(Study):
                 + (
                     "shorter than the typical path, as the paper reports."
                     if b < r["typical"]
-                    else "not shorter than the typical path; the paper's effect does not show "
-                    "here."
+                    else "not shorter than the typical path; the paper's effect does not show here."
                 )
             )
-        rows = [
-            {"net": r["net"], "k": k, "path_share": r["path_share"][k],
-             "gradient": r["gradient"][k], "contribution": r["contribution"][k]}
-            for r in results
-            for k in range(r["blocks"] + 1)
-        ]  # fmt: skip
-        figure = Figure("paths.png", "Veit et al. 2016 §5: share of paths by length, gradient "
-                        "magnitude of paths of each length, and each length's share of the total "
-                        "gradient.", lambda p: plot(results, p))  # fmt: skip
+        rows = length_rows(results)
+        figure = Figure("paths.png", CAPTION + ".", lambda p: plot(results, p))
         data = {"data.txt": f"{self.source} ({len(self.y):,} images)\n"}
         return Summary({"nets": results, "summary": summary}, {"paths.csv": rows}, data, [figure])
 
@@ -262,24 +258,35 @@ class Paths(Study):
         interval of the effective range's upper end."""
         c = self.config
         results = [{k: v for k, v in r.items() if k != "id"} for r in records]
-        runs = {kind: [r for r, rec in zip(results, records, strict=True)
-                       if rec["id"].split(":")[0] == kind] for kind in ("trained", "untrained")}
+        runs = {
+            kind: [
+                r
+                for r, rec in zip(results, records, strict=True)
+                if rec["id"].split(":")[0] == kind
+            ]
+            for kind in ("trained", "untrained")
+        }
         labels = {"trained": self.subject.label, "untrained": f"{self.subject.name} untrained"}
         summary = [CLAIM, seeds_line(c, "draws its own test images, blocks and untrained net")]
         summary += [range_verdict(labels[k], nets) for k, nets in runs.items()]
-        rows = [{"net": r["net"], "seed": r["seed"], "k": k, "path_share": r["path_share"][k],
-                 "gradient": r["gradient"][k], "contribution": r["contribution"][k]}
-                for r in results for k in range(r["blocks"] + 1)]  # fmt: skip
+        rows = length_rows(results)
         spreads = [row for kind, nets in runs.items() for row in seed_rows(labels[kind], nets)]
-        figure = Figure("paths.png", "Veit et al. 2016 §5: share of paths by length, gradient "
-                        "magnitude of paths of each length, and each length's share of the total "
-                        f"gradient: means over {c.seeds} seeds; {BAND}.",
+        figure = Figure("paths.png", f"{CAPTION}: means over {c.seeds} seeds; {BAND}.",
                         lambda p: plot_over_seeds(labels, runs, p))  # fmt: skip
         sources = "\n".join(f"seed {seed}: {source} ({len(y):,} images)"
                             for seed, (_, y, source) in self.images.items())  # fmt: skip
         result = {"nets": results, "seeds": c.seeds, "over_seeds": spreads, "summary": summary}
         return Summary(result, {"paths.csv": rows, "paths_seeds.csv": spreads},
                        {"data.txt": sources + "\n"}, [figure])  # fmt: skip
+
+
+def length_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``paths.csv``: each net's share of paths, gradient and contribution at every length k
+    (with its seed, over several seeds)."""
+    return [{"net": r["net"], **({"seed": r["seed"]} if "seed" in r else {}), "k": k,
+             "path_share": r["path_share"][k], "gradient": r["gradient"][k],
+             "contribution": r["contribution"][k]}
+            for r in results for k in range(r["blocks"] + 1)]  # fmt: skip
 
 
 def _share(r: dict[str, Any]) -> list[float]:

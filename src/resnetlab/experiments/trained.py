@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..artifact import load_trained
+from ..data import open_data
+from ..data.synthetic import subsample
 from ..errors import ResnetlabError
 from ..models.blocks import BasicBlock, BottleneckBlock
 from ..models.cifar import CifarResNet, PreActResNet
@@ -100,9 +102,6 @@ def load_split(
     data: str, split: str, count: int | None, seed: int, norm: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A split of ``data`` (stratified subsample of ``count``), normalised; and its description."""
-    from ..data import open_data
-    from ..data.synthetic import subsample
-
     bundle = open_data(data, seed=seed)
     part = getattr(bundle, split)
     if part is None or not hasattr(part, "images"):

@@ -53,16 +53,20 @@ def degradation_findings(claims: list[dict], iterations: int, recipe_iters: int)
         gap = plain["train_gap"]
         measured = f"final training error {s} → {d}: {_pts(gap)}"
         if plain["holds"]:
-            relation = (f"The deeper plain net trains worse ({_pts(gap)}), as the paper reports: "
-                        "the degradation problem, seen on the training set, so not overfitting.")
+            relation = (
+                f"The deeper plain net trains worse ({_pts(gap)}), as the paper reports: "
+                "the degradation problem, seen on the training set, so not overfitting."
+            )
         else:
-            relation = (f"The deeper plain net did not train worse here ({_pts(gap)}). {budget}; "
-                        "the paper's gap opens over full training, so this run cannot confirm it.")
+            relation = (
+                f"The deeper plain net did not train worse here ({_pts(gap)}). {budget}; "
+                "the paper's gap opens over full training, so this run cannot confirm it."
+            )
         out.append(finding(
             "A deeper plain net has a higher training error than a shallower one (the "
             "degradation problem, not overfitting).", f"{HE2015}, §4.2, Fig. 6 left", measured,
             relation, plain["holds"],
-            f"Claim 1 (deeper plain nets train worse): {_word(plain['holds'])}; {s} → {d} "
+            f"Claim 1 (deeper plain nets train worse): {verdict_word(plain['holds'])}; {s} → {d} "
             f"{_pts(gap)} training error.",
         ))  # fmt: skip
     if res:
@@ -98,7 +102,8 @@ def degradation_findings(claims: list[dict], iterations: int, recipe_iters: int)
         out.append(finding(
             f"With shortcuts the degradation goes away: the deeper ResNet has the lower training "
             f"and {held} error.", f"{HE2015}, §4.2, Fig. 6 middle", measured, relation,
-            res["holds"], f"Claim 2 (deeper ResNets train better): {_word(res['holds'])}; {short}.",
+            res["holds"],
+            f"Claim 2 (deeper ResNets train better): {verdict_word(res['holds'])}; {short}.",
         ))  # fmt: skip
     return out
 
@@ -106,7 +111,8 @@ def degradation_findings(claims: list[dict], iterations: int, recipe_iters: int)
 VERDICT_WORDS: dict[bool | None, str] = {True: "holds", False: "does not hold"}
 
 
-def _word(holds: bool | None) -> str:
+def verdict_word(holds: bool | None) -> str:
+    """A verdict in words: holds, does not hold, or cannot tell (None)."""
     return VERDICT_WORDS.get(holds, "cannot tell")
 
 
@@ -137,7 +143,7 @@ def seed_mlp_finding(rows: list[dict]) -> dict | None:
         "Without a skip the gradient reaching the first layer of a deep stack vanishes; with "
         "x + F(x) it does not.", f"the seed lesson; {IDENTITY}", measured, relation, holds,
         f"Seed MLP: plain first-layer gradient {_times(plain)} from {a} to {b} blocks, residual "
-        f"{_times(res)}: {_word(holds)}.",
+        f"{_times(res)}: {verdict_word(holds)}.",
     )  # fmt: skip
 
 
@@ -164,7 +170,9 @@ def conv_gradient_finding(pairs: list[tuple[str, str, float, float]], at: str) -
         relation += (
             f"What the lesson is about still holds: the ResNets keep the gradient nearer its size "
             f"({deepest[1]}: {_times(deepest[3])}), the +1 of each block bounding how far it "
-            "can drift." if steadier else "Here the ResNets do not keep it flatter either."
+            "can drift."
+            if steadier
+            else "Here the ResNets do not keep it flatter either."
         )
     return finding(
         "The lesson carries over to conv nets: without skips the gradient reaching the early "
@@ -191,9 +199,11 @@ def response_finding(pairs: list[tuple[str, str, list, list]], at_init: bool) ->
         parts.append(f"{p} mean {pm:.3g} (last/first layer {_times(plain_growth[-1])}), {r} "
                      f"mean {rm:.3g} (last/first layer {_times(growth[-1])}), {r} the smaller "
                      f"at {below} of {len(rs)} layers")  # fmt: skip
-    measured = "std of each 3×3 layer's response " + (
-        "at initialisation, eval mode: " if at_init else "at the checkpoint, eval mode: "
-    ) + "; ".join(parts)
+    measured = (
+        "std of each 3×3 layer's response "
+        + ("at initialisation, eval mode: " if at_init else "at the checkpoint, eval mode: ")
+        + "; ".join(parts)
+    )
     holds = not any(larger)
     if holds:
         relation = "The ResNets' responses are the smaller ones, as in Fig. 7."
@@ -233,7 +243,8 @@ def compare_finding(rows: list[dict], names: dict[str, str]) -> dict | None:
     v = names[vgg["model"]]
     measured = "; ".join(
         f"{names[r['model']]} {r['depth']} layers, {r['params'] / 1e6:.1f}M parameters, "
-        f"{r['macs'] / 1e9:.2f} GMACs" for r in [vgg, *resnets]
+        f"{r['macs'] / 1e9:.2f} GMACs"
+        for r in [vgg, *resnets]
     )
     deeper = [r for r in resnets if r["depth"] > vgg["depth"]]
     cheaper = [r for r in deeper if r["macs"] < vgg["macs"]]
@@ -251,5 +262,5 @@ def compare_finding(rows: list[dict], names: dict[str, str]) -> dict | None:
         "billion FLOPs (multiply-adds), 18 % of VGG-19's 19.6 billion (published).",
         f"{HE2015}, §3.3", measured, relation, holds,
         f"Cost of depth: {len(cheaper)} of {len(deeper)} ResNets deeper than {v} have fewer "
-        f"MACs ({_word(holds)}).",
+        f"MACs ({verdict_word(holds)}).",
     )  # fmt: skip
