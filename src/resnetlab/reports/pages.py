@@ -229,7 +229,7 @@ def _where(s: RunSection, item: Item) -> tuple[str, str] | None:
 
 
 def _checklist_html(s: RunSection) -> str:
-    head = "".join(f"<th>{c}</th>" for c in CHECKLIST_COLUMNS)
+    head = "".join(f"<th class='text'>{c}</th>" for c in CHECKLIST_COLUMNS)
     rows = []
     for item in s.checklist:
         where = _where(s, item)
@@ -263,7 +263,7 @@ figure{margin:1em 0}figcaption{font-size:0.8em;color:#555}h2{border-bottom:2px s
 margin-top:2em}.verdict{background:#eef4ff;border-left:5px solid #2a5bd7;padding:0.4em 1em}
 .finding{border-left:3px solid #999;padding:0 0.8em;margin:0.8em 0}.finding p{margin:0.2em 0}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em;font-size:0.9em}
-dt{font-weight:600}dd{margin:0}td.text{text-align:left}"""
+dt{font-weight:600}dd{margin:0}td.text,th.text{text-align:left}"""
 
 
 def render_html(sections: list[RunSection], title: str, captions: dict[str, str]) -> str:
