@@ -97,6 +97,7 @@ def test_groups_of_seeds_against_statsmodels(tmp_path, capsys):
     assert result["verdict"].startswith("B better: the 95 % interval of B - A excludes 0")
     assert result["verdict"] in printed and "seeds disagree" not in printed
     assert result["seeds_disagree"] is False
+    assert printed.count("3 runs)") == 8  # 4 figures per group, each over its 3 runs
 
 
 def test_no_difference_and_disagreeing_seeds_are_said(tmp_path, capsys):

@@ -138,7 +138,7 @@ def group_lines(result: dict[str, Any]) -> list[str]:
         runs = ", ".join(r["run"] for r in result["runs"][name])
         lines.append(f"{name} ({runs}):")
         for k in FIGURES:
-            text = describe(result["groups"][name][k], scale=1.0, unit="", digits=4)
+            text = describe(result["groups"][name][k], scale=1.0, unit="", digits=4, of="runs")
             lines.append(f"  {k:<12} {text}")
     lines.append("B - A (Welch):")
     for k in FIGURES:

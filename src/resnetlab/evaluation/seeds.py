@@ -50,8 +50,11 @@ def difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> 
     return out
 
 
-def describe(s: dict[str, Any], scale: float = 100.0, unit: str = " %", digits: int = 1) -> str:
-    """``"33.1 ± 0.4 % (95 % CI 32.0 to 34.2, 3 seeds)"``; one seed: the value alone."""
+def describe(
+    s: dict[str, Any], scale: float = 100.0, unit: str = " %", digits: int = 1, of: str = "seeds"
+) -> str:
+    """``"33.1 ± 0.4 % (95 % CI 32.0 to 34.2, 3 seeds)"``; one seed: the value alone; ``of``
+    names what was repeated (``runs`` where they may differ in more than the seed)."""
     if s["mean"] is None:
         return "n/a"
     mean = f"{scale * s['mean']:.{digits}f}"
@@ -59,7 +62,7 @@ def describe(s: dict[str, Any], scale: float = 100.0, unit: str = " %", digits: 
         return f"{mean}{unit}"
     lo, hi = f"{scale * s['lo']:.{digits}f}", f"{scale * s['hi']:.{digits}f}"
     sd = f"{scale * s['sd']:.{digits}f}"
-    return f"{mean} ± {sd}{unit} ({100 * LEVEL:.0f} % CI {lo} to {hi}, {s['n']} seeds)"
+    return f"{mean} ± {sd}{unit} ({100 * LEVEL:.0f} % CI {lo} to {hi}, {s['n']} {of})"
 
 
 __all__ = ["LEVEL", "describe", "difference", "spread"]
