@@ -18,7 +18,7 @@ from ..data import DataBundle, ImageSet, open_data
 from ..data.folder import BAD_ERRORS, report_bad
 from ..data.preprocess import Preprocessing, load_image, prepare_images
 from ..errors import ResnetlabError
-from ..evaluation.clinic import analyse, image_digests
+from ..evaluation.clinic import analyse, image_digests, prevalence_line
 from ..evaluation.decision import check_two_classes
 from ..evaluation.logits import image_logits, image_probabilities
 from ..evaluation.metrics import classification_metrics
@@ -94,11 +94,17 @@ def evaluate_run(
     elif prevalence is not None:
         say("PPV and NPV at the prevalence not computed: the model card has no operating point "
             "(fine-tune the model to choose a threshold on validation)")  # fmt: skip
+    summary = []  # what the report of a run folder given as ``out`` adds
+    at = (metrics.get("clinical", {}).get(split) or {}).get("reviewer", {}).get("prevalence")
+    if at is not None:
+        summary.append(f"{split}: {prevalence_line(at)}")
     if columns:
         chosen = {name: [values[i] for i in keep] for name, values in columns.items()}
         metrics["subgroups"] = subgroup_metrics(probs.numpy(), labels.numpy(), chosen,
                                                 loaded.threshold)  # fmt: skip
-        metrics["summary"] = subgroup_lines(metrics["subgroups"], split)
+        summary += subgroup_lines(metrics["subgroups"], split)
+    if summary:
+        metrics["summary"] = summary
     if how is None:
         entry = external_entry(loaded.card, str(data), bundle.source, split, metrics)
         if record_external(loaded, entry):
