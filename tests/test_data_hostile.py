@@ -460,7 +460,7 @@ def test_evaluate_split_images_error_or_skip(tmp_path):
         _split_images(part, prep)
     part.on_bad = "skip"
     with pytest.warns(UserWarning, match=r"skipped 1 .*1\.png"):
-        images, labels = _split_images(part, prep)
+        images, labels, _ = _split_images(part, prep)
     assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 0, 1]
     with pytest.raises(ResnetlabError, match="on-bad"):
         FinetuneOptions(data="d", out_dir=str(tmp_path / "o"), on_bad="ignore")

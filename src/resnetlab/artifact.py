@@ -22,6 +22,7 @@ from .card import (
     card_preprocessing,
     check_against_weights,
     check_provenance,
+    external_lines,
     read_card,
     train_card,
 )
@@ -365,4 +366,4 @@ def run_summary(source: str | Path) -> str:
         shown = ", ".join(f"{name} {m[key]:.4f}" for key, name in (("accuracy", "accuracy"),
                           ("roc_auc", "ROC-AUC")) if isinstance(m.get(key), float))  # fmt: skip
         lines.append(f"{split}: {shown} ({m.get('measured_on', split)})")
-    return "\n".join(lines)
+    return "\n".join(lines + external_lines(card))

@@ -53,6 +53,9 @@ def check_provenance(card: Mapping[str, Any], where: str) -> None:
                 f"{where}: the {what} was fitted on the test split, so the test figures are "
                 "not held out; fit it again on validation (re-run resnetlab finetune)."
             )
+EXTERNAL = "external_validation"  # the card's list of evaluations on other data
+EXTERNAL_METRICS = (("roc_auc", "ROC-AUC"), ("sensitivity", "sensitivity"),
+                    ("specificity", "specificity"), ("accuracy", "accuracy"))  # fmt: skip
 
 
 def write_card(folder: Path, card: dict[str, Any]) -> Path:
@@ -81,6 +84,32 @@ def read_card(path: Path) -> dict[str, Any]:
         if key not in card:
             raise ResnetlabError(f"{path}: the card has no {key!r}; re-create the run's card.")
     return card
+
+
+def add_external_validation(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Record an external validation in the card of ``folder`` (written atomically): appended
+    to ``external_validation``, replacing the entry of the same data and split."""
+    card = read_card(Path(folder) / CARD_NAME)
+    entries = [e for e in card.get(EXTERNAL) or []
+               if (e.get("data"), e.get("split")) != (entry["data"], entry["split"])]  # fmt: skip
+    card[EXTERNAL] = [*entries, entry]
+    write_card(folder, {k: v for k, v in card.items() if k != "format"})
+    return card
+
+
+def external_lines(card: dict[str, Any]) -> list[str]:
+    """One line per external validation in a card (none for older cards)."""
+    lines = []
+    for e in card.get(EXTERNAL) or []:
+        drop = e.get("drop") or {}
+        shown = ", ".join(
+            f"{name} {e['metrics'][key]:.3f}"
+            + (f" ({-drop[key]:+.3f} vs internal test)" if drop.get(key) is not None else "")
+            for key, name in EXTERNAL_METRICS if e["metrics"].get(key) is not None
+        )  # fmt: skip
+        lines.append(f"external validation on {e['name']} ({e['split']}, {e['images']} images, "
+                     f"{e['date'][:10]}): {shown}")  # fmt: skip
+    return lines
 
 
 def card_preprocessing(values: Mapping[str, Any], where: str) -> Preprocessing:

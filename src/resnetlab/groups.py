@@ -1,8 +1,8 @@
 """The setting groups every command is made of: data, seed, model and weights, device, batch,
-run folder and inference. Each setting is declared here once, with its help and bounds; a
-command's settings inherit the groups it needs (``TrainConfig``) or take them with
-``settings.compose`` (where a command keeps another default), so ``--device`` or ``--data``
-means the same thing, with the same help, in every command.
+run folder, inference and the deployment prevalence. Each setting is declared here once, with
+its help and bounds; a command's settings inherit the groups it needs (``TrainConfig``) or take
+them with ``settings.compose`` (where a command keeps another default), so ``--device`` or
+``--data`` means the same thing, with the same help, in every command.
 """
 
 from __future__ import annotations
@@ -158,6 +158,16 @@ class InferenceSettings(Checked):
     engine: str = setting(
         "auto", "what runs the model: auto (ONNX Runtime on the CPU where installed, else "
         "torch), torch (BatchNorm folded, channels-last) or onnxruntime", choices=ENGINES,
+    )  # fmt: skip
+
+
+@dataclass
+class PrevalenceSettings(Checked):
+    """Where a two-class model will be used: how common the positive class is there."""
+
+    prevalence: float | None = setting(
+        None, "deployment prevalence of the positive class: PPV and NPV are reported at it, "
+        "since a balanced test set overstates PPV (two-class models)", "(0, 1)",
     )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from ..groups import (
     ImagesSettings,
     InferenceSettings,
     OutputSettings,
+    PrevalenceSettings,
     RunFolderSettings,
     device_name,
 )
@@ -60,7 +61,7 @@ class SweepSettings(Checked):
 
 @dataclass(kw_only=True)
 @compose(InferenceSettings, ImagesSettings, OutputSettings, BatchSettings, DeviceSettings,
-         DataSettings, exclude=("data", "data_root"), defaults={
+         DataSettings, PrevalenceSettings, exclude=("data", "data_root"), defaults={
              "source": REQUIRED, "images": REQUIRED, "batch_size": 64, "on_bad": "skip",
          })  # fmt: skip
 class PredictSettings(Checked):
@@ -77,11 +78,13 @@ class PredictSettings(Checked):
         engine: str = setting()
         device: str = setting()
         on_bad: str = setting()
+        prevalence: float | None = setting()
 
 
 @dataclass(kw_only=True)
 @compose(InferenceSettings, DataSettings, BatchSettings, DeviceSettings, RunFolderSettings,
-         OutputSettings, exclude=("top_k", "data_root", "resume", "progress", "csv"),
+         OutputSettings, PrevalenceSettings,
+         exclude=("top_k", "data_root", "resume", "progress", "csv"),
          defaults={"source": REQUIRED, "data": REQUIRED, "batch_size": 64,
                    "out_dir": Default(None, "none: printed only")})  # fmt: skip
 class EvaluateSettings(Checked):
@@ -90,6 +93,11 @@ class EvaluateSettings(Checked):
     split: str = setting(
         "test", "split to measure; on the run's own data, val and test are the run's, "
         "re-created when it held them out", choices=("train", "val", "test"),
+    )  # fmt: skip
+    subgroups: tuple[str, ...] = setting(
+        (), "manifest columns measured value by value, e.g. site,sex: n, positives, ROC-AUC, "
+        "sensitivity and specificity at the threshold (accuracy with more classes), 95 % "
+        "bootstrap intervals, and the spread between the subgroups",
     )  # fmt: skip
 
     if TYPE_CHECKING:  # added by compose (this block never runs)
@@ -102,6 +110,7 @@ class EvaluateSettings(Checked):
         device: str = setting()
         on_bad: str = setting()
         json: bool = setting()
+        prevalence: float | None = setting()
 
 
 def _add_model_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
@@ -164,11 +173,13 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..evaluation.decision import check_two_classes
     from ..finetune import expand_inputs, load_trained, predict_files, render
-    from ..finetune.predict import report_failures
+    from ..finetune.predict import at_prevalence, report_failures
 
     settings = settings_from_args(PredictSettings, args)
     loaded = load_trained(settings.source, device=device_name(settings.device))
+    check_two_classes(loaded.classes, settings.prevalence)
     paths = expand_inputs(settings.images, keep_empty=True)
     if not paths:
         raise ResnetlabError("no image files matched; give files, folders or globs.")
@@ -180,6 +191,9 @@ def run_predict(args: argparse.Namespace) -> int:
     fmt = "json" if settings.json else "csv" if settings.csv else "text"
     if predictions:
         print(render(predictions, fmt))
+    if settings.prevalence is not None:  # beside a JSON or CSV table: on stderr, not in it
+        print(at_prevalence(loaded, settings.prevalence),
+              file=sys.stdout if fmt == "text" else sys.stderr)  # fmt: skip
     if not predictions:
         print("resnetlab predict: error: none of the inputs could be predicted.", file=sys.stderr)
         return 1
@@ -200,6 +214,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=device_name(settings.device),
         on_bad=settings.on_bad,
         engine=settings.engine,
+        prevalence=settings.prevalence,
+        subgroups=settings.subgroups,
     )
     print(json.dumps(metrics, indent=2) if settings.json else format_metrics(metrics))
     if settings.out_dir and not settings.json:

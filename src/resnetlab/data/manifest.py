@@ -1,9 +1,10 @@
-"""CSV manifests ``path,label[,group][,split]`` for image folders and archives.
+"""CSV manifests ``path,label[,group][,split][,other columns]`` for image folders and archives.
 
 A folder or archive with ``manifest.csv`` at its root (or a ``.csv`` file given as the data)
 is opened from the manifest instead of the folder layout: paths are relative to the root,
 ``group`` (e.g. a patient id) keeps images together, and ``split`` (train/val/test) assigns
-them; a group found in two splits is an error. Every image is listed once: a path on two rows,
+them; a group found in two splits is an error. Any other column (site, sex, scanner) is kept
+per image (``columns``), for subgroup metrics. Every image is listed once: a path on two rows,
 two rows naming one file, or two files with the same bytes in different splits is an error
 naming the rows. Rows must name regular image files within the size limit ``folder`` applies
 (a link to ``/dev/zero`` is never read). Images are decoded as ``folder`` decodes them.
@@ -30,32 +31,52 @@ from .splits import straddling
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED = ("path", "label")
+KNOWN = (*REQUIRED, "group", "split")  # the columns with a meaning; others are kept as they are
+EXTRA = "column:"  # a row's key prefix for the other columns (internal keys never clash)
 ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark spreadsheets write
 
 
 @dataclass
 class GroupedImageSet(ImageSet):
-    """An in-memory split whose images carry a group id each (kept through ``subset``)."""
+    """An in-memory split whose images carry a group id and the manifest's other columns each
+    (kept through ``subset``)."""
 
     groups: list[str] = field(default_factory=list)
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
     def subset(self, index: torch.Tensor, source: str) -> GroupedImageSet:
         picked = [self.groups[i] for i in index.tolist()]
-        return GroupedImageSet(self.images[index], self.labels[index], self.classes, source, picked)
+        return GroupedImageSet(self.images[index], self.labels[index], self.classes, source,
+                               picked, pick_columns(self.columns, index))  # fmt: skip
 
 
 @dataclass
 class GroupedFileImageSet(FileImageSet):
-    """A split of image files whose images carry a group id each."""
+    """A split of image files whose images carry a group id and the manifest's other columns
+    each."""
 
     groups: list[str] = field(default_factory=list)
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
     def subset(self, index: torch.Tensor, source: str) -> GroupedFileImageSet:
         picked = [self.groups[i] for i in index.tolist()]
         paths = [self.paths[i] for i in index.tolist()]
         return GroupedFileImageSet(
-            paths, self.labels[index], self.classes, source, self.in_channels, self.on_bad, picked
-        )
+            paths, self.labels[index], self.classes, source, self.in_channels, self.on_bad, picked,
+            pick_columns(self.columns, index),
+        )  # fmt: skip
+
+
+def pick_columns(columns: dict[str, list[str]], index: torch.Tensor) -> dict[str, list[str]]:
+    """The other columns' values of the images at ``index``."""
+    keep = index.tolist()
+    return {name: [values[i] for i in keep] for name, values in columns.items()}
+
+
+def columns_of(part: object) -> dict[str, list[str]]:
+    """The manifest's other columns of a split, {name: value per image}; empty without a
+    manifest or other columns."""
+    return dict(getattr(part, "columns", None) or {})
 
 
 def groups_of(part: object) -> list[str] | None:
@@ -100,12 +121,15 @@ def read_rows(text: str, where: str) -> list[dict[str, str]]:
     if missing:
         raise ResnetlabError(
             f"{where}: manifest lacks column(s) {', '.join(missing)}; the header must be "
-            "path,label[,group][,split]"
+            "path,label[,group][,split][,other columns]"
         )
+    extra = [c for c in dict.fromkeys(columns) if c and c not in KNOWN]
     rows: list[dict[str, str]] = []
     seen: dict[str, dict[str, str]] = {}
     for number, raw in enumerate(reader, start=2):
         row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+        for name in extra:
+            row[EXTRA + name] = row.pop(name, "")
         if not row.get("path") or not row.get("label"):
             raise ResnetlabError(f"{where}, line {number}: empty path or label; fill it in.")
         split = row.get("split", "") or "train"
@@ -242,6 +266,7 @@ def check_same_images(rows: list[dict[str, str]], where: str) -> None:
 def _load_sets(rows, classes, where, on_bad) -> dict[str, ImageSet | FileImageSet]:
     """Small images decoded into tensors; large ones kept as files."""
     index = {c: i for i, c in enumerate(classes)}
+    extra = [k for k in rows[0] if k.startswith(EXTRA)]
     first = rows[0]
     try:
         with folder.opened(folder.read_image_file(first["file"])) as im:
@@ -258,12 +283,13 @@ def _load_sets(rows, classes, where, on_bad) -> dict[str, ImageSet | FileImageSe
             continue
         labels = torch.tensor([index[r["label"]] for r in chosen], dtype=torch.int64)
         groups = [r["group"] for r in chosen]
+        columns = {k[len(EXTRA) :]: [r[k] for r in chosen] for k in extra}
         name = f"{where} [{split}]"
         if not small:
             channels = 1 if grey else 3
             paths = [Path(r["file"]) for r in chosen]
             sets[split] = GroupedFileImageSet(
-                paths, labels, classes, name, channels, on_bad, groups
+                paths, labels, classes, name, channels, on_bad, groups, columns
             )
             continue
         arrays, keep, bad = [], [], []
@@ -289,6 +315,7 @@ def _load_sets(rows, classes, where, on_bad) -> dict[str, ImageSet | FileImageSe
         images = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
         kept = torch.tensor(keep, dtype=torch.int64)
         sets[split] = GroupedImageSet(
-            images, labels[kept], classes, name, [groups[i] for i in keep]
-        )
+            images, labels[kept], classes, name, [groups[i] for i in keep],
+            pick_columns(columns, kept),
+        )  # fmt: skip
     return sets

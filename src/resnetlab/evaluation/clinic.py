@@ -25,7 +25,7 @@ from ..errors import ResnetlabError
 from ..runfolder import write_csv
 from .calibration import calibration_summary, fit_temperature
 from .conformal import fit_conformal, prediction_sets, set_summary
-from .decision import decision_curve, predictive_values, useful_range
+from .decision import decision_curve, predictive_value_intervals, useful_range
 from .operating_point import binary_rates, choose_threshold
 from .plots import plot_decision_curve, plot_pr, plot_reliability
 from .recalibration import recalibration_intervals
@@ -79,9 +79,9 @@ def reviewer_figures(
         sets = prediction_sets(calibrated, fit["conformal"])
         out["conformal"] = {**fit["conformal"], **set_summary(sets, labels.numpy())}
     if prevalence is not None and "threshold" in fit:
-        rates = binary_rates(p1, y, fit["threshold"]["threshold"])
-        out["prevalence"] = predictive_values(rates["sensitivity"], rates["specificity"],
-                                              prevalence)  # fmt: skip
+        out["prevalence"] = predictive_value_intervals(
+            p1, y, fit["threshold"]["threshold"], prevalence, seed=seed
+        )
     return out
 
 
@@ -279,10 +279,21 @@ def reviewer_lines(figures: dict[str, Any] | None, split: str) -> list[str]:
             f"one class {c['single']:.1%}, refer to a human (both classes) {c['refer']:.1%}"
         )
     if "prevalence" in figures:
-        p = figures["prevalence"]
-        lines.append(
-            f"at a deployment prevalence of {p['prevalence']:.1%}: PPV {p['ppv']:.3f}, NPV "
-            f"{p['npv']:.3f} (sensitivity and specificity as above; the test set's own "
-            "prevalence sets the PPV and NPV shown above)"
-        )
+        lines.append(f"{split}: " + prevalence_line(figures["prevalence"]))
     return lines
+
+
+def prevalence_line(p: dict[str, Any]) -> str:
+    """The predictive values at the deployment prevalence in one sentence."""
+
+    def value(name: str) -> str:
+        c = p.get("ci95", {}).get(name)
+        return f"{p[name]:.3f}" + (f" [{c['low']:.3f}, {c['high']:.3f}]" if c else "")
+
+    own = p.get("test_prevalence")
+    return (
+        f"at a prevalence of {p['prevalence']:.1%}, PPV {value('ppv')} and NPV {value('npv')}"
+        + (f"; the test set's own prevalence is {own:.1%}" if own is not None else "")
+        + " (sensitivity and specificity at the threshold do not depend on the prevalence; "
+        "the predictive values do)"
+    )

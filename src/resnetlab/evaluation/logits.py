@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..card import EXTERNAL, external_lines
 from ..data.preprocess import Preprocessing, normalise, prepare_images
 from ..models.inference import input_device
 from .clinic import summary_lines
+from .subgroups import subgroup_lines
 
 
 @torch.no_grad()
@@ -80,4 +82,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         lines.append(f"splits: {metrics['splits']}")
     if "clinical" in metrics:
         lines += summary_lines(metrics["clinical"])
+    if "subgroups" in metrics:
+        lines += subgroup_lines(metrics["subgroups"], metrics.get("split", "split"))
+    if EXTERNAL in metrics:
+        lines += external_lines({EXTERNAL: [metrics[EXTERNAL]]})
     return "\n".join(lines)

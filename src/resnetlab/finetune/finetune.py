@@ -27,6 +27,7 @@ from .. import runfolder
 from ..console import say
 from ..data import ImageSet, make_loader
 from ..errors import ResnetlabError
+from ..evaluation.decision import check_two_classes
 from ..evaluation.logits import loader_logits
 from ..evaluation.metrics import classification_metrics
 from ..files import RunLock, write_json, write_text_atomic
@@ -140,6 +141,7 @@ def _finetune(options: FinetuneOptions, callbacks: Sequence[Callback]) -> Finetu
         test_size=options.test_size, folds=options.folds, fold=options.fold,
     )  # fmt: skip
     check_classes(bundle)
+    check_two_classes(list(bundle.classes), options.prevalence)
     counts = prepare.class_counts(bundle)
     options.monitor, chosen = prepare.auto_monitor(options.monitor, counts["train"])
     notes += [chosen] if chosen else []

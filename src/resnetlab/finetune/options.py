@@ -14,7 +14,7 @@ from ..console import say
 from ..errors import ResnetlabError
 from ..evaluation.operating_point import parse_threshold
 from ..files import LOCK_NAME
-from ..groups import InferenceSettings, check_device
+from ..groups import InferenceSettings, PrevalenceSettings, check_device
 from ..settings import REQUIRED, Default, check_settings, compose, setting
 from ..train.config import TrainConfig, check_trackers
 
@@ -43,7 +43,8 @@ RENAMED = {"lr": "head_lr", "epochs": "full_epochs", "class_weights": "balanced_
 
 
 @dataclass(kw_only=True)
-@compose(TrainConfig, InferenceSettings, exclude=(*DERIVED, "source", "top_k", "engine"),
+@compose(TrainConfig, InferenceSettings, PrevalenceSettings,
+         exclude=(*DERIVED, "source", "top_k", "engine"),
          defaults=ENGINE_DEFAULTS)  # fmt: skip
 class FinetuneOptions:
     """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default".
@@ -136,6 +137,7 @@ class FinetuneOptions:
         seed: int = setting()
         resume: bool = setting()
         log: tuple[str, ...] = setting()
+        prevalence: float | None = setting()
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)

@@ -133,7 +133,8 @@ def split_metrics(options, run_dir: Path, model: nn.Module, prep, data, best_row
             model, data.test.images, prep, tta=True, temperature=fit["temperature"]
         )
     clinical = clinic.analyse(fit, logits, classes, run_dir, seed=options.seed,
-                              test_probs=test_probs, digests=digests)  # fmt: skip
+                              test_probs=test_probs, digests=digests,
+                              prevalence=options.prevalence)  # fmt: skip
     metrics: dict[str, dict[str, Any]] = {}
     for split, (raw, labels) in logits.items():
         tta = options.tta and split == "test"

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..artifact import Trained, coverage_label
 from ..data.folder import BAD_ERRORS, IMAGE_SUFFIXES, BadImage, is_image_name
 from ..data.preprocess import load_image, prepare_images, torch_threads
 from ..errors import ResnetlabError
+from ..evaluation.clinic import prevalence_line
+from ..evaluation.decision import predictive_values
 from ..evaluation.logits import image_probabilities
 
 
@@ -170,6 +173,29 @@ def render(predictions: list[Prediction], fmt: str) -> str:
             line += f"  [{coverage_label(c['coverage'])}: {held}] action: {c['action']}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def at_prevalence(loaded: Trained, prevalence: float) -> str:
+    """PPV and NPV of the card's operating point at ``prevalence``, from the sensitivity and
+    specificity the run measured on test; or one line saying it has none."""
+    clinical = loaded.card.get("clinical") or {}
+    rates = (clinical.get("test") or {}).get("at_threshold") or {}
+    if not isinstance(rates.get("sensitivity"), float | int) or "specificity" not in rates:
+        return (
+            f"{loaded.label} has no test rates (sensitivity and specificity on a test split) in "
+            f"its model card, so PPV and NPV at a prevalence of {prevalence:.1%} are not shown; "
+            "fine-tune with a test split (e.g. --test-size 0.2)"
+        )
+    values = predictive_values(rates["sensitivity"], rates["specificity"], prevalence)
+    counted = [rates.get(k) for k in ("tp", "fn", "tn", "fp")]
+    counts = [float(c) for c in counted if isinstance(c, int | float)]
+    total = float(np.sum(counts))
+    if len(counts) == 4 and total > 0:
+        values["test_prevalence"] = (counts[0] + counts[1]) / total
+    return (
+        f"operating point {rates['threshold']:.4f} (test sensitivity {rates['sensitivity']:.3f}, "
+        f"specificity {rates['specificity']:.3f}): " + prevalence_line(values)
+    )
 
 
 def report_failures(failed: list[tuple[str, str]]) -> None:

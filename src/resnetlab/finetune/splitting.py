@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..data import DataBundle, FileImageSet, ImageSet, split_val
-from ..data.manifest import GroupedFileImageSet, GroupedImageSet, groups_of
+from ..data.manifest import GroupedFileImageSet, GroupedImageSet, columns_of, groups_of
 from ..data.splits import grouped_folds, grouped_holdout, straddling
 from ..errors import ResnetlabError
 
@@ -27,18 +27,20 @@ def hold_out(part, size: float, seed: int, what: str):
 
 
 def concat(a, b, source: str):
-    """Two splits of the same data as one (groups kept)."""
+    """Two splits of the same data as one (groups and the manifest's other columns kept)."""
     labels = torch.cat([a.labels, b.labels])
     groups = (groups_of(a) or []) + (groups_of(b) or [])
+    more = columns_of(b)
+    columns = {k: v + more[k] for k, v in columns_of(a).items() if k in more}
     if isinstance(a, ImageSet):
         images = torch.cat([a.images, b.images])
         if groups:
-            return GroupedImageSet(images, labels, a.classes, source, groups)
+            return GroupedImageSet(images, labels, a.classes, source, groups, columns)
         return ImageSet(images, labels, a.classes, source)
     paths = list(a.paths) + list(b.paths)
     if groups:
         return GroupedFileImageSet(
-            paths, labels, a.classes, source, a.in_channels, a.on_bad, groups
+            paths, labels, a.classes, source, a.in_channels, a.on_bad, groups, columns
         )
     return FileImageSet(paths, labels, a.classes, source, a.in_channels, a.on_bad)
 
