@@ -65,8 +65,10 @@ def paired_interval(values: np.ndarray, seed: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(values), "mean": float(values.mean()), "lo": None,
                            "hi": None}  # fmt: skip
     if len(values) >= 2 and np.ptp(values) > 0:
-        boot = stats.bootstrap((values,), np.mean, confidence_level=LEVEL, n_resamples=RESAMPLES,
-                               method="percentile", rng=np.random.default_rng(seed))  # fmt: skip
+        boot = stats.bootstrap(  # random_state: scipy >= 1.10 (rng= only from 1.15)
+            (values,), np.mean, confidence_level=LEVEL, n_resamples=RESAMPLES,
+            method="percentile", random_state=np.random.default_rng(seed),
+        )  # fmt: skip
         ci = boot.confidence_interval
         out |= {"lo": float(ci.low), "hi": float(ci.high)}
     elif len(values) >= 2:
