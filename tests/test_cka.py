@@ -160,19 +160,6 @@ def test_default_layers_by_family_and_a_shared_relu_is_refused():
     assert [b - a for a, b in even_batches(10_000, 256)] == [250] * 40
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> Path:
-    """A CIFAR-shaped data set: 10 classes, 32×32 RGB, 40 test images."""
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    g = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 20), ("test", 40)):
-        arrays[f"{split}_images"] = g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 10).reshape(-1, 1)
-    np.savez(path, **arrays)
-    return path
-
-
 def test_cka_command_writes_the_matrix_the_findings_and_a_report(tmp_path, tiny_npz, capsys):
     out = tmp_path / "cka"
     argv = ["cka", "resnet20", "plain20", "--data", str(tiny_npz), "--images", "32",

@@ -12,7 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,19 +42,6 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    """A CIFAR-shaped data set: 10 classes, 32×32 RGB, 20/40 images."""
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    g = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 20), ("test", 40)):
-        arrays[f"{split}_images"] = g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 10).reshape(-1, 1)
-    np.savez(path, **arrays)
-    return path
 
 
 def test_two_gloo_processes_write_what_one_process_writes(tmp_path, tiny_npz, capsys):

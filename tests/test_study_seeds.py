@@ -25,19 +25,6 @@ from resnetlab.weights import catalog
 
 
 @pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    """A CIFAR-shaped data set: 10 classes, 32×32 RGB, 20/40 images."""
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    g = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 20), ("test", 40)):
-        arrays[f"{split}_images"] = g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 10).reshape(-1, 1)
-    np.savez(path, **arrays)
-    return path
-
-
-@pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Weights of a resnet20, so the net studied is the same whatever the seed."""
     torch.manual_seed(7)

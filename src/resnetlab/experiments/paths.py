@@ -179,13 +179,7 @@ def plot(results: list[dict], path: Path) -> Path:
         )
     axes[1].set_title("input-gradient norm of paths of length k", fontsize=9)
     axes[2].set_title("share of the total gradient by path length", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("path length k (residual branches)")
-        ax.grid(True, alpha=0.3)
-    for ax in axes[1:]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, axes, path)
 
 
 class Paths(Study):
@@ -280,6 +274,17 @@ class Paths(Study):
                        {"data.txt": sources + "\n"}, [figure])  # fmt: skip
 
 
+def _finish(fig: Any, axes: Any, path: Path) -> Path:
+    """The path-length axes of both plots labelled, gridded and given legends; saved."""
+    for ax in axes:
+        ax.set_xlabel("path length k (residual branches)")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def length_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``paths.csv``: each net's share of paths, gradient and contribution at every length k
     (with its seed, over several seeds)."""
@@ -341,13 +346,7 @@ def plot_over_seeds(labels: dict[str, str], runs: dict[str, list[dict]], path: P
     axes[1].set_yscale("log")
     axes[1].set_title("input-gradient norm of paths of length k, mean over seeds", fontsize=9)
     axes[2].set_title("share of the total gradient by path length, mean over seeds", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("path length k (residual branches)")
-        ax.grid(True, alpha=0.3)
-    for ax in axes[1:]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, axes, path)
 
 
 run_paths = Paths.run
