@@ -162,7 +162,7 @@ def test_default_layers_by_family_and_a_shared_relu_is_refused():
 
 def test_cka_command_writes_the_matrix_the_findings_and_a_report(tmp_path, tiny_npz, capsys):
     out = tmp_path / "cka"
-    argv = ["cka", "resnet20", "plain20", "--data", str(tiny_npz), "--images", "32",
+    argv = ["cka", "resnet20", "plain20", "--data", str(tiny_npz), "--eval-size", "32",
             "--batch-size", "8", "--normalisation", "none", "--out", str(out)]  # fmt: skip
     argv.append("--report")
     assert main(argv) == 0
@@ -223,7 +223,7 @@ def grey_run(folder: Path) -> Path:
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["resnet20", "--images", "0"], "images (--images) must be >= 4, got 0"),
+        (["resnet20", "--eval-size", "2"], "--eval-size 2: the unbiased HSIC needs at least 4"),
         (["resnet20", "--batch-size", "2"], "at least 4 images a batch"),
         (["resnet20", "plain20", "resnet32"], "one or two nets, got 3"),
         ([], "one or two nets, got 0"),

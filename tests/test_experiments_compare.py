@@ -83,8 +83,8 @@ def test_default_compare_counts_and_times_nothing(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.slow
 def test_speed_gives_medians_with_their_spread(tmp_path):
-    config = CompareConfig(models=["resnet20", "resnet32"], speed=True, batch=2, input_size=8,
-                           iters=1, warmup=1, repeats=3)  # fmt: skip
+    config = CompareConfig(models=["resnet20", "resnet32"], speed=True, batch_size=2, image_size=8,
+                           timing_iters=1, timing_warmup=1, repeats=3)  # fmt: skip
     run_dir, result = run_compare(config, tmp_path / "run", progress=False)
     rows, claims = result["rows"], result["claims"]
     for name in ("config.json", "run.json", "compare.json", "compare.csv", "compare.txt"):
@@ -158,8 +158,8 @@ def test_cli_rejects_unknown_model_and_bad_settings(capsys, tmp_path):
     assert main(["compare", "resnet5O", "--no-speed"]) == 2
     assert re.search(r"unknown model 'resnet5O'.*resnet50", capsys.readouterr().err)
     x = str(tmp_path / "x")
-    assert main(["compare", "resnet18", "--speed", "--batch", "1", "--out", x]) == 2
-    assert "batch (--batch) must be >= 2, got 1" in capsys.readouterr().err
+    assert main(["compare", "resnet18", "--speed", "--batch-size", "0", "--out", x]) == 2
+    assert "batch_size (--batch-size) must be >= 1, got 0" in capsys.readouterr().err
     assert main(["compare", "resnet18", "--speed", "--repeats", "2", "--out", x]) == 2
     assert "repeats (--repeats) must be >= 3, got 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -115,7 +115,7 @@ def test_imagenet_family_refuses_depths_it_lacks(tmp_path) -> None:
 def test_tiny_run_writes_curves_verdict_and_report(tmp_path, capsys) -> None:
     out = tmp_path / "deg"
     argv = ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget", "4",
-            "--batch-size", "16", "--train-size", "100", "--input-size", "16",
+            "--batch-size", "16", "--train-size", "100", "--image-size", "16",
             "--eval-every", "2", "--device", "cpu", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -164,7 +164,7 @@ def test_tiny_run_writes_curves_verdict_and_report(tmp_path, capsys) -> None:
 def test_imagenet_pair_runs_on_small_inputs(tmp_path) -> None:
     config = DegradationConfig(
         data="synthetic", family="imagenet", depths=[18, 34], budget=1, batch_size=4,
-        input_size=32, train_size=20, device="cpu",
+        image_size=32, train_size=20, device="cpu",
     )  # fmt: skip
     run_dir, result = run_degradation(config, tmp_path / "imagenet", progress=False)
     assert set(result["runs"]) == {"plain18", "plain34", "resnet18", "resnet34"}
@@ -238,7 +238,7 @@ def test_degradation_takes_every_engine_setting_but_those_it_sets_per_net() -> N
 def test_several_seeds_give_means_intervals_and_a_verdict_on_them(tmp_path) -> None:
     out = tmp_path / "deg"
     argv = ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget", "3",
-            "--batch-size", "16", "--train-size", "100", "--input-size", "16", "--seeds", "2",
+            "--batch-size", "16", "--train-size", "100", "--image-size", "16", "--seeds", "2",
             "--seed", "3", "--eval-every", "3", "--device", "cpu", "--quiet",
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
@@ -263,7 +263,7 @@ def test_several_seeds_give_means_intervals_and_a_verdict_on_them(tmp_path) -> N
 def test_a_finished_run_resumed_with_more_seeds_trains_only_the_new_seed(tmp_path, capsys):
     out = tmp_path / "deg"
     argv = ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget", "2",
-            "--batch-size", "16", "--train-size", "60", "--input-size", "16",
+            "--batch-size", "16", "--train-size", "60", "--image-size", "16",
             "--eval-every", "2", "--device", "cpu", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     stamp = (out / "plain8" / "metrics.jsonl").stat().st_mtime_ns

@@ -20,7 +20,7 @@ from resnetlab.runfolder import read_jsonl
 
 
 def _tiny(**changes) -> GradientFlowConfig:
-    base = {"models": ["mlp4", "plain20", "resnet20"], "seeds": 2, "batch": 4}
+    base = {"models": ["mlp4", "plain20", "resnet20"], "seeds": 2, "batch_size": 4}
     return GradientFlowConfig(**(base | changes))
 
 

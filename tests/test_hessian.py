@@ -197,9 +197,9 @@ def small_npz(tmp_path_factory):
 
 
 def _argv(data, out, *more):
-    return ["hessian", "resnet20", "plain20", "--data", str(data), "--images", "10",
-            "--top-k", "2", "--steps", "6", "--max-steps", "12", "--tol", "0.05",
-            "--probes", "4", "--batch", "5", "--normalisation", "none", "--threads", "1",
+    return ["hessian", "resnet20", "plain20", "--data", str(data), "--eval-size", "10",
+            "--eigenvalues", "2", "--steps", "6", "--max-steps", "12", "--tol", "0.05",
+            "--probes", "4", "--batch-size", "5", "--normalisation", "none", "--threads", "1",
             "--out", str(out), *more]  # fmt: skip
 
 
@@ -236,7 +236,7 @@ def test_command_runs_resumes_and_reports(tmp_path, small_npz, monkeypatch, caps
 @pytest.mark.parametrize(
     ("more", "words"),
     [
-        (["--top-k", "0"], "--top-k"),
+        (["--eigenvalues", "0"], "--eigenvalues"),
         (["--tol", "0"], "--tol"),
         (["--max-steps", "4"], "--max-steps"),
         (["--pretrained", "a", "--pretrained", "b", "--pretrained", "c"], "--pretrained values"),

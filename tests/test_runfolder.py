@@ -53,7 +53,7 @@ def folders(tmp_path_factory) -> dict[str, tuple[Path, list[str], str]]:
                      "--full-epochs", "1", "--batch-size", "8", "--out", str(root / "finetune"),
                      "--no-progress"],
         "degradation": ["degradation", "--data", "synthetic", "--depths", "8", "14", "--budget",
-                        "2", "--batch-size", "8", "--train-size", "40", "--input-size", "16",
+                        "2", "--batch-size", "8", "--train-size", "40", "--image-size", "16",
                         "--eval-every", "2", "--device", "cpu", "--out", str(root / "deg")],
         "gradient-flow": ["gradient-flow", "--models", "mlp3", "--seeds", "1", "--report",
                           "--out", str(root / "gf")],

@@ -65,7 +65,7 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path, tiny_npz, ca
 
 def test_gradient_flow_over_two_processes_writes_what_one_process_writes(tmp_path):
     argv = ["gradient-flow", "--models", "resnet20", "plain20", "mlp10", "--seeds", "2",
-            "--batch", "4", "--quiet"]  # fmt: skip
+            "--batch-size", "4", "--quiet"]  # fmt: skip
     two = torchrun("-m", "resnetlab", *argv, "--out", str(tmp_path / "two"), cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     threads = torch.get_num_threads()

@@ -250,8 +250,6 @@ def test_every_field_of_every_command_is_a_flag(command, cls, elsewhere):
             assert action.help, action.dest
 
 
-# The study settings move onto one shared study-input group with the study runner; until then
-# their own declarations are not held to one meaning per name here.
 STUDIES = {CkaConfig, CompareConfig, DemoConfig, GradientFlowConfig, HessianConfig,
            LandscapeConfig, LesionConfig, PathsConfig, ReceptiveFieldConfig, ShatteredConfig,
            TrainedNets}  # fmt: skip
@@ -259,6 +257,8 @@ STUDIES = {CkaConfig, CompareConfig, DemoConfig, GradientFlowConfig, HessianConf
 MAY_DIFFER: dict[str, str] = {
     "normalisation": "training chooses the normalisation a net learns with (a name or mean/std "
     "per channel); a study reads a trained net's own (auto) or imposes imagenet or none",
+    "pretrained": "a study of several nets takes one weights value for all of them or one per "
+    "net (a list); every other command takes one",
 }
 
 
@@ -291,8 +291,9 @@ def test_each_setting_name_is_declared_once_with_one_meaning():
     classes = _reachable()
     assert {TrainConfig, FinetuneOptions, DegradationConfig, PredictSettings, ServeSettings,
             ExportSettings, ExplainSettings, EvaluateSettings, CompareRunsSettings} <= classes
+    assert STUDIES <= classes
     helps: dict[str, dict[str, list[str]]] = {}
-    for cls in classes - STUDIES:
+    for cls in classes:
         for name, text in _declared(cls).items():
             helps.setdefault(name, {}).setdefault(text, []).append(cls.__name__)
     differ = {name: by for name, by in helps.items() if len(by) > 1 and name not in MAY_DIFFER}
@@ -310,7 +311,7 @@ def test_the_walk_finds_a_setting_declared_twice():
     REGISTERED["resnetlab again"] = [Again]
     try:
         names = {}
-        for cls in _reachable() - STUDIES:
+        for cls in _reachable():
             for name in _declared(cls):
                 names.setdefault(name, []).append(cls.__name__)
         assert sorted(names["seed"]) == ["Again", "SeedSettings"]
@@ -347,9 +348,15 @@ def test_auto_is_the_cpu_on_a_machine_without_a_gpu(monkeypatch):
          "--batch is now --batch-size"),
         (["export", "resnet20", "--format", "onnx", "--out", "m.onnx", "--input-size", "3"],
          "--input-size is now --example-shape"),
+        (["lesion", "resnet20", "--batch", "64"], "--batch is now --batch-size"),
+        (["cka", "resnet20", "--images", "64"], "--images is now --eval-size"),
+        (["hessian", "resnet20", "--top-k", "2"], "--top-k is now --eigenvalues"),
+        (["compare", "resnet18", "--iters", "2"], "--iters is now --timing-iters"),
+        (["compare", "resnet18", "--warmup", "2"], "--warmup is now --timing-warmup"),
+        (["degradation", "--input-size", "16"], "--input-size is now --image-size"),
     ],
 )  # fmt: skip
-def test_export_renamed_flags_name_the_new_one(argv, words, capsys):
+def test_renamed_flags_name_the_new_one(argv, words, capsys):
     with pytest.raises(SystemExit) as code:
         main(argv)
     err = capsys.readouterr().err.strip()

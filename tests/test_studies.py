@@ -155,7 +155,7 @@ def test_interrupted_grid_resumes_to_the_same_result(tmp_path, tiny_npz, monkeyp
         points_1d=3,
         grid=3,
         normalisation="none",
-        batch=10,
+        batch_size=10,
     )
     _, whole = run_landscape(config, tmp_path / "whole", progress=False)
     real, calls = landscape_module.evaluate_point, {"n": 0}

@@ -38,7 +38,7 @@ def tiny_npz(tmp_path_factory):
 
 def _config(data, weights, **changes) -> LandscapeConfig:
     base = dict(model="resnet20", pretrained=str(weights), data=str(data), train_size=10,
-                points_1d=3, grid=0, normalisation="none", batch=10)  # fmt: skip
+                points_1d=3, grid=0, normalisation="none", batch_size=10)  # fmt: skip
     return LandscapeConfig(**(base | changes))
 
 
@@ -68,6 +68,20 @@ def test_a_resume_from_replaced_weights_is_refused(tmp_path, tiny_npz):
     os.utime(other, ns=(0, 0))  # another copy of the data under the same name
     with pytest.raises(ResnetlabError, match="other inputs: data changed"):
         run_landscape(_config(other, weights), tmp_path / "run2", resume=True, progress=False)
+
+
+def test_a_run_from_before_a_setting_was_renamed_resumes(tmp_path, tiny_npz):
+    weights = _weights(tmp_path / "w.pt", 0)
+    out = tmp_path / "run"
+    _, first = run_landscape(_config(tiny_npz, weights), out, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    config["batch"] = config.pop("batch_size")  # as written before --batch became --batch-size
+    (out / "config.json").write_text(json.dumps(config))
+    _, again = run_landscape(_config(tiny_npz, weights), out, resume=True, progress=False)
+    assert again["line"] == first["line"]
+    assert "batch" not in json.loads((out / "config.json").read_text())
+    with pytest.raises(ResnetlabError, match=r"other settings \(batch_size\)"):
+        run_landscape(_config(tiny_npz, weights, batch_size=5), out, resume=True, progress=False)
 
 
 def test_a_huge_grid_is_refused_before_any_folder(tmp_path, tiny_npz, capsys):

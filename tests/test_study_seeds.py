@@ -39,7 +39,7 @@ def _without(record: dict, *keys: str) -> dict:
 
 def test_lesion_seeds_are_one_seed_runs_side_by_side(tmp_path, tiny_npz, weights):
     base = dict(models=["resnet20"], pretrained=[weights], data=str(tiny_npz), max_k=2,
-                draws=2, eval_size=20, normalisation="none", batch=20)  # fmt: skip
+                draws=2, eval_size=20, normalisation="none", batch_size=20)  # fmt: skip
     _, two = run_lesion(LesionConfig(**base, seeds=2), tmp_path / "two", progress=False)
     _, alone = run_lesion(LesionConfig(**base, seed=1), tmp_path / "one", progress=False)
     assert [n["seed"] for n in two["nets"]] == [0, 1]
@@ -58,7 +58,7 @@ def test_lesion_seeds_are_one_seed_runs_side_by_side(tmp_path, tiny_npz, weights
 
 
 def test_paths_seeds_are_one_seed_runs_side_by_side(tmp_path, tiny_npz, weights):
-    base = dict(model="resnet20", pretrained=weights, data=str(tiny_npz), images=2, draws=1,
+    base = dict(model="resnet20", pretrained=weights, data=str(tiny_npz), eval_size=2, draws=1,
                 normalisation="none")  # fmt: skip
     _, two = run_paths(PathsConfig(**base, seeds=2), tmp_path / "two", progress=False)
     _, alone = run_paths(PathsConfig(**base, seed=1), tmp_path / "one", progress=False)
@@ -72,7 +72,7 @@ def test_paths_seeds_are_one_seed_runs_side_by_side(tmp_path, tiny_npz, weights)
 
 def test_landscape_seeds_draw_their_own_directions(tmp_path, tiny_npz):
     config = LandscapeConfig(model="resnet20", data=str(tiny_npz), train_size=10, points_1d=3,
-                             grid=3, normalisation="none", batch=10, seeds=2)  # fmt: skip
+                             grid=3, normalisation="none", batch_size=10, seeds=2)  # fmt: skip
     _, result = run_landscape(config, tmp_path / "run", progress=False)
     folder = tmp_path / "run"
     assert (folder / "directions-seed0.pt").is_file() and (folder / "directions-seed1.pt").is_file()

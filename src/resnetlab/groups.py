@@ -1,8 +1,9 @@
 """The setting groups every command is made of: data, seed, model and weights, device, batch,
-run folder, inference and the deployment prevalence. Each setting is declared here once, with
-its help and bounds; a command's settings inherit the groups it needs (``TrainConfig``) or take
-them with ``settings.compose`` (where a command keeps another default), so ``--device`` or
-``--data`` means the same thing, with the same help, in every command.
+split and subsamples, image size, run folder, inference and the deployment prevalence. Each
+setting is declared here once, with its help and bounds; a command's settings inherit the
+groups it needs (``TrainConfig``) or take them with ``settings.compose`` (where a command keeps
+another default), so ``--device`` or ``--data`` means the same thing, with the same help, in
+every command.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import ResnetlabError
 from .settings import check_settings, setting
 
 ON_BAD = ("error", "skip")
+SPLITS = ("train", "val", "test")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 # What runs a model for inference (models/inference.py): auto is ONNX Runtime where it is
 # installed and the device is the CPU, else torch with BatchNorm folded.
@@ -72,7 +74,8 @@ class DataSettings(Checked):
     data: str = setting(
         "cifar10", "data: cifar10, cifar100, fashion-mnist (Debian's dataset-fashion-mnist), an "
         "image folder or archive (train/, optional val/ test/, or manifest.csv), a MedMNIST .npz "
-        "or a folder of IDX files (MNIST layout); degradation also takes synthetic",
+        "or a folder of IDX files (MNIST layout); degradation and demo also take synthetic "
+        "(shapes made on the spot, no download)",
     )  # fmt: skip
     data_root: str | None = setting(
         None, "folder for downloads and caches (default $RESNETLAB_HOME/data)"
@@ -105,7 +108,10 @@ class SeedsSettings(Checked):
 class ModelSettings(Checked):
     """Which network, with which options, starting from which weights."""
 
-    model: str = setting("resnet20", "registered model name, e.g. resnet20, plain56, resnet18")
+    model: str = setting(
+        "resnet20", "registered model name, e.g. resnet20, plain56, resnet18 (studies of a "
+        "trained net: also a run folder)",
+    )  # fmt: skip
     model_options: dict[str, Any] = setting(
         help="a model option, e.g. shortcut=B (repeatable)", factory=dict
     )
@@ -114,6 +120,15 @@ class ModelSettings(Checked):
         "hf-hub:ORG/NAME; none: random initialisation; auto (fine-tuning): ImageNet weights "
         "where published for the model, else none",
     )  # fmt: skip
+
+
+@dataclass
+class ModelsSettings(Checked):
+    """Several networks side by side."""
+
+    models: list[str] = setting(
+        help="model names (studies of trained nets: also run folders)", factory=list
+    )
 
 
 @dataclass
@@ -131,6 +146,36 @@ class BatchSettings(Checked):
         128, "images per batch: in training the GLOBAL batch of one optimiser step (split over "
         "all processes); elsewhere one forward pass (export: the example input's)", ">= 1",
     )  # fmt: skip
+
+
+@dataclass
+class SplitSettings(Checked):
+    """Which split of the data is measured."""
+
+    split: str = setting(
+        "test", "split to measure; on a run's own data, val and test are the run's, re-created "
+        "when it held them out", choices=SPLITS,
+    )  # fmt: skip
+
+
+@dataclass
+class SubsampleSettings(Checked):
+    """How many images of a split a run uses: fixed stratified subsamples, for speed."""
+
+    train_size: int | None = setting(
+        None, "training images: a fixed stratified subsample of the training split "
+        "(synthetic data: the images made)", ">= 1",
+    )  # fmt: skip
+    eval_size: int | None = setting(
+        None, "images measured: a fixed stratified subsample of each split measured", ">= 1",
+    )  # fmt: skip
+
+
+@dataclass
+class ImageSizeSettings(Checked):
+    """The side of the square images a network is given."""
+
+    image_size: int | None = setting(None, "input size in px", ">= 8")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from .errors import ResnetlabError, close_matches
@@ -148,7 +149,11 @@ def compose(
                 if isinstance(default, Default):
                     help = f"{metadata.get('help', '')} (default {default.shown})"
                     default, metadata = default.value, {**metadata, "help": help}
-                value = dataclasses.field(default=default, metadata=metadata)
+                value: Any = (  # a list default: each instance its own copy
+                    dataclasses.field(default_factory=partial(list, default), metadata=metadata)
+                    if isinstance(default, list)
+                    else dataclasses.field(default=default, metadata=metadata)
+                )
             elif unset is not None:
                 help = f"{f.metadata.get('help', '')} (default {unset})"
                 value = dataclasses.field(default=None, metadata={**f.metadata, "help": help})

@@ -143,6 +143,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_settings(p, ExportSettings, positional={"source": "RUN_OR_MODEL"},
                  required=("format", "out_dir"), eager=True)  # fmt: skip
     add_renamed(p, {"--batch": "--batch-size (images per batch, as in every command)",
-                    "--input-size": "--example-shape C H W (--input-size is a size in px "
+                    "--input-size": "--example-shape C H W (a size in px is --image-size "
                     "elsewhere)"})  # fmt: skip
     p.set_defaults(func=run_export)

@@ -31,6 +31,7 @@ from ..groups import (
     OutputSettings,
     PrevalenceSettings,
     RunFolderSettings,
+    SplitSettings,
     device_name,
 )
 from ..settings import REQUIRED, Default, compose, setting
@@ -83,17 +84,13 @@ class PredictSettings(Checked):
 
 @dataclass(kw_only=True)
 @compose(InferenceSettings, DataSettings, BatchSettings, DeviceSettings, RunFolderSettings,
-         OutputSettings, PrevalenceSettings,
+         OutputSettings, PrevalenceSettings, SplitSettings,
          exclude=("top_k", "data_root", "resume", "progress", "csv"),
          defaults={"source": REQUIRED, "data": REQUIRED, "batch_size": 64,
                    "out_dir": Default(None, "none: printed only")})  # fmt: skip
 class EvaluateSettings(Checked):
-    """``resnetlab evaluate``: the split to measure; the rest from the groups."""
+    """``resnetlab evaluate``: the subgroups to measure; the rest from the groups."""
 
-    split: str = setting(
-        "test", "split to measure; on the run's own data, val and test are the run's, "
-        "re-created when it held them out", choices=("train", "val", "test"),
-    )  # fmt: skip
     subgroups: tuple[str, ...] = setting(
         (), "manifest columns measured value by value, e.g. site,sex: n, positives, ROC-AUC, "
         "sensitivity and specificity at the threshold (accuracy with more classes), 95 % "
@@ -102,6 +99,7 @@ class EvaluateSettings(Checked):
 
     if TYPE_CHECKING:  # added by compose (this block never runs)
         source: str = setting()
+        split: str = setting()
         data: str = setting()
         out_dir: str | None = setting()
         batch_size: int = setting()

@@ -159,6 +159,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("summary", help="per-stage shapes, parameters and MACs of a model")
     add_settings(p, SummarySettings, positional={"source": "RUN_OR_MODEL"}, eager=True)
-    add_renamed(p, {"--input-size": "--example-shape C H W (--input-size is a size in px "
+    add_renamed(p, {"--input-size": "--example-shape C H W (a size in px is --image-size "
                     "elsewhere)"})  # fmt: skip
     p.set_defaults(func=run_summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -31,13 +32,13 @@ from ..experiments.landscape import Landscape
 from ..experiments.lesion import Lesion
 from ..experiments.paths import Paths
 from ..experiments.receptive_field import ReceptiveField, format_layers, format_stacked
-from ..experiments.runner import Study, StudyRun, run_study
+from ..experiments.runner import RENAMED_SETTINGS, Study, StudyRun, run_study
 from ..experiments.scaleout import main_process
 from ..experiments.shattered import Shattered
 from ..groups import Checked, RunFolderSettings
 from ..reports.report import render_report
 from ..settings import Default, compose, setting
-from .flags import add_settings, given_settings, settings_from_args
+from .flags import add_renamed, add_settings, flag_name, given_settings, settings_from_args
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for command in STUDIES:
         p = subparsers.add_parser(command.name, help=command.help, description=command.description)
         add_settings(p, command.study.settings, positional=command.positional)
+        names = {f.name for f in dataclasses.fields(command.study.settings)}
+        add_renamed(p, {flag_name(old): flag_name(new) for old, new in RENAMED_SETTINGS.items()
+                        if new in names and old not in names})  # fmt: skip
         if command.flags:
             command.flags(p)
         add_settings(p, StudyRunSettings)

@@ -33,9 +33,9 @@ from ..analysis.cka import (
 from ..data import open_data
 from ..data.synthetic import subsample
 from ..errors import ResnetlabError
-from ..groups import BatchSettings
+from ..groups import BatchSettings, ModelsSettings, SplitSettings, SubsampleSettings
 from ..models.inference import optimize_for_inference
-from ..settings import compose, setting
+from ..settings import Default, compose, setting
 from .cka_findings import block_finding, correspondence_finding, stage_match_finding, stage_rows
 from .inputs import TrainedNets, check_data, nets_inputs, pretrained_for
 from .runner import Figure, Study, Summary, pyplot, save_figure
@@ -43,26 +43,23 @@ from .trained import Subject, load_subject, normalise
 
 
 @dataclass
-@compose(BatchSettings, only=("batch_size",), defaults={"batch_size": 256})
+@compose(ModelsSettings, SplitSettings, SubsampleSettings, BatchSettings,
+         only=("models", "split", "eval_size", "batch_size"), defaults={
+    "models": Default([], "none: name A and B, or A alone (or twice) for a net with itself"),
+    "eval_size": Default(None, "all, shuffled"), "batch_size": 256,
+})  # fmt: skip
 class CkaConfig(TrainedNets):
-    """Settings of one CKA study (written to config.json)."""
+    """Settings of one CKA study (written to config.json): one or two nets compared on a
+    shuffled sample of ``eval_size`` images of ``split``."""
 
-    models: list[str] = setting(
-        help="one or two nets, model names or run folders (one, or the same twice: a net "
-        "with itself)", factory=list,
-    )  # fmt: skip
-    split: str = setting(
-        "test", "split whose images are compared", choices=("train", "val", "test")
-    )
-    images: int | None = setting(
-        None, "images of the split: a fixed stratified sample, shuffled (default: all)", ">= 4"
-    )
     layers: list[str] = setting(
         help="module names to compare, each used in the nets that have it (default: the stem, "
         "every block, the pooled features and the head)", factory=list,
     )  # fmt: skip
 
     if TYPE_CHECKING:  # added by compose (this block never runs)
+        split: str = setting()
+        eval_size: int | None = setting()
         batch_size: int = setting()
 
 
@@ -140,11 +137,13 @@ class Cka(Study):
                 f"cka compares one or two nets, got {len(c.models)}. Name A and B, or A alone "
                 "for a net with itself."
             )
-        if c.batch_size < MIN_BATCH:
-            raise ResnetlabError(
-                f"--batch-size {c.batch_size}: the unbiased HSIC needs at least {MIN_BATCH} images "
-                "a batch. Use 4 or more (e.g. 256)."
-            )
+        for flag, value, per in (("--batch-size", c.batch_size, " a batch"),
+                                 ("--eval-size", c.eval_size, "")):  # fmt: skip
+            if value is not None and value < MIN_BATCH:
+                raise ResnetlabError(
+                    f"{flag} {value}: the unbiased HSIC needs at least {MIN_BATCH} images{per}. "
+                    f"Use {MIN_BATCH} or more."
+                )
         check_data(c.data)
         specs = list(zip(c.models, pretrained_for(c.models, c.pretrained), strict=True))
         self.same = len(specs) == 1 or specs[0] == specs[1]
@@ -169,7 +168,7 @@ class Cka(Study):
                 f"{c.data} has {bundle.in_channels}-channel images, the nets take {channels[0]}; "
                 "pass data the nets were made for."
             )
-        part = subsample(part, c.images, c.seed)
+        part = subsample(part, c.eval_size, c.seed)
         self.batches = even_batches(len(part), c.batch_size)
         order = torch.randperm(len(part), generator=torch.Generator().manual_seed(c.seed))
         self.images = part.images[order]  # shuffled: every batch a sample of all classes

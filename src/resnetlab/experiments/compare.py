@@ -11,18 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..analysis.gradients import BLOCK_TYPES
 from ..errors import ResnetlabError
+from ..groups import BatchSettings, Checked, DeviceSettings, ImageSizeSettings, ModelsSettings
 from ..models import create_model, model_info
 from ..models.registry import ModelInfo
 from ..models.summary import count_macs, count_parameters
 from ..reports.findings import compare_finding
-from ..settings import setting
+from ..settings import Default, compose, setting
 from .runner import Figure, Study, Summary, pyplot, save_figure
 from .speed import MODES, Spread, add_speeds, time_model, unresolved
 
@@ -32,21 +33,25 @@ MIB = 2**20
 
 
 @dataclass
-class CompareConfig:
-    """Settings of one comparison (written to config.json)."""
+@compose(ModelsSettings, BatchSettings, ImageSizeSettings, DeviceSettings, defaults={
+    "models": Default(list(DEFAULT_MODELS), " ".join(DEFAULT_MODELS)),
+    "batch_size": 8, "image_size": 224,
+})  # fmt: skip
+class CompareConfig(Checked):
+    """Settings of one comparison (written to config.json); the batch, image size and device
+    are those of the timings."""
 
-    models: list[str] = setting(
-        help="models (default: vgg16 vgg19 resnet18 resnet34 resnet50 resnet101 resnet152)",
-        factory=lambda: list(DEFAULT_MODELS),
-    )
     mac_size: int = setting(224, "input px for the MAC counts", ">= 1")
-    speed: bool = setting(False, "also time each model, over --repeats rounds (minutes on a CPU)")
-    batch: int = setting(8, "batch for throughput", ">= 2")
-    input_size: int = setting(224, "input px for throughput", ">= 1")
-    iters: int = setting(3, "timed iterations", ">= 1")
-    warmup: int = setting(1, "untimed iterations first", ">= 0")
+    speed: bool = setting(False, "also time each model (minutes on a CPU)")
+    timing_iters: int = setting(3, "timed iterations per repeat", ">= 1")
+    timing_warmup: int = setting(1, "untimed iterations before them", ">= 0")
     repeats: int = setting(3, "timing repeats; the spread needs at least 3", ">= 3")
-    device: str = setting("cpu", "device for throughput: cpu, cuda or cuda:N")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        models: list[str] = setting()
+        batch_size: int = setting()
+        image_size: int = setting()
+        device: str = setting()
 
 
 def display_name(name: str) -> str:
@@ -155,8 +160,8 @@ def speed_findings(rows: list[dict], config: CompareConfig) -> list[str]:
             )
         return f" The difference ({diff:.3g} img/s) exceeds the spread ({width:.3g} img/s)."
 
-    where = (f"Measured here ({timed[0]['speed_device']}, batch {config.batch}, "
-             f"{config.input_size} px, fp32, median of {timed[0]['repeats']} repeats, min–max "
+    where = (f"Measured here ({timed[0]['speed_device']}, batch {config.batch_size}, "
+             f"{config.image_size} px, fp32, median of {timed[0]['repeats']} repeats, min–max "
              "in brackets)")  # fmt: skip
     findings = []
     vggs = [r for r in timed if r["model"].startswith("vgg")]
@@ -251,10 +256,11 @@ def format_table(rows: list[dict], config: CompareConfig) -> str:
     lines.append(f"file MiB [pub.]: {TV_FILE_SIZE}; fp32 MiB: parameters × 4 bytes (computed).")
     if config.speed and rows and "speed_device" in rows[0]:
         lines.append(
-            f"img/s: measured on this machine ({rows[0]['speed_device']}), batch {config.batch}, "
-            f"{config.input_size}×{config.input_size}, fp32; median (min–max) of "
-            f"{rows[0]['repeats']} repeats, models interleaved, each {config.iters} timed "
-            f"iteration(s) after {config.warmup} warm-up; train = forward + backward + SGD step."
+            f"img/s: measured on this machine ({rows[0]['speed_device']}), batch "
+            f"{config.batch_size}, {config.image_size}×{config.image_size}, fp32; median "
+            f"(min–max) of {rows[0]['repeats']} repeats, models interleaved, each "
+            f"{config.timing_iters} timed iteration(s) after {config.timing_warmup} warm-up; "
+            "train = forward + backward + SGD step."
         )
         flagged = [display_name(r["model"]) for r in rows
                    if r.get("forward_unresolved") or r.get("train_unresolved")]  # fmt: skip
@@ -309,17 +315,6 @@ def plot_compare(rows: list[dict], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ResnetlabError(f"unknown device {device!r}. Use cpu, cuda or cuda:N.") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ResnetlabError(f"device {device!r} is not available here. Use --device cpu.")
-
-
 class Compare(Study):
     """One row per model (counted and published), then, with ``speed``, every timing: each
     repeat of each model and mode, models interleaved round by round, one a measurement."""
@@ -332,8 +327,6 @@ class Compare(Study):
             raise ResnetlabError("no models to compare. Name at least one, e.g. resnet50.")
         for name in self.config.models:
             model_info(name)  # unknown names fail before any work
-        if self.config.speed:
-            _check_device(self.config.device)
         self.timed: dict[str, nn.Module] = {}
 
     def measurements(self) -> list[tuple[str, Any]]:

@@ -22,7 +22,7 @@ from ..data import open_data, split_val
 from ..data.synthetic import make_shapes, resize_split, subsample
 from ..errors import ResnetlabError
 from ..files import write_text_atomic
-from ..groups import SeedsSettings, check_device
+from ..groups import ImageSizeSettings, SeedsSettings, SubsampleSettings, check_device
 from ..models import CifarResNet, create_model, list_models, model_info
 from ..reports.findings import degradation_findings
 from ..settings import Default, check_settings, compose, setting
@@ -47,7 +47,7 @@ from .degradation_curves import (
     seed_row,
     verdict,
 )
-from .inputs import check_data
+from .inputs import DepthSettings, check_data
 from .runner import Figure, Study, Summary, fingerprint, status
 from .seeded import seeds_of
 from .variants import DEFAULT_VARIANTS, VARIANTS, arm_kind, arm_options, base_kind, check_variants
@@ -64,10 +64,13 @@ PER_NET = ("model", "model_options", "pretrained", "max_iters", "epochs", "miles
 
 
 @dataclass
-@compose(RecipeSettings, TrainConfig, SeedsSettings, exclude=PER_NET, unset="the recipe's",
-         defaults={
+@compose(RecipeSettings, TrainConfig, SeedsSettings, DepthSettings, ImageSizeSettings,
+         SubsampleSettings, exclude=PER_NET, unset="the recipe's", defaults={
+    "depths": Default(list(FAMILIES["cifar"]), "20 32 44 56, or 18 34 for --family imagenet"),
     "recipe": "he2015-cifar", "data": "cifar10", "seed": 0, "seeds": 1,
     "eval_every": Default(None, "budget / 20"),
+    "image_size": Default(None, "as stored; 64 for --family imagenet"),
+    "train_size": Default(None, "all"), "eval_size": Default(None, "all, of val and test"),
 })  # fmt: skip
 class DegradationConfig:
     """Settings of one degradation experiment (written to config.json). Its own fields below;
@@ -76,18 +79,8 @@ class DegradationConfig:
 
     family: str = setting("cifar", "CIFAR nets (6n+2 layers) or ImageNet-style 18/34",
                           choices=tuple(FAMILIES))  # fmt: skip
-    depths: list[int] = setting(
-        help="depths (default: 20 32 44 56, or 18 34 for --family imagenet)",
-        bounds=">= 1", factory=lambda: list(FAMILIES["cifar"]),
-    )  # fmt: skip
     budget: int | None = setting(None, "iterations per net; the recipe's lr milestones are "
                                  "scaled to it", ">= 1")  # fmt: skip
-    input_size: int | None = setting(None, "resize images to this many px (default: as "
-                                     "stored; 64 for --family imagenet)", ">= 8")  # fmt: skip
-    train_size: int | None = setting(None, "train on a stratified subsample of this many "
-                                     "images (synthetic: images made)", ">= 1")  # fmt: skip
-    eval_size: int | None = setting(None, "evaluate on stratified subsamples of val and test "
-                                    "of this size (speed)", ">= 1")  # fmt: skip
     variants: list[str] = setting(
         help="arms: plain, resnet, plain-dirac (Dirac init), resnet-scale (zero residual "
         "scale); default plain,resnet", choices=tuple(VARIANTS),
@@ -106,6 +99,10 @@ class DegradationConfig:
         eval_every: int | None = setting()
         val_size: int | float | None = setting()
         log: tuple[str, ...] | None = setting()
+        depths: list[int] = setting()
+        image_size: int | None = setting()
+        train_size: int | None = setting()
+        eval_size: int | None = setting()
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -178,7 +175,7 @@ def scaled_milestones(milestones: tuple[int, ...], recipe_iters: int, budget: in
 def open_bundle(config: DegradationConfig, val_size: int | float | None) -> Any:
     """The data for every run: opened once, subsampled and resized as the config says."""
 
-    size = config.input_size or (DEFAULT_SIZE["imagenet"] if config.family == "imagenet" else None)
+    size = config.image_size or (DEFAULT_SIZE["imagenet"] if config.family == "imagenet" else None)
     if config.data == "synthetic":
         n = config.train_size or 5000
         return make_shapes(n, max(10, n // 10), max(10, n // 5), size=size or 32, seed=config.seed)

@@ -15,11 +15,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..console import say
 from ..download import resnetlab_home
-from ..settings import check_settings, setting
+from ..groups import DataSettings, SeedSettings
+from ..settings import Default, check_settings, compose, setting
 from .compare import DEFAULT_MODELS as COMPARE_MODELS
 from .compare import Compare, CompareConfig
 from .degradation import Degradation, DegradationConfig
@@ -35,25 +36,28 @@ WEIGHT_SUFFIXES = (".th", ".pt", ".pth", ".safetensors")
 
 
 @dataclass
+@compose(DataSettings, DegradationConfig, SeedSettings, CompareConfig,
+         only=("data", "budget", "seed", "speed"),
+         defaults={"data": "synthetic",
+                   "budget": Default(None, "the demo's short one")})  # fmt: skip
 class DemoConfig:
-    """Settings of one demo (written to config.json); the parts' settings follow from them."""
+    """Settings of one demo (written to config.json); the parts' settings follow from them:
+    ``budget`` is the degradation run's, ``speed`` the comparison table's."""
 
-    data: str = setting(
-        "synthetic", "synthetic (no download), cifar10 (downloads) or a local path such as the "
-        "CIFAR-10 JPEG archive",
-    )  # fmt: skip
-    budget: int | None = setting(
-        None, "iterations per net in the degradation run (default: the demo's short one)",
-        ">= 1",
-    )  # fmt: skip
-    seed: int = setting(0, "seed of data split, init and order", ">= 0")
     quick: bool = setting(False, "tiny settings (a smoke test)")
-    speed: bool = setting(False, "also time each model in the table")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        data: str = setting()
+        budget: int | None = setting()
+        seed: int = setting()
+        speed: bool = setting()
 
 
 def compare_config(config: DemoConfig) -> CompareConfig:
     models = ["vgg11", "resnet18"] if config.quick else list(COMPARE_MODELS)
-    return CompareConfig(models=models, speed=config.speed, batch=2, iters=2, warmup=1)
+    return CompareConfig(
+        models=models, speed=config.speed, batch_size=2, timing_iters=2, timing_warmup=1
+    )
 
 
 def gradient_flow_config(config: DemoConfig) -> GradientFlowConfig:
@@ -61,7 +65,7 @@ def gradient_flow_config(config: DemoConfig) -> GradientFlowConfig:
     if not config.quick:
         models += ["plain56", "resnet56"]
     return GradientFlowConfig(models=models, seeds=1 if config.quick else 2, seed=config.seed,
-                              batch=4 if config.quick else 8)  # fmt: skip
+                              batch_size=4 if config.quick else 8)  # fmt: skip
 
 
 def degradation_config(config: DemoConfig) -> DegradationConfig:
@@ -76,7 +80,7 @@ def degradation_config(config: DemoConfig) -> DegradationConfig:
         budget=budget,
         seed=config.seed,
         batch_size=16 if config.quick else 64,
-        input_size=16 if synthetic else None,
+        image_size=16 if synthetic else None,
         train_size=(200 if config.quick else 3000) if synthetic else None,
         eval_size=None if synthetic else 1000,
         eval_every=max(1, budget // 10),

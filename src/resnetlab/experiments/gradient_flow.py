@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,11 +27,12 @@ from ..analysis.gradients import (
 )
 from ..data import open_data
 from ..errors import ResnetlabError
+from ..groups import BatchSettings, DataSettings, ModelsSettings, SeedSettings, SeedsSettings
 from ..models import ModelInfo, create_model, model_info
 from ..reports.findings import conv_gradient_finding, response_finding, seed_mlp_finding
-from ..settings import setting
+from ..settings import Default, compose, setting
 from .gradient_flow_plots import plot_profiles, plot_seed_mlp
-from .inputs import check_data
+from .inputs import MlpSettings, check_data
 from .runner import Figure, Study, Summary, fingerprint
 from .seeded import seeds_of
 from .trained import load_subject, normalise
@@ -44,24 +45,30 @@ MLP_NAME = re.compile(r"^mlp(\d+)$")
 
 
 @dataclass
+@compose(ModelsSettings, SeedSettings, SeedsSettings, BatchSettings, MlpSettings, DataSettings,
+         only=("models", "seed", "seeds", "batch_size", "mlp_width", "data"), defaults={
+    "models": Default(list(DEFAULT_MODELS), "MLPs, CIFAR 20/56/110, ImageNet 18/34"),
+    "seeds": 3, "batch_size": 16,
+    "data": Default(None, "random input"),
+})  # fmt: skip
 class GradientFlowConfig:
-    """Settings of one gradient-flow run (written to config.json)."""
+    """Settings of one gradient-flow run (written to config.json): the models (registry names
+    and mlpN), measured over seeds seed, seed+1, ... on random input or a batch of ``data``."""
 
-    models: list[str] = setting(
-        help="registry names and mlpN (default: MLPs, CIFAR 20/56/110, ImageNet 18/34)",
-        factory=lambda: list(DEFAULT_MODELS),
-    )
-    seeds: int = setting(3, "number of seeds to average", ">= 1")
-    seed: int = setting(0, "first seed", ">= 0")
-    batch: int = setting(16, "batch for the conv nets", ">= 2")
     imagenet_size: int = setting(64, "input size for ImageNet nets (small, to stay cheap)", ">= 32")
-    mlp_width: int = setting(64, "width of the MLP stacks", ">= 1")
     mlp_batch: int = setting(32, "batch for the MLP stacks", ">= 1")
     checkpoint: list[str] = setting(
         help="measure at these weights: a weights file or run folder per model, in --models "
         "order (He et al. 2015, Fig. 7 is after training)", factory=list,
     )  # fmt: skip
-    data: str | None = setting(None, "use a batch of this data set, not random input")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        models: list[str] = setting()
+        seed: int = setting()
+        seeds: int = setting()
+        batch_size: int = setting()
+        mlp_width: int = setting()
+        data: str | None = setting()
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,8 @@ def _batch(entry: Entry, config: GradientFlowConfig, seed: int, data: dict | Non
     size = config.imagenet_size if resized else info.input_size[1]
     generator = torch.Generator().manual_seed(seed + 1)
     if data is None:
-        x = torch.randn(config.batch, info.input_size[0], size, size, generator=generator)
-        return x, torch.randint(0, info.num_classes, (config.batch,), generator=generator)
+        x = torch.randn(config.batch_size, info.input_size[0], size, size, generator=generator)
+        return x, torch.randint(0, info.num_classes, (config.batch_size,), generator=generator)
     images, labels = data[seed]
     if norm is not None and not resized:
         return normalise(images, norm), labels.long().flatten() % info.num_classes
@@ -310,7 +317,7 @@ class GradientFlow(Study):
     def prepare(self) -> None:
         self.data, self.description = None, ""
         if self.config.data:
-            self.data, self.description = _data_batches(self.config.data, self.config.batch,
+            self.data, self.description = _data_batches(self.config.data, self.config.batch_size,
                                                         self.seeds)  # fmt: skip
 
     def measurements(self) -> list[tuple[str, Any]]:

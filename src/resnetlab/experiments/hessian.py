@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from ..analysis.hessian import (
     top_eigenvalues,
 )
 from ..errors import ResnetlabError
-from ..settings import setting
+from ..groups import BatchSettings, SplitSettings, SubsampleSettings
+from ..settings import Default, compose, setting
 from .hessian_findings import findings, growth
 from .inputs import TrainedNets, check_data, nets_inputs, pretrained_for
 from .runner import Figure, Study, Summary, pyplot, save_figure
@@ -37,12 +38,16 @@ FLOOR = 1e-7  # the density plot's lowest value (log scale)
 
 
 @dataclass
+@compose(SplitSettings, SubsampleSettings, BatchSettings,
+         only=("split", "eval_size", "batch_size"), defaults={
+    "split": "train", "eval_size": 1000,
+    "batch_size": Default(250, "250: the chunks of the gradient graph"),
+})  # fmt: skip
 class HessianConfig(TrainedNets):
-    """Settings of one Hessian study (written to config.json)."""
+    """Settings of one Hessian study (written to config.json): the Hessian of the mean loss over
+    ``eval_size`` images of ``split``, its gradient graph built ``batch_size`` images at a time."""
 
-    split: str = setting("train", "split whose mean loss the Hessian is of")
-    images: int = setting(1000, "images: a fixed stratified sample of the split", ">= 1")
-    top_k: int = setting(3, "top eigenvalues per net", ">= 1")
+    eigenvalues: int = setting(3, "top eigenvalues per net", ">= 1")
     tol: float = setting(
         1e-3,
         "relative tolerance: each top eigenvalue's error bound, and the trace's standard "
@@ -55,12 +60,16 @@ class HessianConfig(TrainedNets):
         300, "Lanczos steps at most (the top eigenvalues stop at --tol)", ">= 1"
     )
     density_runs: int = setting(1, "Lanczos runs averaged in the density (PyHessian's n_v)", ">= 1")
-    batch: int = setting(250, "images per chunk of the gradient graph", ">= 1")
     cache: bool = setting(
         True,
         "keep each chunk's gradient graph between products (faster; memory grows with "
-        "--images, about 5 MB per 32×32 image for ResNet-20)",
+        "--eval-size, about 5 MB per 32×32 image for ResNet-20)",
     )
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        split: str = setting()
+        eval_size: int = setting()
+        batch_size: int = setting()
 
 
 def describe(subject: Subject) -> dict[str, Any]:
@@ -84,11 +93,13 @@ def measure_net(
     """Top eigenvalues, trace and density quadrature of one net on (x, y)."""
     c = config
     started = time.perf_counter()
-    hessian = LossHessian(subject.model, x, y, batch=c.batch, cache=c.cache, channels_last=True)
+    hessian = LossHessian(
+        subject.model, x, y, batch=c.batch_size, cache=c.cache, channels_last=True
+    )
     eig = top_eigenvalues(
         hessian,
         hessian.dim,
-        c.top_k,
+        c.eigenvalues,
         tol=c.tol,
         max_steps=c.max_steps,
         seed=c.seed,
@@ -244,8 +255,10 @@ class HessianStudy(Study):
             raise ResnetlabError(
                 f"--max-steps {c.max_steps} is below --steps {c.steps}. Raise --max-steps."
             )
-        if c.top_k > c.max_steps:
-            raise ResnetlabError(f"--top-k {c.top_k} needs --max-steps {c.top_k} at least.")
+        if c.eigenvalues > c.max_steps:
+            raise ResnetlabError(
+                f"--eigenvalues {c.eigenvalues} needs --max-steps {c.eigenvalues} at least."
+            )
         check_data(c.data)
         self.subjects = [
             load_subject(m, p, c.normalisation, c.seed)
@@ -262,7 +275,7 @@ class HessianStudy(Study):
     def measure(self, spec: Any) -> dict[str, Any]:
         c, key = self.config, repr(spec.normalisation)
         if key not in self.splits:
-            self.splits[key] = load_split(c.data, c.split, c.images, c.seed, spec.normalisation)
+            self.splits[key] = load_split(c.data, c.split, c.eval_size, c.seed, spec.normalisation)
         x, y, source = self.splits[key]
         return {**measure_net(spec, x, y, c), "data": f"{source} ({len(y):,} images)"}
 

@@ -1,6 +1,6 @@
-"""The settings the studies of trained nets share, declared once (a study's settings class
-derives from these groups, so mypy and the flags see every field), and the checks of those
-inputs made before any work."""
+"""The settings the studies share beyond the groups of ``groups.py``, declared once (a study's
+settings class derives from these, or composes them, so mypy and the flags see every field),
+and the checks of those inputs made before any work."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from ..data.bundle import NAMES
 from ..errors import ResnetlabError, close_matches
-from ..groups import DataSettings, ModelSettings, SeedSettings, SeedsSettings
-from ..settings import compose, setting
+from ..groups import DataSettings, ModelSettings, ModelsSettings, SeedSettings, SeedsSettings
+from ..settings import Default, compose, setting
 from .runner import fingerprint
 from .trained import NORMALISATIONS, Subject
 
@@ -35,6 +35,30 @@ class StudyData:
 
 
 @dataclass
+class MlpSettings:
+    """The MLP stacks the studies at initialisation build beside the conv nets."""
+
+    mlp_width: int = setting(64, "width of the MLP stacks", ">= 1")
+
+
+@dataclass
+class DepthSettings:
+    """The depths a study builds its nets at."""
+
+    depths: list[int] = setting(
+        help="depths of the nets (6n+2 for the CIFAR-style conv nets)", bounds=">= 1",
+        factory=list,
+    )  # fmt: skip
+
+
+@dataclass
+class BlockDraws:
+    """Random sets of blocks drawn per set size k (lesion, paths)."""
+
+    draws: int = setting(4, "random sets of k blocks drawn per k", ">= 1")
+
+
+@dataclass
 @compose(ModelSettings, only=("model", "pretrained"))
 class TrainedNet(StudyData):
     """One net to study (a model name with its weights, or a training run folder: the model
@@ -46,17 +70,18 @@ class TrainedNet(StudyData):
 
 
 @dataclass
+@compose(ModelsSettings, defaults={"models": Default(["resnet20", "plain20"], "resnet20 plain20")})
 class TrainedNets(StudyData):
     """Several nets to study side by side (model names or run folders) with their weights, and
     their data."""
 
-    models: list[str] = setting(
-        help="model names or run folders", factory=lambda: ["resnet20", "plain20"]
-    )
     pretrained: list[str] = setting(
         help="weights for a model name: file, URL or tag (e.g. cifar10); once for all names, "
         "or once per model in order (none for untrained)", factory=list,
     )  # fmt: skip
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        models: list[str] = setting()
 
 
 def pretrained_for(models: list[str], given: list[str]) -> list[str | None]:

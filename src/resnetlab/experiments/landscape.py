@@ -18,7 +18,7 @@ import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..files import atomic_write
+from ..groups import BatchSettings, SubsampleSettings
 from ..models import create_model
 from ..models.inference import optimize_for_inference
-from ..settings import setting
+from ..settings import compose, setting
 from .inputs import TrainedNet, check_data
 from .landscape_views import (
     CAPTION_1D,
@@ -61,12 +62,12 @@ RECORD_BYTES = 1024  # a measured point held in memory, about
 
 
 @dataclass
+@compose(SubsampleSettings, BatchSettings, only=("train_size", "batch_size"),
+         defaults={"train_size": 2000, "batch_size": 500})  # fmt: skip
 class LandscapeConfig(TrainedNet):
-    """Settings of one landscape study (written to config.json)."""
+    """Settings of one landscape study (written to config.json): the loss on ``train_size``
+    training images around the net's weights."""
 
-    train_size: int = setting(
-        2000, "training images (a fixed stratified subsample of the training split)", ">= 1"
-    )
     span: float = setting(1.0, "coordinates in [-span, span]", "> 0")
     points_1d: int = setting(41, "points of the 1-D slice", ">= 3")
     grid: int = setting(21, f"points per 2-D axis (at most {MAX_GRID}); 0: no 2-D slice", ">= 0")
@@ -74,7 +75,10 @@ class LandscapeConfig(TrainedNet):
         None, "also interpolate from these weights: init, a run folder or a file"
     )
     interpolation_points: int = setting(25, "points of the interpolation", ">= 2")
-    batch: int = setting(500, "evaluation batch", ">= 1")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        train_size: int = setting()
+        batch_size: int = setting()
 
 
 def filter_normalised_direction(
@@ -224,7 +228,7 @@ class Landscape(Study):
         self.subject = load_subject(c.model, c.pretrained, c.normalisation, c.seed)
         if c.grid > MAX_GRID:
             points = c.grid**2
-            seconds = points * _seconds_per_point(self.subject, c.train_size, c.batch)
+            seconds = points * _seconds_per_point(self.subject, c.train_size, c.batch_size)
             raise ResnetlabError(
                 f"--grid {c.grid} is {points:,} loss evaluations of {c.train_size:,} images: "
                 f"about {points * RECORD_BYTES / 2**30:,.1f} GiB of results and "
@@ -285,10 +289,10 @@ class Landscape(Study):
         if kind == "alpha":
             assert self.start is not None
             end = self.subject.model.state_dict()
-            found = interpolate_at(self.model, self.start, end, where, self.x, self.y, c.batch)
+            found = interpolate_at(self.model, self.start, end, where, self.x, self.y, c.batch_size)
             return {"alpha": where, **found}
         dirs = self.dirs[seed][: len(where)]
-        found = evaluate_point(self.model, self.theta, dirs, where, self.x, self.y, c.batch)
+        found = evaluate_point(self.model, self.theta, dirs, where, self.x, self.y, c.batch_size)
         return {"coords": list(where), **found} | ({"seed": seed} if c.seeds > 1 else {})
 
     def summarise(self, records: list[dict[str, Any]]) -> Summary:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
 from ..console import Bar
+from ..groups import BatchSettings, SplitSettings, SubsampleSettings
 from ..models.inference import optimize_for_inference
-from ..settings import setting
-from .inputs import TrainedNets, check_data, nets_inputs, pretrained_for
+from ..settings import Default, compose, setting
+from .inputs import BlockDraws, TrainedNets, check_data, nets_inputs, pretrained_for
 from .lesion_verdict import (
     lesion_tables,
     net_verdict,
@@ -43,16 +44,22 @@ from .trained import (
 
 
 @dataclass
+@compose(SplitSettings, SubsampleSettings, BatchSettings, BlockDraws,
+         only=("split", "eval_size", "batch_size", "draws"),
+         defaults={"eval_size": Default(None, "all"), "batch_size": 500})  # fmt: skip
 class LesionConfig(TrainedNets):
-    """Settings of one lesion study (written to config.json)."""
+    """Settings of one lesion study (written to config.json): the nets' error on ``eval_size``
+    images of ``split`` as blocks are deleted or swapped."""
 
-    split: str = setting("test", "split to evaluate on")
-    eval_size: int | None = setting(None, "stratified subsample (default: whole split)", ">= 1")
     max_k: int = setting(
         6, "deletions / swaps of k = 1..max-k blocks; 0: single blocks only", ">= 0"
     )
-    draws: int = setting(4, "random draws per k", ">= 1")
-    batch: int = setting(500, "evaluation batch", ">= 1")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        split: str = setting()
+        eval_size: int | None = setting()
+        batch_size: int = setting()
+        draws: int = setting()
 
 
 def _pretrained_for(config: LesionConfig) -> list[str | None]:
@@ -118,7 +125,7 @@ def lesion_net(subject: Any, x, y, config: LesionConfig, progress: bool = True,
     bar = Bar(
         total=len(x), desc=f"lesion {subject.name}", unit="img", disable=not progress, leave=False
     )
-    results = errors_of_variants(chain, x, y, [p["variant"] for p in plans], config.batch, bar)
+    results = errors_of_variants(chain, x, y, [p["variant"] for p in plans], config.batch_size, bar)
     bar.close()
     base = results[0]
     rows = []

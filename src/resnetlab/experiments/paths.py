@@ -15,7 +15,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ from torch import nn
 
 from ..console import Bar
 from ..errors import ResnetlabError
+from ..groups import ModelSettings, SubsampleSettings
 from ..models import create_model
 from ..models.inference import optimize_for_inference
-from ..settings import setting
-from .inputs import TrainedNet, check_data
+from ..settings import Default, compose, setting
+from .inputs import BlockDraws, TrainedNet, check_data
 from .runner import Figure, Study, Summary, fingerprint, pyplot, save_figure
 from .seeded import BAND, draw_band, seeded, seeds_line, seeds_of, spread_row, within, words
 from .trained import POST_ACTIVATION, Chain, load_split, load_subject
@@ -46,12 +47,16 @@ CLAIM = (
 
 
 @dataclass
+@compose(ModelSettings, SubsampleSettings, BlockDraws, only=("model", "eval_size", "draws"),
+         defaults={"model": "resnet56",
+                   "eval_size": Default(32, "32 test images, one batch")})  # fmt: skip
 class PathsConfig(TrainedNet):
-    """Settings of one path-length study (written to config.json)."""
+    """Settings of one path-length study (written to config.json): the gradient carried by
+    paths of each length, on one batch of ``eval_size`` test images."""
 
-    model: str = setting("resnet56", "model name or run folder")
-    images: int = setting(32, "test images in the batch", ">= 1")
-    draws: int = setting(4, "random sets of k blocks per length k", ">= 1")
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        eval_size: int = setting()
+        draws: int = setting()
 
 
 class Routed(nn.Module):
@@ -204,7 +209,7 @@ class Paths(Study):
 
     def prepare(self) -> None:
         c, norm = self.config, self.subject.normalisation
-        self.images = {seed: load_split(c.data, "test", c.images, seed, norm)
+        self.images = {seed: load_split(c.data, "test", c.eval_size, seed, norm)
                        for seed in seeds_of(c)}  # fmt: skip
         self.x, self.y, self.source = self.images[c.seed]
 

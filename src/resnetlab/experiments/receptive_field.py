@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,23 +20,29 @@ from ..analysis.receptive_field import (
     stage_summary,
 )
 from ..errors import ResnetlabError
+from ..groups import ImageSizeSettings, ModelSettings, SeedSettings
 from ..models import create_model, model_info
-from ..settings import setting
+from ..settings import Default, compose, setting
 from .runner import Figure, Study, Summary, pyplot, save_figure
 
 
 @dataclass
+@compose(ModelSettings, ImageSizeSettings, SeedSettings, only=("model", "image_size", "seed"),
+         defaults={"model": "resnet50", "image_size": Default(None, "the model's")})  # fmt: skip
 class ReceptiveFieldConfig:
-    """Settings of one receptive-field run (written to config.json)."""
+    """Settings of one receptive-field run (written to config.json); the seed is that of the
+    random inputs."""
 
-    model: str = setting("resnet50", "registered model name, e.g. vgg16 or resnet50")
-    input_size: int | None = setting(None, "input size in px (default: the model's)", ">= 8")
     measure: bool = setting(True, "the gradient-measured check")
     erf: bool = setting(True, "the effective receptive field at initialisation")
     erf_samples: int = setting(4, "random inputs averaged for the effective field", ">= 1")
     max_stack: int = setting(3, "stacked 3x3 convs from 2 up to k", ">= 2")
     channels: int | None = setting(None, "C for the weight counts (default: per C²)", ">= 1")
-    seed: int = setting(0, "seed of the random inputs", ">= 0")
+
+    if TYPE_CHECKING:  # added by compose (this block never runs)
+        model: str = setting()
+        image_size: int | None = setting()
+        seed: int = setting()
 
 
 def measure_final(model, rf: int, jump: int, layer: str) -> tuple[int, int]:
@@ -161,7 +167,7 @@ class ReceptiveField(Study):
 
     def check(self) -> None:
         info = model_info(self.config.model)
-        self.size = self.config.input_size or info.input_size[1]
+        self.size = self.config.image_size or info.input_size[1]
 
     def prefix(self) -> str:
         return f"receptive-field-{self.config.model}"

@@ -37,6 +37,16 @@ from ..settings import check_settings
 from . import scaleout
 
 JOURNAL = "measurements.jsonl"
+# Study settings that once had another name (one name, one meaning in every command): an old
+# run's config.json is read with the new names, and the old flag names the new one.
+RENAMED_SETTINGS = {
+    "batch": "batch_size",
+    "images": "eval_size",
+    "input_size": "image_size",
+    "top_k": "eigenvalues",
+    "iters": "timing_iters",
+    "warmup": "timing_warmup",
+}
 
 
 class StudyRun(NamedTuple):
@@ -242,7 +252,7 @@ def start(
     previous = folder / "config.json"
     resumed = previous.is_file()
     if resumed:
-        old = json.loads(previous.read_text())
+        old = _renamed(json.loads(previous.read_text()), settings)
         old = {**(_defaults(config) if is_instance else {}), **old}
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         changed = [k for k in changed if not _grew(k, old.get(k), settings.get(k), grows)]
@@ -261,6 +271,14 @@ def start(
     write_json(previous, settings)
     extra = {"inputs": inputs} if inputs else None
     runfolder.start(folder, command=command, resume=resumed, extra=extra, world_size=world_size)
+
+
+def _renamed(old: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` written before a setting was renamed, read with the new names."""
+    for was, now in RENAMED_SETTINGS.items():
+        if was in old and was not in settings and now in settings:
+            old[now] = old.pop(was)
+    return old
 
 
 def _grew(name: str, old: Any, new: Any, grows: tuple[str, ...]) -> bool:

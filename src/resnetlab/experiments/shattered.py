@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
-from ..groups import SeedSettings, SeedsSettings
+from ..groups import ImageSizeSettings, SeedSettings, SeedsSettings
 from ..models.cifar import CifarResNet, PreActResNet
-from ..settings import compose, setting
+from ..settings import Default, compose, setting
+from .inputs import DepthSettings, MlpSettings
 from .runner import Figure, Study, Summary, pyplot, save_figure
 from .seeded import BAND, compared, seeds_line, spread_row, words
 
@@ -35,24 +36,24 @@ CLAIM = (
 
 
 @dataclass
-@compose(SeedsSettings, SeedSettings, defaults={"seeds": 2})
+@compose(SeedsSettings, SeedSettings, DepthSettings, ImageSizeSettings, MlpSettings, defaults={
+    "seeds": 2, "depths": Default([8, 14, 20, 32, 44, 56, 110], "8 14 20 32 44 56 110"),
+    "image_size": Default(32, "32: the conv nets'"), "mlp_width": 200,
+})  # fmt: skip
 class ShatteredConfig:
     """Settings of one shattered-gradients study (written to config.json); every net is
     initialised, and its sweep drawn, with each of the seeds (the seed groups')."""
 
-    depths: list[int] = setting(
-        help="depths (6n+2 for the conv nets)", bounds=">= 1",
-        factory=lambda: [8, 14, 20, 32, 44, 56, 110],
-    )  # fmt: skip
     kinds: list[str] = setting(help="kinds of net (default all)", choices=KINDS,
                                factory=lambda: list(KINDS))  # fmt: skip
     points: int = setting(128, "points of the sweep", ">= 16")
-    image_size: int = setting(32, "input px of the conv nets", ">= 8")
-    mlp_width: int = setting(200, "width of the MLP stacks", ">= 1")
 
     if TYPE_CHECKING:  # added by compose (this block never runs)
         seeds: int = setting()
         seed: int = setting()
+        depths: list[int] = setting()
+        image_size: int = setting()
+        mlp_width: int = setting()
 
 
 def build(kind: str, depth: int, width: int) -> nn.Module:

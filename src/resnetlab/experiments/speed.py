@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..analysis.throughput import measure_throughput
+from ..groups import device_name
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ MODES = ("forward", "train")
 def time_model(model: nn.Module, mode: str, config: Any) -> dict[str, Any]:
     """One timing of ``model`` in ``mode`` with the comparison's settings: images per second,
     the device and the precision."""
-    settings = {k: getattr(config, k) for k in ("batch", "input_size", "iters", "warmup", "device")}
-    result = measure_throughput(model, mode=mode, **settings)
+    result = measure_throughput(
+        model, mode=mode, batch=config.batch_size, input_size=config.image_size,
+        iters=config.timing_iters, warmup=config.timing_warmup, device=device_name(config.device),
+    )  # fmt: skip
     model.zero_grad(set_to_none=True)
     return {"img_s": result.images_per_s, "device": result.device, "precision": result.precision}
 

@@ -14,7 +14,7 @@ from ..console import say
 from ..errors import ResnetlabError
 from ..evaluation.operating_point import parse_threshold
 from ..files import LOCK_NAME
-from ..groups import InferenceSettings, PrevalenceSettings, check_device
+from ..groups import ImageSizeSettings, InferenceSettings, PrevalenceSettings, check_device
 from ..settings import REQUIRED, Default, check_settings, compose, setting
 from ..train.config import TrainConfig, check_trackers
 
@@ -43,9 +43,10 @@ RENAMED = {"lr": "head_lr", "epochs": "full_epochs", "class_weights": "balanced_
 
 
 @dataclass(kw_only=True)
-@compose(TrainConfig, InferenceSettings, PrevalenceSettings,
+@compose(TrainConfig, InferenceSettings, PrevalenceSettings, ImageSizeSettings,
          exclude=(*DERIVED, "source", "top_k", "engine"),
-         defaults=ENGINE_DEFAULTS)  # fmt: skip
+         defaults={**ENGINE_DEFAULTS, "image_size": Default(
+             None, "the weights' crop size; native from scratch")})  # fmt: skip
 class FinetuneOptions:
     """Everything ``resnetlab finetune`` takes; ``None`` means "the sensible default".
 
@@ -78,9 +79,6 @@ class FinetuneOptions:
         None, "phase-2 lr factor per stage towards the stem (default 0.4 with pretrained "
         "weights, 1 from scratch)", "> 0",
     )  # fmt: skip
-    image_size: int | None = setting(
-        None, "input size (default: the weights' crop size; native from scratch)", ">= 8"
-    )
     grey: str = setting(
         "auto", "greyscale images: repeat to 3 channels, or sum the stem weights to 1 channel "
         "(default auto: repeat with weights, 1 channel from scratch)", choices=GREY,
@@ -138,6 +136,7 @@ class FinetuneOptions:
         resume: bool = setting()
         log: tuple[str, ...] = setting()
         prevalence: float | None = setting()
+        image_size: int | None = setting()
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)
