@@ -35,7 +35,7 @@ from ..experiments.receptive_field import ReceptiveField, format_layers, format_
 from ..experiments.runner import RENAMED_SETTINGS, Study, StudyRun, run_study
 from ..experiments.scaleout import main_process
 from ..experiments.shattered import Shattered
-from ..groups import Checked, RunFolderSettings
+from ..groups import Checked, OutputSettings, RunFolderSettings
 from ..reports.report import render_report
 from ..settings import Default, compose, setting
 from .flags import add_renamed, add_settings, flag_name, given_settings, settings_from_args
@@ -50,7 +50,7 @@ class Command:
     help: str
     description: str
     positional: dict[str, str] | None = None
-    flags: Callable[[argparse.ArgumentParser], None] | None = None  # its own extra flags
+    extra: type | None = None  # settings of how it runs or prints, not of its result
     fixed: Callable[[argparse.Namespace], dict[str, Any]] | None = None  # settings from them
     show: Callable[[argparse.Namespace, StudyRun], None] | None = None  # default: its summary
     options: Callable[[argparse.Namespace], dict[str, Any]] | None = None  # for the Study
@@ -89,6 +89,8 @@ class ReportSettings(Checked):
 
 def run_command(command: Command, args: argparse.Namespace) -> int:
     """Build the study's settings from the flags, run it (resumable), print what it found."""
+    if command.extra:  # checked before any work; fixed and show read its values
+        vars(args).update(dataclasses.asdict(settings_from_args(command.extra, args)))
     config = settings_from_args(command.study.settings, args,
                                 **(command.fixed(args) if command.fixed else {}))  # fmt: skip
     how = settings_from_args(StudyRunSettings, args)
@@ -120,9 +122,11 @@ def _gradient_flow_fixed(args: argparse.Namespace) -> dict[str, Any]:
     return {"models": ["mlp10", "mlp20"]} if args.mlp else {}
 
 
-def _mlp_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mlp", action="store_true",
-                        help="only the MLP stacks of 10 and 20 blocks")  # fmt: skip
+@dataclass
+class MlpOnly(Checked):
+    """``gradient-flow --mlp``: the MLP experiment alone, printed as its own table."""
+
+    mlp: bool = setting(False, "only the MLP stacks of 10 and 20 blocks")
 
 
 def _gradient_flow_show(args: argparse.Namespace, run: StudyRun) -> None:
@@ -143,12 +147,6 @@ def _receptive_field_show(args: argparse.Namespace, run: StudyRun) -> None:
     print()
     print("\n".join(result["summary"][:2]))
     print(format_stacked(result["stacked_3x3"]))
-
-
-def _compare_flags(parser: argparse.ArgumentParser) -> None:
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")
 
 
 def _compare_show(args: argparse.Namespace, run: StudyRun) -> None:
@@ -211,7 +209,7 @@ STUDIES = [
     Command("gradient-flow", GradientFlow, "gradient norms through depth, plain vs residual",
             "Per-block gradient norms ‖∂L/∂x_l‖ and weight-gradient norms, plain vs residual, "
             "averaged over seeds; --mlp runs the 10/20-block MLP experiment alone.",
-            flags=_mlp_flag,
+            extra=MlpOnly,
             fixed=_gradient_flow_fixed, show=_gradient_flow_show),
     Command("receptive-field", ReceptiveField,
             "receptive field per layer and stage, checked by input gradients",
@@ -225,7 +223,7 @@ STUDIES = [
             "size published (with source), in seconds. --speed also measures throughput here, as "
             "the median and min-max over --repeats, flagged where that spread is at least the "
             "difference between two models.", positional={"models": "MODEL"},
-            flags=_compare_flags, show=_compare_show),
+            extra=OutputSettings, show=_compare_show),
     Command("lesion", Lesion, "test error after deleting or swapping blocks of trained nets",
             "Veit et al. 2016: delete single blocks, k random blocks, swap k pairs.",
             positional={"models": "MODEL_OR_RUN"}),
@@ -275,8 +273,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         names = {f.name for f in dataclasses.fields(command.study.settings)}
         add_renamed(p, {flag_name(old): flag_name(new) for old, new in RENAMED_SETTINGS.items()
                         if new in names and old not in names})  # fmt: skip
-        if command.flags:
-            command.flags(p)
+        if command.extra:
+            add_settings(p, command.extra)
         add_settings(p, StudyRunSettings)
         p.set_defaults(func=partial(run_command, command))
 
