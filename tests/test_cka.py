@@ -259,7 +259,7 @@ def test_peer_resnet20_on_real_images_against_the_reference(shared_dir, tmp_path
     weights = shared_dir / PEER
     data = shared_dir / "data" / "cifar10-jpeg.tar.gz"
     config = CkaConfig(models=["resnet20", "plain20"], pretrained=[str(weights), "none"],
-                       data=str(data), images=256, batch_size=64)  # fmt: skip
+                       data=str(data), eval_size=256, batch_size=64)  # fmt: skip
     _, result = run_cka(config, tmp_path / "peer", progress=False)
     assert result["nets"][0]["weights"] == str(weights) and result["images"] == 256
     subject = load_subject("resnet20", str(weights))
