@@ -18,7 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -175,7 +175,7 @@ def joined() -> Iterator[Ranks]:
         return
     info, created = distributed.setup("auto", backend="gloo", timeout=TIMEOUT)
     if created:
-        atexit.register(distributed.cleanup, info)
+        atexit.register(_leave, info)
     token = _ACTIVE.set(True)
     quiet = console.set_quiet(True) if not info.main else console.is_quiet()
     try:
@@ -183,6 +183,15 @@ def joined() -> Iterator[Ranks]:
     finally:
         console.set_quiet(quiet)
         _ACTIVE.reset(token)
+
+
+def _leave(info: Dist) -> None:
+    """Leave the group together at exit: a barrier first, so that no process closes its
+    connections while another still sends on them (a Gloo thread cut off mid-send aborts the
+    process after its work is done)."""
+    with suppress(RuntimeError, ValueError):  # a peer already gone: nothing to wait for
+        dist.barrier()
+    distributed.cleanup(info)
 
 
 __all__ = ["Failure", "RankFailed", "Ranks", "joined", "main_process", "processes"]
