@@ -24,18 +24,6 @@ from resnetlab.files import LOCK_NAME
 from resnetlab.settings import setting
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    g = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 20), ("test", 10)):
-        arrays[f"{split}_images"] = g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 10).reshape(-1, 1)
-    np.savez(path, **arrays)
-    return path
-
-
 def _config(data, weights, **changes) -> LandscapeConfig:
     base = dict(model="resnet20", pretrained=str(weights), data=str(data), train_size=10,
                 points_1d=3, grid=0, normalisation="none", batch_size=10)  # fmt: skip
