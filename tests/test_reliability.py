@@ -200,7 +200,7 @@ def test_two_train_commands_into_one_folder_leave_one_consistent_run(tmp_path) -
     codes = sorted((first.wait(timeout=300), second.wait(timeout=300)))
     errors = first.stderr.read() + second.stderr.read()
     assert codes == [0, 2], errors
-    assert "in use by process" in errors or "already holds a run" in errors
+    assert "is in use by process" in errors or "already holds a run" in errors
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]  # fmt: skip
     assert steps == [10, 20, 30, 40]

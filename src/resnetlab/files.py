@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,14 +119,15 @@ class RunLock:
         path = self.folder / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(fd):
-            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            owner = _owner(fd)
             os.close(fd)
             raise ResnetlabError(
                 f"run folder {self.folder} is in use by {owner}; wait for that run to end or "
                 "choose another --out."
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()}\n".encode(), 0)
+        line = f"process {os.getpid()}\n".encode()
+        os.pwrite(fd, line, 0)  # write, then cut: a reader never finds the file empty
+        os.ftruncate(fd, len(line))
         self.fd = fd
         RunLock._held[self.key] = 1
         return self
@@ -141,6 +143,16 @@ class RunLock:
                 (self.folder / LOCK_NAME).unlink()  # still locked: no one can be using it
                 self.folder.rmdir()
             os.close(self.fd)  # releases the lock; a kept lock file is never unlinked later
+
+
+def _owner(fd: int) -> str:
+    """Who holds a lock file, as its owner wrote it; waits up to a second for a new owner."""
+    for _ in range(20):
+        owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        if owner:
+            return owner
+        time.sleep(0.05)
+    return "another process"
 
 
 def _try_lock(fd: int) -> bool:
