@@ -1,8 +1,10 @@
 """The API reference (docs/api/, rendered by ``mkdocs build --strict`` in CI) names every public
-name, and every name it renders exists: a renamed function fails here and in the docs build."""
+name, and every name it renders exists: a renamed function fails here and in the docs build.
+Every command and flag the README and the docs show is one the CLI accepts under that name."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 from pathlib import Path
@@ -92,3 +94,43 @@ def test_every_api_page_is_in_the_site_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in API.glob("*.md")}
     assert pages and all(f" {page}" in nav for page in pages), pages
+
+
+COMMAND_LINE = re.compile(r"resnetlab ([a-z][a-z-]*)((?: +[^\s`|;&)]+)*)")
+
+
+def accepted_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of a parser and of the subcommands below it, less the hidden ones
+    (an old name that only says the new one)."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if action.help != argparse.SUPPRESS:
+            found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= accepted_flags(sub)
+    return found
+
+
+def test_every_command_and_flag_the_docs_show_exists() -> None:
+    from resnetlab.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices  # fmt: skip
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    shown, unknown = 0, []
+    for page in pages:
+        text = page.read_text().replace("\\\n", " ")  # a command continued over lines
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S):
+            unknown += [f"{page.name}: resnetlab {c}" for c in re.findall(
+                r"(?:^|[\s/])resnetlab ([a-z][a-z-]*)", block, flags=re.M) if c not in commands]
+        for line in COMMAND_LINE.finditer(text):
+            command, rest = line.group(1), line.group(2)
+            if command not in commands:
+                continue  # prose ("resnetlab runs as ..."); in a shell block, caught above
+            flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest)
+            shown += len(flags)
+            known = accepted_flags(commands[command])
+            unknown += [f"{page.name}: resnetlab {command} {f}" for f in flags if f not in known]
+    assert shown > 200  # the pattern still finds the command lines
+    assert not unknown, unknown
