@@ -14,6 +14,7 @@ ratio is quantus's time over ours, with the spread of the per-chunk ratios besid
     python benchmarks/bench_explain.py [--images 100] [--size 224] [--model resnet50]
                                        [--device cpu] [--steps 32] [--chunk 10]
                                        [--only checks|mprt|deletion]
+                                       [--deletion-maps ranked|noisy]
 
 A smoke test (seconds): ``--images 4 --size 64 --model resnet18 --chunk 2``.
 """
@@ -140,12 +141,15 @@ def bench_mprt(model, x, targets, device: str, chunk: int) -> dict:
     return {"layers": len(ours_all[0]["steps"]), **summary, "max_abs_diff": diff}
 
 
-def bench_deletion(model, x, targets, steps: int, device: str, chunk: int) -> dict:
+def bench_deletion(model, x, targets, steps: int, device: str, chunk: int, maps: str) -> dict:
     import quantus
 
     _, _, h, w = x.shape
     per_step = max(1, h * w // steps)
-    parts = [(px, pt, ranked(gradcam(model, px, pt))) for px, pt in chunked(x, targets, chunk)]
+    make = {"ranked": lambda px, pt: ranked(gradcam(model, px, pt)), "noisy": lambda px, pt:
+            gradcam_untied(model, px, pt)}[maps]  # fmt: skip
+    parts = [(px, pt, make(px, pt)) for px, pt in chunked(x, targets, chunk)]
+    distinct = [len(torch.unique(m)) for _, _, part in parts for m in part]
 
     def ours(part):
         return perturbation_curves(model, part[0], part[1], part[2],
@@ -161,7 +165,8 @@ def bench_deletion(model, x, targets, steps: int, device: str, chunk: int) -> di
     summary, ours_all, theirs_all = interleaved(parts, ours, theirs)
     diff = max(float(np.abs(o[:, 1:] - t[:, 2::3]).max())
                for o, t in zip(ours_all, theirs_all, strict=True))  # fmt: skip
-    return {"steps": steps, **summary, "max_abs_diff": diff}
+    return {"steps": steps, "maps": maps, "distinct_values_min": min(distinct),
+            "pixels": h * w, **summary, "max_abs_diff": diff}  # fmt: skip
 
 
 def main() -> None:
@@ -176,6 +181,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="deletion steps (default 32)")
     parser.add_argument("--chunk", type=int, default=10, help="images per timed chunk (default 10)")
     parser.add_argument("--only", choices=("checks", "mprt", "deletion"), help="run one part")
+    parser.add_argument("--deletion-maps", choices=("ranked", "noisy"), default="ranked",
+                        help="deletion on Grad-CAM's pixel ranks (no ties) or on Grad-CAM plus "
+                        "1e-6 noise, which leaves float32 ties (default ranked)")  # fmt: skip
     args = parser.parse_args()
     facts = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -192,7 +200,8 @@ def main() -> None:
     if args.only in (None, "mprt"):
         print(json.dumps({"mprt": bench_mprt(model, x, targets, args.device, args.chunk)}))
     if args.only in (None, "deletion"):
-        deletion = bench_deletion(model, x, targets, args.steps, args.device, args.chunk)
+        deletion = bench_deletion(model, x, targets, args.steps, args.device, args.chunk,
+                                  args.deletion_maps)  # fmt: skip
         print(json.dumps({"deletion": deletion}))
 
 

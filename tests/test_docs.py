@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from resnetlab.cli import build_parser
+
 ROOT = Path(__file__).resolve().parents[1]
 API = ROOT / "docs" / "api"
 # Packages whose ``__all__`` is their public API, and modules whose public names are those they
@@ -113,8 +115,6 @@ def accepted_flags(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def test_every_command_and_flag_the_docs_show_exists() -> None:
-    from resnetlab.cli import build_parser
-
     commands = next(a for a in build_parser()._actions
                     if isinstance(a, argparse._SubParsersAction)).choices  # fmt: skip
     pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
